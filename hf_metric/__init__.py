@@ -1,0 +1,30 @@
+"""hf_metric: supervised metric learning for text on Hugging Face Transformers (masked CE + SupCon)."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+from .config import TrainConfig, load_config
+from .errors import ConfigError, DataError, HfMetricUserError
+from .losses import SupConLoss, masked_cross_entropy, masked_mean
+from .modeling import MetricClassifierConfig, MetricClassifierModel, MetricClassifierOutput
+from .samplers import ClassBalancedBatchSampler
+
+__version__ = "0.1.0"
+
+AutoConfig.register(MetricClassifierConfig.model_type, MetricClassifierConfig, exist_ok=True)
+AutoModel.register(MetricClassifierConfig, MetricClassifierModel, exist_ok=True)
+AutoModelForSequenceClassification.register(MetricClassifierConfig, MetricClassifierModel, exist_ok=True)
+
+__all__ = [
+    "ClassBalancedBatchSampler",
+    "ConfigError",
+    "DataError",
+    "HfMetricUserError",
+    "MetricClassifierConfig",
+    "MetricClassifierModel",
+    "MetricClassifierOutput",
+    "SupConLoss",
+    "TrainConfig",
+    "load_config",
+    "masked_cross_entropy",
+    "masked_mean",
+]

@@ -1,0 +1,395 @@
+"""The YAML training config: typed sections, strict validation, and the mapping onto `TrainingArguments`.
+
+Every key is a dataclass field, so the set of valid keys, their types and defaults live in one place. Loading
+rejects unknown keys (with a "did you mean" hint), wrong types and impossible values with a one-line
+`ConfigError` that names the key, because a typo in a config should never silently train the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+SAVE_BEST_BY_ALIASES = {"loss": "eval_loss", "acc": "eval_accuracy", "f1": "eval_f1"}
+"""`save_best_by` shorthands and the Trainer metric each one selects."""
+
+LEGACY_KEYS = {("checkpointing", "save_every_n_bathces"): "save_every_n_batches"}
+"""Old spellings still accepted (with a deprecation warning) so existing configs keep working."""
+
+
+@dataclass
+class ModelSection:
+    """How the backbone output becomes an embedding."""
+
+    pooling: Literal["mean", "cls", "pooler"] = "mean"
+    projection_dim: int | None = None
+    classifier_dropout: float = 0.1
+
+    def validate(self) -> None:
+        _check(self.projection_dim is None or self.projection_dim > 0, "model.projection_dim", "must be > 0")
+        _check(0.0 <= self.classifier_dropout < 1.0, "model.classifier_dropout", "must be in [0, 1)")
+
+
+@dataclass
+class DataSection:
+    parquet_path: str = ""
+    val_ratio: float = 0.1
+    num_workers: int = 0
+    upsample: int | None = None
+    downsample: int | None = None
+
+    def validate(self) -> None:
+        _check(bool(self.parquet_path), "data.parquet_path", "is required")
+        _check(0.0 < self.val_ratio < 1.0, "data.val_ratio", f"must be in (0, 1), got {self.val_ratio}")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(self.upsample is None or self.upsample > 0, "data.upsample", "must be > 0 or null")
+        _check(self.downsample is None or self.downsample > 0, "data.downsample", "must be > 0 or null")
+        if self.upsample is not None and self.downsample is not None:
+            _check(
+                self.upsample <= self.downsample,
+                "data.upsample",
+                f"({self.upsample}) must not exceed data.downsample ({self.downsample})",
+            )
+
+
+@dataclass
+class TrainingSection:
+    batch_size: int = 32
+    num_epochs: float = 3.0
+    gradient_accumulation_steps: int = 1
+    max_seq_length: int = 128
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    attention_implementation: str | None = None
+    gradient_clip_val: float | None = 1.0
+    seed: int = 42
+    resume_from: str | None = None
+    supcon_temperature: float = 0.1
+    classification_loss_weight: float = 1.0
+    metric_loss_weight: float = 1.0
+    sampler: Literal["pk", "random"] = "pk"
+    samples_per_class: int = 4
+    logging_steps: int = 10
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+
+    def validate(self) -> None:
+        _check(self.batch_size > 0, "training.batch_size", "must be > 0")
+        _check(self.num_epochs > 0, "training.num_epochs", "must be > 0")
+        _check(self.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps", "must be >= 1")
+        _check(self.max_seq_length >= 2, "training.max_seq_length", "must be >= 2")
+        _check(
+            self.gradient_clip_val is None or self.gradient_clip_val > 0,
+            "training.gradient_clip_val",
+            "must be > 0 or null",
+        )
+        _check(self.supcon_temperature > 0, "training.supcon_temperature", "must be > 0")
+        for name in ("classification_loss_weight", "metric_loss_weight"):
+            _check(getattr(self, name) >= 0, f"training.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _check(
+            self.classification_loss_weight > 0 or self.metric_loss_weight > 0,
+            "training.metric_loss_weight",
+            "and training.classification_loss_weight are both 0: nothing to train",
+        )
+        _check(self.samples_per_class >= 1, "training.samples_per_class", "must be >= 1")
+        if self.sampler == "pk":
+            _check(
+                self.batch_size % self.samples_per_class == 0,
+                "training.batch_size",
+                f"({self.batch_size}) must be a multiple of training.samples_per_class "
+                f"({self.samples_per_class}) for P x K batches",
+            )
+        _check(self.logging_steps >= 1, "training.logging_steps", "must be >= 1")
+
+
+@dataclass
+class OptimizerSection:
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+
+    def validate(self) -> None:
+        _check(self.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
+        _check(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+
+
+@dataclass
+class SchedulerSection:
+    name: str = "linear"
+    warmup_steps: float = 0.0
+    num_training_steps: int | None = None
+    num_cycles: float = 0.5
+
+    def validate(self) -> None:
+        from transformers.trainer_utils import SchedulerType
+
+        names = [s.value for s in SchedulerType]
+        _check(self.name in names, "scheduler.name", f"must be one of {names}, got {self.name!r}")
+        _check(self.warmup_steps >= 0, "scheduler.warmup_steps", "must be >= 0 (a value < 1 is a ratio)")
+        _check(
+            self.warmup_steps < 1 or float(self.warmup_steps).is_integer(),
+            "scheduler.warmup_steps",
+            "must be a whole number of steps, or a ratio in [0, 1)",
+        )
+        _check(
+            self.num_training_steps is None or self.num_training_steps > 0,
+            "scheduler.num_training_steps",
+            "must be > 0 or null",
+        )
+        _check(self.num_cycles > 0, "scheduler.num_cycles", "must be > 0")
+
+
+@dataclass
+class CheckpointingSection:
+    checkpoints_dir: str = "checkpoints"
+    save_every_n_batches: int | None = None
+    save_best_by: str = "loss"
+    save_total_limit: int = 2
+
+    def validate(self) -> None:
+        _check(
+            self.save_every_n_batches is None or self.save_every_n_batches > 0,
+            "checkpointing.save_every_n_batches",
+            "must be > 0 or null (null: once per epoch)",
+        )
+        _check(
+            self.save_best_by in SAVE_BEST_BY_ALIASES,
+            "checkpointing.save_best_by",
+            f"must be one of {sorted(SAVE_BEST_BY_ALIASES)}, got {self.save_best_by!r}",
+        )
+        _check(self.save_total_limit >= 1, "checkpointing.save_total_limit", "must be >= 1")
+
+
+@dataclass
+class MetricValidationSection:
+    recall_at_k: list[int] = field(default_factory=lambda: [1, 5, 10])
+    distance: Literal["cos", "l2"] = "cos"
+    knn_k: int = 10
+    keep_last_n_emb_steps: int = 50
+
+    def validate(self) -> None:
+        _check(len(self.recall_at_k) > 0, "metric_validation.recall_at_k", "must list at least one K")
+        _check(all(k > 0 for k in self.recall_at_k), "metric_validation.recall_at_k", "every K must be > 0")
+        _check(self.knn_k > 0, "metric_validation.knn_k", "must be > 0")
+        _check(self.keep_last_n_emb_steps > 0, "metric_validation.keep_last_n_emb_steps", "must be > 0")
+
+
+@dataclass
+class NeptuneSection:
+    """Neptune tracker settings. The API token is read only from NEPTUNE_API_TOKEN, never from this file."""
+
+    mode: Literal["async", "sync", "offline", "debug", "disabled"] = "disabled"
+    project: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    with_id: str | None = None
+    log_model_checkpoints: bool = False
+
+    def validate(self) -> None:
+        if self.mode in ("async", "sync"):
+            _check(bool(self.project), "neptune.project", f"is required when neptune.mode is {self.mode!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The whole YAML file. `model_name` is a Hub id or a local path to a transformers encoder."""
+
+    model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    checkpointing: CheckpointingSection = field(default_factory=CheckpointingSection)
+    metric_validation: MetricValidationSection = field(default_factory=MetricValidationSection)
+    neptune: NeptuneSection = field(default_factory=NeptuneSection)
+
+    def validate(self) -> None:
+        _check(bool(self.model_name), "model_name", "is required")
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def metric_for_best_model(self) -> str:
+        return SAVE_BEST_BY_ALIASES[self.checkpointing.save_best_by]
+
+    @property
+    def greater_is_better(self) -> bool:
+        return not self.metric_for_best_model.endswith("loss")
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and validate a YAML config; every problem is a `ConfigError` whose message starts with the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    try:
+        return config_from_dict(raw if raw is not None else {})
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def config_from_dict(raw: Any) -> TrainConfig:
+    """Build a validated `TrainConfig` from plain data (the parsed YAML)."""
+    cfg = _build(TrainConfig, raw, prefix="")
+    cfg.validate()
+    return cfg
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    section_name = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section_name}: expected a mapping of keys, got {type(raw).__name__}")
+    raw = dict(raw)
+    for (section, old), new in LEGACY_KEYS.items():
+        if prefix == f"{section}." and old in raw:
+            if new in raw:
+                raise ConfigError(f"{prefix}{old}: legacy spelling given together with {prefix}{new}; keep one")
+            msg = f"{prefix}{old} is deprecated, use {prefix}{new}"
+            warnings.warn(msg, FutureWarning, stacklevel=2)
+            logger.warning(msg)
+            raw[new] = raw.pop(old)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known keys: {', '.join(names)})"
+            raise ConfigError(f"{prefix}{key}: unknown key{hint}")
+        values[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Return `value` checked against the type hint (ints are accepted as floats, and YAML's "1e-4" strings)."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in non_none:
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_type,) = args
+        if isinstance(value, str) and item_type is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_type_name(value)} {value!r}")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {_type_name(value)} {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {_type_name(value)} {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_type_name(value)} {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_type_name(value)} {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # pragma: no cover - programming error
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def build_training_arguments(cfg: TrainConfig, **overrides: Any):
+    """Map the YAML onto `transformers.TrainingArguments`: one place decides every Trainer option."""
+    from transformers import TrainingArguments
+
+    t, ck, sch = cfg.training, cfg.checkpointing, cfg.scheduler
+    strategy = "steps" if ck.save_every_n_batches else "epoch"
+    warmup: float | int = sch.warmup_steps if sch.warmup_steps < 1 else int(sch.warmup_steps)
+    scheduler_kwargs: dict[str, Any] = {}
+    if sch.name == "cosine":
+        scheduler_kwargs["num_cycles"] = sch.num_cycles
+    elif sch.name == "cosine_with_restarts":
+        scheduler_kwargs["num_cycles"] = max(1, round(sch.num_cycles))
+    kwargs: dict[str, Any] = dict(
+        output_dir=ck.checkpoints_dir,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        num_train_epochs=t.num_epochs,
+        max_steps=sch.num_training_steps or -1,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=cfg.optimizer.learning_rate,
+        weight_decay=cfg.optimizer.weight_decay,
+        lr_scheduler_type=sch.name,
+        lr_scheduler_kwargs=scheduler_kwargs,
+        warmup_steps=warmup,
+        max_grad_norm=t.gradient_clip_val or 0.0,
+        seed=t.seed,
+        data_seed=t.seed,
+        fp16=t.mixed_precision == "fp16",
+        bf16=t.mixed_precision == "bf16",
+        dataloader_num_workers=cfg.data.num_workers,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=ck.save_every_n_batches,
+        save_steps=ck.save_every_n_batches,
+        save_total_limit=ck.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=cfg.metric_for_best_model,
+        greater_is_better=cfg.greater_is_better,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        report_to=t.report_to,
+        label_names=["labels", "classifier_mask", "metric_mask"],
+        remove_unused_columns=False,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)

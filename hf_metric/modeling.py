@@ -1,0 +1,205 @@
+"""`MetricClassifierModel`: a transformers encoder that returns class logits and a metric embedding.
+
+    text -> AutoModel backbone -> pooling (mean | cls | pooler) -> pooled
+    pooled -> dropout -> head -> logits                    (cross-entropy, rows with classifier_mask = 1)
+    pooled -> [projection MLP] -> L2 normalize -> embeddings  (metric loss, rows with metric_mask = 1)
+
+The classifier sees the raw pooled output; the metric loss sees the normalized embedding, optionally through
+a projection (as in SupCon/SimCLR) so that the two objectives do not fight over one space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import ModelOutput
+
+from .heads import build_head
+from .losses import SupConLoss, masked_cross_entropy, masked_mean
+
+POOLING_MODES = ("mean", "cls", "pooler")
+
+
+class MetricClassifierConfig(PreTrainedConfig):
+    r"""Configuration of a `MetricClassifierModel`.
+
+    Args:
+        encoder_config: config of the transformers backbone (any `AutoModel` encoder).
+        pooling: `mean` (masked mean of token states), `cls` (first token) or `pooler` (the backbone's pooler).
+        projection_dim: size of the projection MLP for the metric embedding; `None` uses the pooled output.
+        classifier_dropout: dropout on the pooled output before the head.
+        head_type, head_kwargs: the classification head (see `hf_metric.heads.HEADS`).
+        classification_loss_weight, metric_loss_weight: total = w_ce * CE + w_metric * metric loss.
+        metric_loss, metric_loss_kwargs: the metric loss and its options (`supcon`: `temperature`).
+    """
+
+    model_type = "hf_metric_classifier"
+    sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}  # noqa: RUF012
+    keys_to_ignore_at_inference = ["ce_loss", "metric_loss"]  # noqa: RUF012
+
+    encoder_config: dict | PreTrainedConfig | None = None
+    pooling: str = "mean"
+    projection_dim: int | None = None
+    classifier_dropout: float = 0.1
+    head_type: str = "linear"
+    head_kwargs: dict | None = None
+    classification_loss_weight: float = 1.0
+    metric_loss_weight: float = 1.0
+    metric_loss: str = "supcon"
+    metric_loss_kwargs: dict | None = None
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder_config.hidden_size
+
+
+@dataclass
+class MetricClassifierOutput(ModelOutput):
+    """Output of `MetricClassifierModel`.
+
+    Args:
+        loss: weighted total, given labels.
+        logits: class scores, `(batch, num_labels)`.
+        embeddings: L2-normalized metric embeddings, `(batch, dim)`.
+        ce_loss: the classification part (mean over rows with classifier_mask = 1).
+        metric_loss: the metric-learning part (mean over anchors with metric_mask = 1 and a positive).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    ce_loss: torch.FloatTensor | None = None
+    metric_loss: torch.FloatTensor | None = None
+
+
+def build_metric_loss(name: str, **kwargs: Any) -> nn.Module:
+    losses = {"supcon": SupConLoss}
+    if name not in losses:
+        raise ValueError(f"unknown metric loss {name!r}; known: {sorted(losses)}")
+    return losses[name](**kwargs)
+
+
+def _load_encoder(config: PreTrainedConfig | str, pooling: str, **kwargs: Any) -> PreTrainedModel:
+    """Build (from a config) or load (from a name/path) the backbone, without a pooler it would not train."""
+    load = AutoModel.from_config if isinstance(config, PreTrainedConfig) else AutoModel.from_pretrained
+    if pooling != "pooler":
+        try:
+            return load(config, add_pooling_layer=False, **kwargs)
+        except TypeError:  # backbones without an optional pooler
+            pass
+    return load(config, **kwargs)
+
+
+class MetricClassifierPreTrainedModel(PreTrainedModel):
+    config_class = MetricClassifierConfig
+    base_model_prefix = "backbone"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    # The Trainer must not pass `num_items_in_batch` nor assume the loss is pre-scaled for accumulation.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class MetricClassifierModel(MetricClassifierPreTrainedModel):
+    """Encoder + pooling + classification head + normalized metric embedding, trained with CE + SupCon."""
+
+    def __init__(self, config: MetricClassifierConfig, backbone: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        self.backbone = backbone if backbone is not None else _load_encoder(config.encoder_config, config.pooling)
+        hidden = config.hidden_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.head = build_head(config.head_type, hidden, config.num_labels, **(config.head_kwargs or {}))
+        self.projection = (
+            nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, config.projection_dim))
+            if config.projection_dim
+            else None
+        )
+        self.metric_loss_fn = build_metric_loss(config.metric_loss, **(config.metric_loss_kwargs or {}))
+        self.post_init()
+
+    @classmethod
+    def from_backbone(
+        cls,
+        model_name_or_path: str,
+        id2label: dict[int, str],
+        attn_implementation: str | None = None,
+        **config_kwargs: Any,
+    ) -> MetricClassifierModel:
+        """A new model on a pretrained backbone; head and projection start from `_init_weights`."""
+        pooling = config_kwargs.get("pooling", "mean")
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        backbone = _load_encoder(model_name_or_path, pooling, **kwargs)
+        config = MetricClassifierConfig(
+            encoder_config=backbone.config,
+            id2label=dict(id2label),
+            label2id={name: i for i, name in id2label.items()},
+            **config_kwargs,
+        )
+        return cls(config, backbone=backbone)
+
+    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output=None):
+        if self.config.pooling == "cls":
+            return hidden_states[:, 0]
+        if self.config.pooling == "pooler":
+            if pooler_output is None:
+                raise ValueError("pooling='pooler' but the backbone returns no pooler_output")
+            return pooler_output
+        if attention_mask is None:
+            return hidden_states.mean(dim=1)
+        weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        metric_mask: torch.Tensor | None = None,
+        classifier_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> MetricClassifierOutput | tuple:
+        """Without `labels` it returns logits and embeddings; with them, also the loss and its two parts."""
+        encoder_kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
+        if token_type_ids is not None:
+            encoder_kwargs["token_type_ids"] = token_type_ids
+        out = self.backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, return_dict=True, **encoder_kwargs)
+        pooled = self.pool(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
+        logits = self.head(self.dropout(pooled), labels if self.training else None)
+        projected = self.projection(pooled) if self.projection is not None else pooled
+        embeddings = F.normalize(projected.float(), dim=-1)
+
+        loss = ce_loss = metric_loss = None
+        if labels is not None:
+            zero = logits.new_zeros((), dtype=torch.float32)
+            ce_loss = metric_loss = zero
+            if self.config.classification_loss_weight > 0:
+                ce_loss = masked_mean(*masked_cross_entropy(logits, labels, classifier_mask))
+            if self.config.metric_loss_weight > 0:
+                metric_loss = masked_mean(*self.metric_loss_fn.per_anchor(embeddings, labels, metric_mask))
+            loss = self.config.classification_loss_weight * ce_loss + self.config.metric_loss_weight * metric_loss
+
+        output = MetricClassifierOutput(
+            loss=loss, logits=logits, embeddings=embeddings, ce_loss=ce_loss, metric_loss=metric_loss
+        )
+        return output if return_dict is not False else output.to_tuple()

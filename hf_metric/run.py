@@ -1,0 +1,109 @@
+"""One training run from a validated config: data -> model -> trainer -> best model, metrics and report."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import yaml
+
+from .config import TrainConfig, build_training_arguments
+from .errors import ConfigError
+from .packaged_models import resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+
+def _resume_checkpoint(cfg: TrainConfig) -> str | None:
+    """`resume_from`: a checkpoint folder, or `latest` for the newest complete one in checkpoints_dir."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    target = cfg.training.resume_from
+    if target is None:
+        return None
+    if target == "latest":
+        folder = cfg.checkpointing.checkpoints_dir
+        last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
+        if last is None:
+            raise ConfigError(f"training.resume_from: no checkpoint found in {folder}")
+        return last
+    if not os.path.isfile(os.path.join(target, "trainer_state.json")):
+        raise ConfigError(f"training.resume_from: {target} is not a checkpoint folder (no trainer_state.json)")
+    return target
+
+
+def _check_precision(cfg: TrainConfig) -> None:
+    import torch
+
+    if cfg.training.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("training.mixed_precision: fp16 needs a GPU; use bf16 (or no) on CPU")
+
+
+def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
+    """Everything up to `trainer.train()`: tokenizer, data, model and the configured trainer."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from .data import prepare_datasets
+    from .modeling import MetricClassifierModel
+    from .trainer import MetricClassifierTrainer
+
+    _check_precision(cfg)
+    args = build_training_arguments(cfg, **argument_overrides)
+    model_path = resolve_model_path(cfg.model_name)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    with args.main_process_first(desc="prepare data"):
+        data = prepare_datasets(cfg.data, tokenizer, cfg.training.max_seq_length, cfg.training.seed)
+    t = cfg.training
+    model = MetricClassifierModel.from_backbone(
+        model_path,
+        data.id2label,
+        attn_implementation=t.attention_implementation,
+        pooling=cfg.model.pooling,
+        projection_dim=cfg.model.projection_dim,
+        classifier_dropout=cfg.model.classifier_dropout,
+        classification_loss_weight=t.classification_loss_weight,
+        metric_loss_weight=t.metric_loss_weight,
+        metric_loss="supcon",
+        metric_loss_kwargs={"temperature": t.supcon_temperature},
+    )
+    trainer = MetricClassifierTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.val,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
+    )
+    trainer.data_summary = data.summary
+    return trainer
+
+
+def format_metrics_table(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics)
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
+    for key in sorted(metrics):
+        value = metrics[key]
+        lines.append(f"{key.ljust(width)}  {value:.4f}" if isinstance(value, float) else f"{key.ljust(width)}  {value}")
+    return "\n".join(lines)
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    """Train, evaluate the best model, save it to `<checkpoints_dir>/best` and return the final metrics."""
+    from .trainer import write_json_atomic
+
+    resume = _resume_checkpoint(cfg)
+    trainer = build_trainer(cfg)
+    out_dir = cfg.checkpointing.checkpoints_dir
+    if trainer.is_world_process_zero():
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "resolved_config.yaml"), "w", encoding="utf-8") as fh:
+            yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+    trainer.train(resume_from_checkpoint=resume)
+    metrics = trainer.evaluate()
+    trainer.save_final_model(os.path.join(out_dir, "best"))
+    if trainer.is_world_process_zero():
+        write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+        print("\nFinal validation metrics (best checkpoint):\n" + format_metrics_table(metrics), flush=True)
+    return metrics

@@ -1,0 +1,95 @@
+"""P classes x K samples per batch, so that every contrastive anchor has positives.
+
+Random batches drawn from many classes hold almost no same-class pairs, and SupCon then learns nothing. This
+sampler cuts every class into groups of K rows and packs P groups of distinct classes into each batch. Every
+row appears in every epoch (groups short of K are topped up from their own class), and the epoch length is
+fixed in advance, which the Trainer needs for its schedule and for resuming mid-epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class ClassBalancedBatchSampler(Sampler[int]):
+    """Yields row indices so that each consecutive run of `batch_size` is one P x K batch.
+
+    It is a flat index sampler (not a batch sampler) so that the Trainer's DataLoader and accelerate's
+    per-process sharding of whole batches keep working unchanged: under N processes each process takes whole
+    P x K batches, and the global batch stays class balanced.
+
+    Args:
+        labels: encoded label of every row.
+        batch_size: rows per batch; a multiple of `samples_per_class`.
+        samples_per_class: K, the rows of one class in a batch.
+        seed: base seed; the order of epoch `e` depends only on `seed + e`, which makes runs reproducible and
+            lets a resumed run skip exactly the batches it has already seen.
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int = 0) -> None:
+        if batch_size % samples_per_class:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {samples_per_class}")
+        self.labels = np.asarray(labels)
+        self.batch_size = batch_size
+        self.k = samples_per_class
+        self.p = batch_size // samples_per_class
+        self.seed = seed
+        self.epoch = 0
+        self.class_rows = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+        groups_per_class = [math.ceil(len(rows) / self.k) for rows in self.class_rows]
+        self.distinct = len(self.class_rows) >= self.p
+        self.num_batches = max(1, math.ceil(sum(groups_per_class) / self.p))
+        if self.distinct:  # a class appears at most once per batch, so its groups need that many batches
+            self.num_batches = max(self.num_batches, max(groups_per_class))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size
+
+    def _class_groups(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
+        """Each class's rows, shuffled and cut into groups of K (the last one topped up from the class)."""
+        groups = []
+        for rows in self.class_rows:
+            rows = rng.permutation(rows)
+            short = (-len(rows)) % self.k
+            if short:
+                rows = np.concatenate([rows, rng.choice(rows, size=short, replace=len(rows) < short)])
+            groups.append(list(rows.reshape(-1, self.k)))
+        return groups
+
+    def _fresh_group(self, rng: np.random.Generator, exclude: set[int]) -> np.ndarray:
+        """K rows of a random class not in `exclude` (which is updated), for the batches left short."""
+        candidates = [c for c in range(len(self.class_rows)) if c not in exclude]
+        cls = int(rng.choice(candidates or range(len(self.class_rows))))
+        if self.distinct:
+            exclude.add(cls)
+        rows = self.class_rows[cls]
+        return rng.choice(rows, size=self.k, replace=len(rows) < self.k)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        groups = self._class_groups(rng)
+        if not self.distinct:  # fewer classes than P: classes may repeat within a batch
+            flat = [g for class_groups in groups for g in class_groups]
+            flat = [flat[i] for i in rng.permutation(len(flat))]
+        for b in range(self.num_batches):
+            if self.distinct:
+                # Take the P classes with the most groups left (random tie-break): this places every group
+                # within `num_batches` batches, however imbalanced the classes are.
+                left = np.array([len(g) for g in groups], dtype=float)
+                order = np.argsort(-(left + rng.random(len(left)) * 0.5), kind="stable")
+                chosen = [int(c) for c in order[: self.p] if left[c] > 0]
+                batch = [groups[c].pop() for c in chosen]
+                exclude = set(chosen)
+            else:
+                batch = flat[b * self.p : (b + 1) * self.p]
+                exclude = set()
+            while len(batch) < self.p:
+                batch.append(self._fresh_group(rng, exclude))
+            yield from (int(i) for i in np.concatenate(batch))

@@ -1,0 +1,246 @@
+"""`MetricClassifierTrainer`: a `transformers.Trainer` that trains with CE + a metric loss, exactly.
+
+It overrides only what it must:
+
+- the train sampler (P classes x K rows per batch, so the metric loss has positives);
+- `get_batch_samples`, to count the CE rows and metric anchors of the whole gradient-accumulation window (and
+  of all processes), and `compute_loss`, to normalise each part by those counts. The sum of the micro-batch
+  losses is then the loss of the whole window, so 2 x 8 rows give the same update as 16;
+- `log` and `evaluation_loop`, to report the loss parts and the classifier metrics;
+- `_save_checkpoint`, to write every checkpoint into a staging folder and rename it into place, so that an
+  interrupted save never leaves a half-written checkpoint for `resume_from` to pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
+
+from .metrics import classification_metrics
+from .samplers import ClassBalancedBatchSampler
+
+logger = logging.getLogger(__name__)
+
+STAGING_DIR = ".staging"
+
+
+@dataclass
+class WindowCounts:
+    """Rows that count for each loss part over one optimizer step (all micro-batches, all processes)."""
+
+    ce_rows: torch.Tensor
+    metric_anchors: torch.Tensor
+
+
+@contextmanager
+def atomic_directory(final_path: str) -> Iterator[str]:
+    """Yield a temporary sibling folder to write into; on success it replaces `final_path` in one rename."""
+    parent = os.path.dirname(os.path.abspath(final_path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{os.path.basename(final_path)}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(final_path):
+        shutil.rmtree(final_path)
+    os.replace(tmp, final_path)
+
+
+class MetricClassifierTrainer(Trainer):
+    """Trainer for `MetricClassifierModel` (masked CE + metric loss).
+
+    Args:
+        samples_per_class: K of the P x K batches; `None` keeps the Trainer's random batches.
+        metric_loss_name: the name the metric part is logged under (`supcon_loss` for SupCon).
+        Everything else as `transformers.Trainer`. Pass `TrainingArguments(label_names=["labels",
+        "classifier_mask", "metric_mask"], remove_unused_columns=False)` so evaluation sees the masks
+        (`hf_metric.config.build_training_arguments` does).
+    """
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by the window counts itself
+
+    def __init__(self, *args: Any, samples_per_class: int | None = 4, metric_loss_name: str = "supcon", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.samples_per_class = samples_per_class
+        self.metric_part_name = f"{metric_loss_name}_loss"
+        self._part_sums: dict[str, torch.Tensor] = {}
+        self._eval_part_sums: dict[str, torch.Tensor] = {}
+        self._last_parts_step = 0
+        self._staging_root: str | None = None
+
+    # ---- batches ---------------------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.samples_per_class is None:
+            return super()._get_train_sampler(dataset)
+        return ClassBalancedBatchSampler(
+            dataset["labels"],
+            batch_size=self._train_batch_size,
+            samples_per_class=self.samples_per_class,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
+    def _loss_model(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def _batch_counts(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(CE rows, metric anchors) of one micro-batch, from labels and masks only."""
+        labels = inputs["labels"]
+        ce_mask = inputs.get("classifier_mask")
+        ce_rows = ((labels >= 0) & (ce_mask.bool() if ce_mask is not None else True)).sum()
+        anchors = self._loss_model().metric_loss_fn.num_anchors(labels, inputs.get("metric_mask"))
+        return torch.stack([ce_rows, anchors]).to(torch.float32)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batch_samples:
+            return batch_samples, None
+        counts = torch.stack([self._batch_counts(b) for b in batch_samples]).sum(dim=0).to(device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return batch_samples, WindowCounts(counts[0], counts[1])
+
+    # ---- loss ------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        config = self._loss_model().config
+        ce, metric = outputs.ce_loss, outputs.metric_loss
+        if isinstance(num_items_in_batch, WindowCounts):
+            # mean over this micro-batch x its share of the window = this batch's part of the window mean
+            local = self._batch_counts(inputs).to(ce.device)
+            scale = float(self.accelerator.num_processes)  # DDP averages gradients over processes
+            ce = ce * local[0] / num_items_in_batch.ce_rows.clamp(min=1) * scale
+            metric = metric * local[1] / num_items_in_batch.metric_anchors.clamp(min=1) * scale
+            self._accumulate(self._part_sums, ce / scale, metric / scale, weight=1.0)
+        elif not model.training:
+            local = self._batch_counts(inputs).to(ce.device)
+            self._accumulate(self._eval_part_sums, ce * local[0], metric * local[1], weight=1.0, counts=local)
+        loss = config.classification_loss_weight * ce + config.metric_loss_weight * metric
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate(self, sums, ce, metric, weight: float, counts: torch.Tensor | None = None) -> None:
+        values = torch.stack([ce.detach().float(), metric.detach().float()]) * weight
+        if counts is not None:
+            values = torch.cat([values, counts.float()])
+        previous = sums.get("parts")
+        sums["parts"] = values if previous is None else previous + values
+
+    # ---- logging and evaluation -----------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        parts = self._part_sums.pop("parts", None)
+        if "loss" in logs and parts is not None:
+            steps = max(1, self.state.global_step - self._last_parts_step)
+            if self.accelerator.num_processes > 1:
+                parts = self.accelerator.reduce(parts, reduction="mean")
+            logs["ce_loss"] = round(parts[0].item() / steps, 6)
+            logs[self.metric_part_name] = round(parts[1].item() / steps, 6)
+            self._last_parts_step = self.state.global_step
+        elif parts is not None:
+            self._part_sums["parts"] = parts
+        super().log(logs, start_time)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ) -> EvalLoopOutput:
+        self._eval_part_sums = {}
+        output = super().evaluation_loop(
+            dataloader, description, False, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+        metrics = dict(output.metrics)
+        parts = self._eval_part_sums.pop("parts", None)
+        if parts is not None:
+            if self.accelerator.num_processes > 1:
+                parts = self.accelerator.reduce(parts, reduction="sum")
+            metrics[f"{metric_key_prefix}_ce_loss"] = parts[0].item() / max(1.0, parts[2].item())
+            metrics[f"{metric_key_prefix}_{self.metric_part_name}"] = parts[1].item() / max(1.0, parts[3].item())
+        metrics.update(self.prediction_metrics(output, metric_key_prefix))
+        return EvalLoopOutput(
+            predictions=output.predictions, label_ids=output.label_ids, metrics=metrics, num_samples=output.num_samples
+        )
+
+    def prediction_metrics(self, output: EvalLoopOutput, prefix: str) -> dict[str, float]:
+        """Classifier metrics over the rows with classifier_mask = 1."""
+        if output.predictions is None or output.label_ids is None:
+            return {}
+        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+        label_ids = output.label_ids
+        labels, ce_mask = (label_ids[0], label_ids[1]) if isinstance(label_ids, tuple) else (label_ids, None)
+        rows = np.ones(len(labels), dtype=bool) if ce_mask is None else np.asarray(ce_mask).astype(bool)
+        return {f"{prefix}_{k}": v for k, v in classification_metrics(logits[rows], labels[rows]).items()}
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write the checkpoint into `<output_dir>/.staging/` and rename it into place when complete."""
+        run_dir = self._get_output_dir(trial=trial)
+        staging_root = os.path.join(run_dir, STAGING_DIR)
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final, staged = os.path.join(run_dir, folder), os.path.join(staging_root, folder)
+        if self.args.should_save:
+            shutil.rmtree(staged, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        if self.state.best_model_checkpoint == staged:
+            self.state.best_model_checkpoint = final
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state into `staged`
+        if self.args.should_save:
+            state_file = os.path.join(staged, "trainer_state.json")
+            if os.path.exists(state_file):  # record the final path, not the staging one
+                self.state.save_to_json(state_file)
+            self.save_extra_checkpoint_files(staged)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            self._rotate_checkpoints_in(run_dir)
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial):
+        if getattr(self, "_staging_root", None) is not None:
+            return self._staging_root
+        return super()._get_output_dir(trial)
+
+    def _rotate_checkpoints_in(self, run_dir: str) -> None:
+        from transformers.trainer_utils import rotate_checkpoints
+
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=True,
+        )
+
+    def save_extra_checkpoint_files(self, checkpoint_dir: str) -> None:
+        """Hook for state that must travel with a checkpoint (written before the atomic rename)."""
+
+    def save_final_model(self, path: str) -> None:
+        """`save_model` into `path` atomically (main process only)."""
+        if not self.args.should_save:
+            return
+        with atomic_directory(path) as tmp:
+            self.save_model(tmp)
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)
