@@ -89,9 +89,9 @@ def read_labeled_parquet(path: str | Path) -> LabeledTable:
         text = text.cast(text.type.value_type)
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
         raise DataError(f"{path}: column '{TEXT_COLUMN}' must hold strings, found type {text.type}")
-    used = pc.or_(pc.equal(masks["metric_mask"], 1), pc.equal(masks["classifier_mask"], 1))
-    bad = pc.or_(pc.is_null(text), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0))
-    row = _first_true(pc.and_(bad, used))
+    used = pc.or_kleene(pc.equal(masks["metric_mask"], 1), pc.equal(masks["classifier_mask"], 1))
+    bad = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0))
+    row = _first_true(pc.and_kleene(bad, used))
     if row >= 0:
         raise _fail(path, TEXT_COLUMN, row, "text is null or empty")
 
@@ -103,8 +103,8 @@ def read_labeled_parquet(path: str | Path) -> LabeledTable:
         raise DataError(f"{path}: column '{LABEL_COLUMN}' must hold integers or strings, found type {label.type}")
     missing = pc.is_null(label)
     if is_str:
-        missing = pc.or_(missing, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(label)), 0))
-    row = _first_true(pc.and_(missing, used))
+        missing = pc.or_kleene(missing, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(label)), 0))
+    row = _first_true(pc.and_kleene(missing, used))
     if row >= 0:
         raise _fail(path, LABEL_COLUMN, row, "label is null but the row is in a loss (a mask is 1)")
 
@@ -137,7 +137,7 @@ def _validate_mask(path: str, column: str, values: pa.ChunkedArray) -> pa.Array:
     if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type) or pa.types.is_floating(values.type)):
         raise DataError(f"{path}: column '{column}' must hold 0/1 values, found type {values.type}")
     as_float = values.cast(pa.float64())
-    bad = pc.or_(pc.is_null(as_float), pc.invert(pc.is_in(as_float, value_set=pa.array([0.0, 1.0]))))
+    bad = pc.or_kleene(pc.is_null(as_float), pc.invert(pc.is_in(as_float, value_set=pa.array([0.0, 1.0]))))
     row = _first_true(bad)
     if row >= 0:
         raise _fail(path, column, row, f"mask must be 0 or 1, got {values[row].as_py()!r}")

@@ -1,33 +1,475 @@
-"""Classification heads on the pooled embedding. Each is a plain `nn.Module`: `head(embeddings, labels=None)`.
+"""Classification heads on the pooled embedding: `head(embeddings, labels=None, margin=None) -> logits`.
 
-Heads that apply a margin use `labels` only in training; at inference they return plain (scaled) logits, so a
-saved model predicts without labels.
+Heads that apply a margin use `labels` only in training; at inference (no labels) they return the plain scaled
+cosines, so a saved model predicts without labels. The margin goes on the target logit only, and rows labelled
+-100 (ignored) get none.
+
+Every head registered here is a `Head` and takes a `temperature` (default 1): logits are divided by it before
+the softmax. `build_head` also wraps heads registered from elsewhere that know nothing of temperature.
+
+The angular-margin heads (`cosine`, `arcface`, `subcenter_arcface`, `cosface`, `circle`) compute in float32
+even under fp16/bf16 autocast: a scale of 64 times a half-precision cosine is too coarse for the margin to mean
+anything, and ArcFace weights trained with Adam in fp16 turn to NaN. Their class weights are a raw
+`nn.Parameter` of shape `(num_labels * sub_centers, in_features)`, initialised in `reset_parameters`, so the
+model's `_init_weights` (which re-initialises every `nn.Linear`) leaves them alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+IGNORE_INDEX = -100
+_COS_EPS = 1e-6
+"""Cosines are clamped to [-1 + eps, 1 - eps] before taking angles, so that sin(theta) = sqrt(1 - cos^2) and its
+gradient stay finite at theta = 0 and pi (in float32 1 - 1e-6 is still distinct from 1)."""
 
-class LinearHead(nn.Module):
-    """The usual affine classifier on the raw pooled output."""
 
-    def __init__(self, in_features: int, num_labels: int) -> None:
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision inputs, float64 stays float64 (so tests can check against float64 references)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Locally disable autocast on `device` (where autocast exists at all)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _row_margin(margin: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """The margin as a `(batch,)` tensor in the dtype/device of `like`, from a float or a per-row tensor."""
+    m = torch.as_tensor(margin, dtype=like.dtype, device=like.device)
+    if m.dim() == 0:
+        return m.expand(batch)
+    if m.shape != (batch,):
+        raise ValueError(f"per-sample margin must have shape ({batch},), got {tuple(m.shape)}")
+    return m
+
+
+class Head(nn.Module):
+    """Base of the heads here: `compute_logits` does the work, `forward` divides by `temperature`.
+
+    A temperature T turns the softmax into softmax(logits / T): T > 1 softens it, T < 1 sharpens it. It is a
+    plain hyper-parameter (not learned), applied after any margin and scale.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def compute_logits(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        margin: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        margin: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits `(batch, num_labels)`; `labels` (training only) and `margin` (per-row override) are optional."""
+        logits = self.compute_logits(embeddings, labels, margin)
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+
+class LinearHead(Head):
+    """The usual affine classifier on the raw pooled output. `labels` and `margin` are ignored."""
+
+    def __init__(self, in_features: int, num_labels: int, temperature: float = 1.0) -> None:
+        super().__init__(temperature)
         self.linear = nn.Linear(in_features, num_labels)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def compute_logits(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        margin: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self.linear(embeddings)
 
 
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead}
-"""`head.type` in the YAML -> head class. Every class takes `(in_features, num_labels, **head_kwargs)`."""
+class CosineLinear(Head):
+    r"""Cosine classifier (NormFace, Wang et al. 2017): logits = s * cos(theta_j), no bias.
+
+    .. math:: \text{logit}_j = s \cdot \frac{x \cdot W_j}{\lVert x \rVert \lVert W_j \rVert}
+
+    Normalising both sides makes the logits depend on angles only; the fixed scale `s` keeps the softmax from
+    being stuck near uniform (cosines lie in [-1, 1]). With `sub_centers = K > 1` each class has K weight rows
+    and its cosine is the max over them (Sub-center ArcFace, Deng et al. 2020). This is also the base of the
+    margin heads, whose inference logits are exactly these scaled cosines. `labels`/`margin` are ignored here.
+    """
+
+    default_margin: float = 0.0
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        scale: float = 30.0,
+        sub_centers: int = 1,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__(temperature)
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        if sub_centers < 1:
+            raise ValueError(f"sub_centers must be >= 1, got {sub_centers}")
+        self.in_features = in_features
+        self.num_labels = num_labels
+        self.scale = float(scale)
+        self.sub_centers = int(sub_centers)
+        # Row c * K + k is sub-centre k of class c (the layout of pytorch-metric-learning's W columns).
+        self.weight = nn.Parameter(torch.empty(num_labels * self.sub_centers, in_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform class weights: only their direction matters, but the norm sets Adam's angular step."""
+        nn.init.xavier_uniform_(self.weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_labels={self.num_labels}, scale={self.scale}, "
+            f"sub_centers={self.sub_centers}, temperature={self.temperature}"
+        )
+
+    def all_cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine of each row to every weight row, `(batch, num_labels * K)`, in float32 or better."""
+        dtype = _compute_dtype(embeddings)
+        with _no_autocast(embeddings.device):
+            x = F.normalize(embeddings.to(dtype), dim=-1)
+            w = F.normalize(self.weight.to(dtype), dim=-1)
+            return x @ w.T
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine of each row to each class, `(batch, num_labels)`: the max over the class's sub-centres."""
+        cos = self.all_cosines(embeddings)
+        if self.sub_centers == 1:
+            return cos
+        return cos.view(cos.shape[0], self.num_labels, self.sub_centers).amax(dim=2)
+
+    def compute_logits(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        margin: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.scale * self.cosine(embeddings)
+
+
+class _TargetMarginHead(CosineLinear):
+    """A cosine head that, given labels, replaces the target cosine with `target_logit(cos, m)` (unscaled)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        scale: float = 64.0,
+        margin: float | None = None,
+        sub_centers: int = 1,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__(in_features, num_labels, scale=scale, sub_centers=sub_centers, temperature=temperature)
+        self.margin = float(self.default_margin if margin is None else margin)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, margin={self.margin}"
+
+    def target_logit(self, cos: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute_logits(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        margin: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cos = self.cosine(embeddings)
+        if labels is None:
+            return self.scale * cos
+        with _no_autocast(cos.device):
+            valid = labels >= 0
+            safe = torch.where(valid, labels, torch.zeros_like(labels))
+            m = _row_margin(self.margin if margin is None else margin, cos.shape[0], cos)
+            target = self.target_logit(cos.gather(1, safe[:, None]).squeeze(1), m)
+            is_target = F.one_hot(safe, self.num_labels).bool() & valid[:, None]
+            return self.scale * torch.where(is_target, target[:, None], cos)
+
+
+class ArcFaceHead(_TargetMarginHead):
+    r"""Additive angular margin (ArcFace, Deng et al. 2019, "ArcFace: Additive Angular Margin Loss for Deep Face
+    Recognition", eq. 3): the target logit is s * cos(theta_y + m), the others s * cos(theta_j).
+
+    Adding m to the angle (a geodesic margin on the hypersphere) forces each class into a tighter cone than
+    CosFace's margin on the cosine. cos(theta + m) stops decreasing past theta = pi - m, so there (as in
+    insightface, with th = cos(pi - m) and mm = m sin(m)) the target logit falls back to cos(theta) - m sin(m),
+    which keeps the loss monotonic in theta. With `easy_margin` the margin applies only where cos(theta) > 0
+    (theta < pi/2) and the target is cos(theta) elsewhere.
+
+    cos(theta + m) is computed as cos(theta) cos(m) - sin(theta) sin(m) on cosines clamped to
+    [-1 + 1e-6, 1 - 1e-6], so the gradient stays finite at theta = 0 and pi. `margin` is in radians
+    (pytorch-metric-learning's `ArcFaceLoss` takes degrees: its default 28.6 deg is 0.5 rad).
+    """
+
+    default_margin = 0.5
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        scale: float = 64.0,
+        margin: float = 0.5,
+        easy_margin: bool = False,
+        sub_centers: int = 1,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__(in_features, num_labels, scale, margin, sub_centers, temperature)
+        self.easy_margin = easy_margin
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, easy_margin={self.easy_margin}"
+
+    def target_logit(self, cos: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+        cos = cos.clamp(-1 + _COS_EPS, 1 - _COS_EPS)
+        sin = torch.sqrt(1 - cos * cos)
+        cos_m, sin_m = torch.cos(margin), torch.sin(margin)
+        phi = cos * cos_m - sin * sin_m  # cos(theta + m)
+        if self.easy_margin:
+            return torch.where(cos > 0, phi, cos)
+        # theta + m > pi  <=>  cos(theta) < cos(pi - m) = -cos(m)
+        return torch.where(cos > -cos_m, phi, cos - margin * sin_m)
+
+
+class SubCenterArcFaceHead(ArcFaceHead):
+    r"""Sub-center ArcFace (Deng et al. 2020, "Sub-center ArcFace: Boosting Face Recognition by Large-scale Noisy
+    Web Faces"): K sub-centres per class, the class cosine is the max over them, then the ArcFace margin.
+
+    A noisy or multi-modal class need not collapse onto one centre: clean rows gather round a dominant
+    sub-centre and mislabelled ones drift to the others. `dominant_subcenters` and `outliers` find them (the
+    paper then drops the outliers and keeps the dominant sub-centre only).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        scale: float = 64.0,
+        margin: float = 0.5,
+        sub_centers: int = 3,
+        easy_margin: bool = False,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__(in_features, num_labels, scale, margin, easy_margin, sub_centers, temperature)
+
+    @torch.no_grad()
+    def subcenter_cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosine of each row to each sub-centre, `(batch, num_labels, K)`."""
+        cos = self.all_cosines(embeddings)
+        return cos.view(cos.shape[0], self.num_labels, self.sub_centers)
+
+    @torch.no_grad()
+    def dominant_subcenters(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per class, the sub-centre nearest to most of its rows (ties: the lowest index); -1 if no row has it.
+
+        Returns a long tensor `(num_labels,)`. Rows labelled -100 are ignored.
+        """
+        own = self._own_subcenter_cosines(embeddings, labels)
+        dominant = torch.full((self.num_labels,), -1, dtype=torch.long, device=embeddings.device)
+        valid = labels >= 0
+        nearest = own.argmax(dim=1)
+        counts = torch.zeros(self.num_labels, self.sub_centers, dtype=torch.long, device=embeddings.device)
+        counts.index_put_((labels[valid], nearest[valid]), torch.ones_like(nearest[valid]), accumulate=True)
+        present = counts.sum(dim=1) > 0
+        dominant[present] = counts[present].argmax(dim=1)
+        return dominant
+
+    @torch.no_grad()
+    def outliers(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, threshold: float | None = 75.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows that are far from their class's dominant sub-centre, and the dominant sub-centres themselves.
+
+        As pytorch-metric-learning's `SubCenterArcFaceLoss.get_outliers`: a row is an outlier if the angle
+        between it and the dominant sub-centre of its label exceeds `threshold` degrees (default 75, i.e. its
+        cosine is below cos(75 deg)). With `threshold=None` a row is an outlier if its nearest sub-centre is not
+        the dominant one. The dominant sub-centre of a class is the one nearest to most of the class's rows in
+        this batch, so pass a large batch (or the whole data set, in chunks of embeddings).
+
+        Returns:
+            indices: sorted long tensor of outlier rows (rows labelled -100 are never outliers).
+            dominant_centers: `(num_labels, in_features)` dominant sub-centre weights (not normalised; zeros for
+                classes absent from `labels`). pml returns the transpose, with uninitialised columns there.
+        """
+        own = self._own_subcenter_cosines(embeddings, labels)
+        dominant = self.dominant_subcenters(embeddings, labels)
+        valid = labels >= 0
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        row_dominant = dominant[safe]
+        if threshold is None:
+            is_outlier = own.argmax(dim=1) != row_dominant
+        else:
+            cos_dominant = own.gather(1, row_dominant.clamp(min=0)[:, None]).squeeze(1)
+            is_outlier = cos_dominant < math.cos(math.radians(threshold))
+        indices = torch.nonzero(is_outlier & valid).flatten()
+        centers = self.weight.view(self.num_labels, self.sub_centers, self.in_features)
+        present = dominant >= 0
+        dominant_centers = centers.new_zeros(self.num_labels, self.in_features)
+        dominant_centers[present] = centers[present, dominant[present]]
+        return indices, dominant_centers
+
+    def _own_subcenter_cosines(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`(batch, K)`: cosine of each row to the sub-centres of its own label (of class 0 for ignored rows)."""
+        cos = self.subcenter_cosines(embeddings)
+        safe = torch.where(labels >= 0, labels, torch.zeros_like(labels))
+        return cos[torch.arange(len(labels), device=cos.device), safe]
+
+
+class CosFaceHead(_TargetMarginHead):
+    r"""Additive cosine margin (CosFace / LMCL, Wang et al. 2018, "CosFace: Large Margin Cosine Loss for Deep Face
+    Recognition", eq. 4): the target logit is s * (cos(theta_y) - m), the others s * cos(theta_j).
+
+    The margin is on the cosine, so it is the same everywhere on the sphere and needs no special case.
+    """
+
+    default_margin = 0.35
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        scale: float = 64.0,
+        margin: float = 0.35,
+        sub_centers: int = 1,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__(in_features, num_labels, scale, margin, sub_centers, temperature)
+
+    def target_logit(self, cos: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+        return cos - margin
+
+
+class CircleHead(CosineLinear):
+    r"""Circle loss in its classification form (Sun et al. 2020, "Circle Loss: A Unified Perspective of Pair
+    Similarity Optimization", eq. 4 with class-weight proxies): cross-entropy on these logits is the circle loss.
+
+    With s_p the cosine to the target class and s_n those to the others:
+
+    .. math::
+        \text{logit}_y = \gamma\, \alpha_p (s_p - \Delta_p), \quad
+        \text{logit}_j = \gamma\, \alpha_n^j (s_n^j - \Delta_n), \quad
+        \alpha_p = [1 + m - s_p]_+, \ \alpha_n^j = [s_n^j + m]_+, \ \Delta_p = 1 - m, \ \Delta_n = m
+
+    and log(1 + sum_j exp(logit_j - logit_y)) is the loss of eq. 4. The weights alpha re-weight each similarity by
+    how far it is from its optimum (1 + m for s_p, -m for s_n); as in the paper they are constants for the
+    gradient (detached). Given labels every logit of a labelled row is transformed (that is the loss); rows
+    labelled -100 keep the inference logits.
+
+    Inference logits (no labels) are gamma * cos(theta_j): the training logits are a monotone transform of the
+    cosine only per role (target vs non-target), which is unknown at inference, and argmax of the cosine is the
+    decision rule of the paper. Their softmax is not calibrated like the training one; use a `temperature`
+    fitted on validation data if probabilities matter.
+
+    `m` defaults to 0.25 and `gamma` to 256, the paper's face-recognition (classification) setting;
+    pytorch-metric-learning's pair-based `CircleLoss` defaults to m = 0.4, gamma = 80. A per-row `margin` given
+    to `forward` overrides `m` for that row.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_labels: int,
+        m: float = 0.25,
+        gamma: float = 256.0,
+        sub_centers: int = 1,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__(in_features, num_labels, scale=gamma, sub_centers=sub_centers, temperature=temperature)
+        self.m = float(m)
+
+    @property
+    def gamma(self) -> float:
+        return self.scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, m={self.m}"
+
+    def compute_logits(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        margin: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cos = self.cosine(embeddings)
+        if labels is None:
+            return self.scale * cos
+        with _no_autocast(cos.device):
+            valid = labels >= 0
+            safe = torch.where(valid, labels, torch.zeros_like(labels))
+            m = _row_margin(self.m if margin is None else margin, cos.shape[0], cos)[:, None]
+            s = cos.detach()
+            positive = self.scale * torch.relu(1 + m - s) * (cos - (1 - m))
+            negative = self.scale * torch.relu(s + m) * (cos - m)
+            is_target = F.one_hot(safe, self.num_labels).bool()
+            circle = torch.where(is_target, positive, negative)
+            return torch.where(valid[:, None], circle, self.scale * cos)
+
+
+class TemperatureScaled(nn.Module):
+    """Divides the logits of any head by `temperature` (for heads that do not take one themselves)."""
+
+    def __init__(self, head: nn.Module, temperature: float) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.head = head
+        self.temperature = float(temperature)
+
+    def forward(self, embeddings: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.head(embeddings, *args, **kwargs) / self.temperature
+
+
+HEADS: dict[str, type[nn.Module]] = {
+    "linear": LinearHead,
+    "cosine": CosineLinear,
+    "arcface": ArcFaceHead,
+    "subcenter_arcface": SubCenterArcFaceHead,
+    "cosface": CosFaceHead,
+    "circle": CircleHead,
+}
+"""`head.type` in the YAML -> head class. Every class takes `(in_features, num_labels, **head_kwargs)`.
+
+head_kwargs per type (all also take `temperature`, default 1.0):
+    linear: -
+    cosine: scale=30.0, sub_centers=1
+    arcface: scale=64.0, margin=0.5 (radians), easy_margin=False, sub_centers=1
+    subcenter_arcface: scale=64.0, margin=0.5, sub_centers=3, easy_margin=False
+    cosface: scale=64.0, margin=0.35, sub_centers=1
+    circle: m=0.25, gamma=256.0, sub_centers=1
+"""
 
 
 def build_head(head_type: str, in_features: int, num_labels: int, **head_kwargs: Any) -> nn.Module:
+    """The head `HEADS[head_type](in_features, num_labels, **head_kwargs)`.
+
+    `temperature` works for every registered type: `Head` subclasses take it themselves (so the state-dict keys
+    do not depend on it); any other class is wrapped in `TemperatureScaled` when it is not 1.
+    """
     if head_type not in HEADS:
         raise ValueError(f"unknown head type {head_type!r}; known: {sorted(HEADS)}")
-    return HEADS[head_type](in_features, num_labels, **head_kwargs)
+    cls = HEADS[head_type]
+    if issubclass(cls, Head) or "temperature" not in head_kwargs:
+        return cls(in_features, num_labels, **head_kwargs)
+    temperature = head_kwargs.pop("temperature")
+    head = cls(in_features, num_labels, **head_kwargs)
+    return head if temperature == 1.0 else TemperatureScaled(head, temperature)

@@ -42,7 +42,7 @@ def _check_precision(cfg: TrainConfig) -> None:
 
 def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     """Everything up to `trainer.train()`: tokenizer, data, model and the configured trainer."""
-    from transformers import AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
 
     from .data import prepare_datasets
     from .modeling import MetricClassifierModel
@@ -55,6 +55,7 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     with args.main_process_first(desc="prepare data"):
         data = prepare_datasets(cfg.data, tokenizer, cfg.training.max_seq_length, cfg.training.seed)
     t = cfg.training
+    set_seed(t.seed)  # the new head and projection start from the same weights in every run
     model = MetricClassifierModel.from_backbone(
         model_path,
         data.id2label,

@@ -80,7 +80,7 @@ class MetricClassifierTrainer(Trainer):
         self.metric_part_name = f"{metric_loss_name}_loss"
         self._part_sums: dict[str, torch.Tensor] = {}
         self._eval_part_sums: dict[str, torch.Tensor] = {}
-        self._last_parts_step = 0
+        self._part_steps = 0  # optimizer steps accumulated in `_part_sums` since the last log
         self._staging_root: str | None = None
 
     # ---- batches ---------------------------------------------------------------------------------------
@@ -110,6 +110,7 @@ class MetricClassifierTrainer(Trainer):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             return batch_samples, None
+        self._part_steps += 1
         counts = torch.stack([self._batch_counts(b) for b in batch_samples]).sum(dim=0).to(device)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
@@ -144,12 +145,12 @@ class MetricClassifierTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         parts = self._part_sums.pop("parts", None)
         if "loss" in logs and parts is not None:
-            steps = max(1, self.state.global_step - self._last_parts_step)
+            steps = max(1, self._part_steps)
             if self.accelerator.num_processes > 1:
                 parts = self.accelerator.reduce(parts, reduction="mean")
             logs["ce_loss"] = round(parts[0].item() / steps, 6)
             logs[self.metric_part_name] = round(parts[1].item() / steps, 6)
-            self._last_parts_step = self.state.global_step
+            self._part_steps = 0
         elif parts is not None:
             self._part_sums["parts"] = parts
         super().log(logs, start_time)

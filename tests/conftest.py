@@ -1,0 +1,109 @@
+"""Shared fixtures: a tiny random BERT with a word-level tokenizer built here, and synthetic Parquet data.
+
+Each synthetic class has its own keywords, so a 2-layer, 32-wide model learns it in a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+CLASS_WORDS = {
+    "billing": ["invoice", "charge", "refund"],
+    "delivery": ["parcel", "courier", "shipping"],
+    "account": ["password", "login", "profile"],
+    "card": ["visa", "pin", "contactless"],
+}
+FILLER = ["please", "help", "my", "the", "is", "not", "working", "today", "why", "what", "where", "can", "you"]
+
+
+def synthetic_rows(per_class: int = 30, seed: int = 0, classes=None) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for label in classes or CLASS_WORDS:
+        for _ in range(per_class):
+            words = [rng.choice(CLASS_WORDS[label]), *rng.sample(FILLER, 4)]
+            rng.shuffle(words)
+            rows.append({"text": " ".join(words), "label": label, "metric_mask": 1, "classifier_mask": 1})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_parquet(path: Path, rows: list[dict] | dict[str, list]) -> Path:
+    table = pa.table(rows) if isinstance(rows, dict) else pa.Table.from_pylist(rows)
+    pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer BERT (hidden 32) and its tokenizer, saved like a Hub model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    words = sorted({w for ws in CLASS_WORDS.values() for w in ws} | set(FILLER))
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(words)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    path = tmp_path_factory.mktemp("tiny_bert")
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_model_dir):
+    """Write a YAML config for a tiny run; `overrides` is merged section by section."""
+
+    def _make(parquet_path, **overrides) -> Path:
+        cfg = {
+            "model_name": tiny_model_dir,
+            "model": {"classifier_dropout": 0.0},
+            "data": {"parquet_path": str(parquet_path), "val_ratio": 0.25},
+            "training": {
+                "batch_size": 8,
+                "samples_per_class": 2,
+                "num_epochs": 2,
+                "max_seq_length": 16,
+                "logging_steps": 5,
+                "seed": 0,
+            },
+            "optimizer": {"learning_rate": 3e-3},
+            "scheduler": {"warmup_steps": 0},
+            "checkpointing": {"checkpoints_dir": str(tmp_path / "ckpt"), "save_best_by": "f1"},
+        }
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                cfg.setdefault(section, {}).update(values)
+            else:
+                cfg[section] = values
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return _make

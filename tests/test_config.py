@@ -1,0 +1,116 @@
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_metric.cli import main
+from hf_metric.config import TrainConfig, build_training_arguments, config_from_dict, load_config
+from hf_metric.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "metric_classifier_training.example.yaml"
+BASE = {"data": {"parquet_path": "x.parquet"}}
+
+
+def _with(section: str, **values) -> dict:
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def test_example_config_holds_every_key_with_a_comment():
+    text = EXAMPLE.read_text()
+    raw = yaml.safe_load(text)
+    cfg = load_config(EXAMPLE)
+    for section in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, section.name)
+        if dataclasses.is_dataclass(value):
+            missing = {f.name for f in dataclasses.fields(value)} - set(raw[section.name])
+            assert not missing, f"{section.name} lacks {missing}"
+            for key in raw[section.name]:
+                line = next(line for line in text.splitlines() if re.match(rf"\s+{key}:", line))
+                assert "#" in line, f"{section.name}.{key} has no comment"
+        else:
+            assert section.name in raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "pattern"),
+    [
+        (_with("training", batch_sise=8), r"training\.batch_sise: unknown key \(did you mean training\.batch_size\?\)"),
+        (_with("training", batch_size="eight"), r"training\.batch_size: expected an integer"),
+        (_with("training", batch_size=True), r"training\.batch_size: expected an integer"),
+        (_with("data", val_ratio=0.0), r"data\.val_ratio: must be in \(0, 1\)"),
+        (_with("data", val_ratio=1.5), r"data\.val_ratio: must be in \(0, 1\)"),
+        (_with("training", classification_loss_weight=-1), r"training\.classification_loss_weight: must be >= 0"),
+        (_with("training", metric_loss_weight=-0.5), r"training\.metric_loss_weight: must be >= 0"),
+        (
+            _with("training", metric_loss_weight=0, classification_loss_weight=0),
+            r"training\.metric_loss_weight: .*both 0",
+        ),
+        (_with("checkpointing", save_best_by="recall"), r"checkpointing\.save_best_by: must be one of"),
+        (_with("training", mixed_precision="fp8"), r"training\.mixed_precision: must be one of"),
+        (_with("metric_validation", distance="manhattan"), r"metric_validation\.distance: must be one of"),
+        (_with("metric_validation", recall_at_k=5), r"metric_validation\.recall_at_k: expected a list"),
+        (_with("training", batch_size=30, samples_per_class=4), r"training\.batch_size: \(30\) must be a multiple"),
+        (_with("scheduler", name="wobbly"), r"scheduler\.name: must be one of"),
+        (_with("neptune", mode="async"), r"neptune\.project: is required"),
+        (_with("neptune", api_token="secret"), r"neptune\.api_token: unknown key"),
+        ({"data": {}}, r"data\.parquet_path: is required"),
+        ({"data": {"parquet_path": "x"}, "extra": 1}, r"extra: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(raw, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        config_from_dict(raw)
+    assert "\n" not in str(info.value)
+
+
+def test_numbers_written_as_yaml_strings_are_accepted():
+    cfg = config_from_dict(_with("optimizer", learning_rate="1e-4"))
+    assert cfg.optimizer.learning_rate == pytest.approx(1e-4)
+
+
+def test_legacy_spelling_is_accepted_with_a_deprecation_warning():
+    with pytest.warns(FutureWarning, match="save_every_n_bathces is deprecated"):
+        cfg = config_from_dict(_with("checkpointing", save_every_n_bathces=7))
+    assert cfg.checkpointing.save_every_n_batches == 7
+    with pytest.raises(ConfigError, match="legacy spelling"):
+        config_from_dict(_with("checkpointing", save_every_n_bathces=7, save_every_n_batches=7))
+
+
+def test_training_arguments_follow_the_config():
+    cfg = config_from_dict(
+        {
+            "data": {"parquet_path": "x"},
+            "training": {"batch_size": 16, "gradient_accumulation_steps": 2, "gradient_clip_val": None},
+            "scheduler": {"name": "cosine", "warmup_steps": 0.1, "num_cycles": 0.5},
+            "checkpointing": {"save_every_n_batches": 5, "save_best_by": "acc", "checkpoints_dir": "/tmp/x"},
+        }
+    )
+    args = build_training_arguments(cfg)
+    assert args.per_device_train_batch_size == 16 and args.gradient_accumulation_steps == 2
+    assert args.max_grad_norm == 0.0
+    assert args.warmup_steps == pytest.approx(0.1)
+    assert args.save_steps == 5 and args.eval_steps == 5
+    assert args.metric_for_best_model == "eval_accuracy" and args.greater_is_better
+    assert args.lr_scheduler_kwargs == {"num_cycles": 0.5}
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  parquet_path: x\n  val_ratio: 2\n")
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(path) in err and "data.val_ratio" in err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
