@@ -44,6 +44,64 @@ class ModelSection:
 
 
 @dataclass
+class GroupMarginSection:
+    """Per-class margins from the data's `group` column: classes sharing a group get the larger `same`."""
+
+    same: float = 0.7
+    default: float = 0.5
+
+    def validate(self) -> None:
+        _check(self.same >= 0 and self.default >= 0, "head.group_margin", "margins must be >= 0")
+
+
+MARGIN_HEADS = ("arcface", "subcenter_arcface", "cosface", "circle")
+SCALED_HEADS = ("cosine", *MARGIN_HEADS)
+
+
+@dataclass
+class HeadSection:
+    """The classification head. `null` keeps the head's own default (see hf_metric.heads.HEADS)."""
+
+    type: Literal["linear", "cosine", "arcface", "subcenter_arcface", "cosface", "circle"] = "linear"
+    scale: float | None = None
+    margin: float | None = None
+    easy_margin: bool = False
+    sub_centers: int | None = None
+    temperature: float = 1.0
+    group_margin: GroupMarginSection | None = None
+
+    def validate(self) -> None:
+        _check(self.temperature > 0, "head.temperature", "must be > 0")
+        _check(self.scale is None or self.scale > 0, "head.scale", "must be > 0")
+        _check(self.sub_centers is None or self.sub_centers >= 1, "head.sub_centers", "must be >= 1")
+        for key, allowed in (("scale", SCALED_HEADS), ("margin", MARGIN_HEADS), ("sub_centers", SCALED_HEADS)):
+            _check(
+                getattr(self, key) is None or self.type in allowed,
+                f"head.{key}",
+                f"has no meaning for head.type {self.type!r} (used by: {', '.join(allowed)})",
+            )
+        _check(
+            not self.easy_margin or self.type in ("arcface", "subcenter_arcface"),
+            "head.easy_margin",
+            "applies to arcface and subcenter_arcface only",
+        )
+        if self.group_margin is not None:
+            _check(self.type in MARGIN_HEADS, "head.group_margin", f"needs a margin head ({', '.join(MARGIN_HEADS)})")
+            self.group_margin.validate()
+
+    def head_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the chosen head (circle calls its scale `gamma` and its margin `m`)."""
+        kwargs: dict[str, Any] = {"temperature": self.temperature}
+        names = {"scale": "gamma", "margin": "m"} if self.type == "circle" else {}
+        for key in ("scale", "margin", "sub_centers"):
+            if getattr(self, key) is not None:
+                kwargs[names.get(key, key)] = getattr(self, key)
+        if self.easy_margin:
+            kwargs["easy_margin"] = True
+        return kwargs
+
+
+@dataclass
 class DataSection:
     parquet_path: str = ""
     val_ratio: float = 0.1
@@ -79,6 +137,15 @@ class TrainingSection:
     supcon_temperature: float = 0.1
     classification_loss_weight: float = 1.0
     metric_loss_weight: float = 1.0
+    classification_loss: Literal["ce", "focal"] = "ce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: float | list[float] | None = None
+    metric_loss: Literal["supcon", "triplet", "multi_similarity"] = "supcon"
+    triplet_margin: float = 0.2
+    ms_alpha: float = 2.0
+    ms_beta: float = 50.0
+    ms_base: float = 0.5
     sampler: Literal["pk", "random"] = "pk"
     samples_per_class: int = 4
     logging_steps: int = 10
@@ -102,6 +169,12 @@ class TrainingSection:
             "training.metric_loss_weight",
             "and training.classification_loss_weight are both 0: nothing to train",
         )
+        _check(0.0 <= self.label_smoothing < 1.0, "training.label_smoothing", "must be in [0, 1)")
+        _check(self.focal_gamma >= 0, "training.focal_gamma", "must be >= 0")
+        if self.label_smoothing and self.classification_loss != "ce":
+            raise ConfigError("training.label_smoothing: applies to classification_loss 'ce' only")
+        _check(self.triplet_margin >= 0, "training.triplet_margin", "must be >= 0")
+        _check(self.ms_alpha > 0 and self.ms_beta > 0, "training.ms_alpha", "ms_alpha and ms_beta must be > 0")
         _check(self.samples_per_class >= 1, "training.samples_per_class", "must be >= 1")
         if self.sampler == "pk":
             _check(
@@ -111,6 +184,18 @@ class TrainingSection:
                 f"({self.samples_per_class}) for P x K batches",
             )
         _check(self.logging_steps >= 1, "training.logging_steps", "must be >= 1")
+
+    def classification_loss_kwargs(self) -> dict[str, Any]:
+        if self.classification_loss == "focal":
+            return {"gamma": self.focal_gamma, "alpha": self.focal_alpha}
+        return {"label_smoothing": self.label_smoothing}
+
+    def metric_loss_kwargs(self) -> dict[str, Any]:
+        return {
+            "supcon": {"temperature": self.supcon_temperature},
+            "triplet": {"margin": self.triplet_margin},
+            "multi_similarity": {"alpha": self.ms_alpha, "beta": self.ms_beta, "base": self.ms_base},
+        }[self.metric_loss]
 
 
 @dataclass
@@ -206,6 +291,7 @@ class TrainConfig:
 
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
     model: ModelSection = field(default_factory=ModelSection)
+    head: HeadSection = field(default_factory=HeadSection)
     data: DataSection = field(default_factory=DataSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"
+GROUP_COLUMN = "group"
 MASK_COLUMNS = ("metric_mask", "classifier_mask")
 MODEL_COLUMNS = ("labels", *MASK_COLUMNS)
 """Columns (besides the tokenizer's) that the model's forward receives."""
@@ -36,6 +37,8 @@ class LabeledTable:
     id2label: dict[int, str]
     dropped_rows: int = 0
     source: str = ""
+    class_groups: dict[int, set[str]] | None = None
+    """Groups each class appears in (from the optional `group` column; nulls ignored), or None without one."""
 
     @property
     def labels(self) -> np.ndarray:
@@ -50,6 +53,7 @@ class PreparedData:
     val: Any
     id2label: dict[int, str]
     summary: dict[str, Any] = field(default_factory=dict)
+    class_groups: dict[int, set[str]] | None = None
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -130,7 +134,27 @@ def read_labeled_parquet(path: str | Path) -> LabeledTable:
             "classifier_mask": masks["classifier_mask"].take(keep_idx),
         }
     )
-    return LabeledTable(out, {i: str(c) for c, i in label2id.items()}, dropped, path)
+    class_groups = None
+    if GROUP_COLUMN in table.column_names:
+        groups = table.column(GROUP_COLUMN).take(keep_idx).cast(pa.string()).to_pylist()
+        class_groups = {i: set() for i in range(len(classes))}
+        for label_id, group in zip(encoded.tolist(), groups, strict=True):
+            if group is not None:
+                class_groups[label_id].add(group)
+    return LabeledTable(out, {i: str(c) for c, i in label2id.items()}, dropped, path, class_groups)
+
+
+def group_class_margins(class_groups: dict[int, set[str]], same: float, default: float) -> list[float]:
+    """Margin per class: `same` when the class shares a group with another class, else `default`.
+
+    Classes in one group (a location, a product family) are the confusable ones, so they get the larger
+    margin and are pushed further apart.
+    """
+    members: dict[str, int] = {}
+    for groups in class_groups.values():
+        for group in groups:
+            members[group] = members.get(group, 0) + 1
+    return [same if any(members[g] > 1 for g in class_groups[c]) else default for c in sorted(class_groups)]
 
 
 def _validate_mask(path: str, column: str, values: pa.ChunkedArray) -> pa.Array:
@@ -214,4 +238,4 @@ def prepare_datasets(data_cfg: Any, tokenizer: Any, max_seq_length: int, seed: i
         "metric_rows": int(labeled.table.column("metric_mask").to_numpy().sum()),
     }
     logger.info("data: %s", summary)
-    return PreparedData(train, val, labeled.id2label, summary)
+    return PreparedData(train, val, labeled.id2label, summary, labeled.class_groups)

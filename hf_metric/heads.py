@@ -111,8 +111,6 @@ class CosineLinear(Head):
     margin heads, whose inference logits are exactly these scaled cosines. `labels`/`margin` are ignored here.
     """
 
-    default_margin: float = 0.0
-
     def __init__(
         self,
         in_features: int,
@@ -175,13 +173,13 @@ class _TargetMarginHead(CosineLinear):
         self,
         in_features: int,
         num_labels: int,
-        scale: float = 64.0,
-        margin: float | None = None,
+        scale: float,
+        margin: float,
         sub_centers: int = 1,
         temperature: float = 1.0,
     ) -> None:
         super().__init__(in_features, num_labels, scale=scale, sub_centers=sub_centers, temperature=temperature)
-        self.margin = float(self.default_margin if margin is None else margin)
+        self.margin = float(margin)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, margin={self.margin}"
@@ -221,8 +219,6 @@ class ArcFaceHead(_TargetMarginHead):
     [-1 + 1e-6, 1 - 1e-6], so the gradient stays finite at theta = 0 and pi. `margin` is in radians
     (pytorch-metric-learning's `ArcFaceLoss` takes degrees: its default 28.6 deg is 0.5 rad).
     """
-
-    default_margin = 0.5
 
     def __init__(
         self,
@@ -342,8 +338,6 @@ class CosFaceHead(_TargetMarginHead):
     The margin is on the cosine, so it is the same everywhere on the sphere and needs no special case.
     """
 
-    default_margin = 0.35
-
     def __init__(
         self,
         in_features: int,
@@ -382,7 +376,10 @@ class CircleHead(CosineLinear):
 
     `m` defaults to 0.25 and `gamma` to 256, the paper's face-recognition (classification) setting;
     pytorch-metric-learning's pair-based `CircleLoss` defaults to m = 0.4, gamma = 80. A per-row `margin` given
-    to `forward` overrides `m` for that row.
+    to `forward` overrides `m` for that row. Note that m is a *relaxation* factor, not a margin in the ArcFace
+    sense: the decision boundary is the circle s_n^2 + (s_p - 1)^2 = 2 m^2, so a larger m is a looser
+    constraint (d logit_y / dm = 2 gamma m > 0: a larger m gives a larger target logit), and m -> 0 is the
+    strictest (s_p = 1, s_n = 0).
     """
 
     def __init__(

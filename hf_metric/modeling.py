@@ -20,8 +20,8 @@ from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedMode
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
-from .heads import build_head
-from .losses import SupConLoss, masked_cross_entropy, masked_mean
+from .heads import CosineLinear, build_head
+from .losses import build_classification_loss, build_metric_loss, masked_mean
 
 POOLING_MODES = ("mean", "cls", "pooler")
 
@@ -35,8 +35,12 @@ class MetricClassifierConfig(PreTrainedConfig):
         projection_dim: size of the projection MLP for the metric embedding; `None` uses the pooled output.
         classifier_dropout: dropout on the pooled output before the head.
         head_type, head_kwargs: the classification head (see `hf_metric.heads.HEADS`).
+        class_margins: optional margin per class (e.g. from `head.group_margin`): in training, each row's
+            target logit gets the margin of its class instead of the head's single margin.
+        classification_loss, classification_loss_kwargs: `ce` (label_smoothing) or `focal` (gamma, alpha).
         classification_loss_weight, metric_loss_weight: total = w_ce * CE + w_metric * metric loss.
-        metric_loss, metric_loss_kwargs: the metric loss and its options (`supcon`: `temperature`).
+        metric_loss, metric_loss_kwargs: `supcon` (temperature), `triplet` (margin, distance) or
+            `multi_similarity` (alpha, beta, base); see `hf_metric.losses.METRIC_LOSSES`.
     """
 
     model_type = "hf_metric_classifier"
@@ -49,6 +53,9 @@ class MetricClassifierConfig(PreTrainedConfig):
     classifier_dropout: float = 0.1
     head_type: str = "linear"
     head_kwargs: dict | None = None
+    class_margins: list[float] | None = None
+    classification_loss: str = "ce"
+    classification_loss_kwargs: dict | None = None
     classification_loss_weight: float = 1.0
     metric_loss_weight: float = 1.0
     metric_loss: str = "supcon"
@@ -84,13 +91,6 @@ class MetricClassifierOutput(ModelOutput):
     metric_loss: torch.FloatTensor | None = None
 
 
-def build_metric_loss(name: str, **kwargs: Any) -> nn.Module:
-    losses = {"supcon": SupConLoss}
-    if name not in losses:
-        raise ValueError(f"unknown metric loss {name!r}; known: {sorted(losses)}")
-    return losses[name](**kwargs)
-
-
 def _load_encoder(config: PreTrainedConfig | str, pooling: str, **kwargs: Any) -> PreTrainedModel:
     """Build (from a config) or load (from a name/path) the backbone, without a pooler it would not train."""
     load = AutoModel.from_config if isinstance(config, PreTrainedConfig) else AutoModel.from_pretrained
@@ -112,7 +112,9 @@ class MetricClassifierPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, CosineLinear):  # margin heads own a raw weight matrix with their own init
+            module.reset_parameters()
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -132,7 +134,14 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             if config.projection_dim
             else None
         )
+        self.classification_loss_fn = build_classification_loss(
+            config.classification_loss, **(config.classification_loss_kwargs or {})
+        )
         self.metric_loss_fn = build_metric_loss(config.metric_loss, **(config.metric_loss_kwargs or {}))
+        if config.class_margins is not None:
+            self.register_buffer("class_margins", torch.tensor(config.class_margins), persistent=False)
+        else:
+            self.class_margins = None
         self.post_init()
 
     @classmethod
@@ -185,7 +194,11 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             encoder_kwargs["token_type_ids"] = token_type_ids
         out = self.backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, return_dict=True, **encoder_kwargs)
         pooled = self.pool(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
-        logits = self.head(self.dropout(pooled), labels if self.training else None)
+        head_labels = labels if self.training else None
+        margin = None
+        if head_labels is not None and self.class_margins is not None:
+            margin = self.class_margins.to(pooled.device)[head_labels.clamp(min=0)]
+        logits = self.head(self.dropout(pooled), head_labels, **({"margin": margin} if margin is not None else {}))
         projected = self.projection(pooled) if self.projection is not None else pooled
         embeddings = F.normalize(projected.float(), dim=-1)
 
@@ -194,7 +207,7 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             zero = logits.new_zeros((), dtype=torch.float32)
             ce_loss = metric_loss = zero
             if self.config.classification_loss_weight > 0:
-                ce_loss = masked_mean(*masked_cross_entropy(logits, labels, classifier_mask))
+                ce_loss = masked_mean(*self.classification_loss_fn.per_row(logits, labels, classifier_mask))
             if self.config.metric_loss_weight > 0:
                 metric_loss = masked_mean(*self.metric_loss_fn.per_anchor(embeddings, labels, metric_mask))
             loss = self.config.classification_loss_weight * ce_loss + self.config.metric_loss_weight * metric_loss

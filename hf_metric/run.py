@@ -44,7 +44,7 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     """Everything up to `trainer.train()`: tokenizer, data, model and the configured trainer."""
     from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
 
-    from .data import prepare_datasets
+    from .data import group_class_margins, prepare_datasets
     from .modeling import MetricClassifierModel
     from .trainer import MetricClassifierTrainer
 
@@ -55,6 +55,12 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     with args.main_process_first(desc="prepare data"):
         data = prepare_datasets(cfg.data, tokenizer, cfg.training.max_seq_length, cfg.training.seed)
     t = cfg.training
+    class_margins = None
+    if cfg.head.group_margin is not None:
+        if data.class_groups is None:
+            raise ConfigError(f"head.group_margin: {cfg.data.parquet_path} has no 'group' column")
+        margins = cfg.head.group_margin
+        class_margins = group_class_margins(data.class_groups, margins.same, margins.default)
     set_seed(t.seed)  # the new head and projection start from the same weights in every run
     model = MetricClassifierModel.from_backbone(
         model_path,
@@ -63,10 +69,15 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
         pooling=cfg.model.pooling,
         projection_dim=cfg.model.projection_dim,
         classifier_dropout=cfg.model.classifier_dropout,
+        head_type=cfg.head.type,
+        head_kwargs=cfg.head.head_kwargs(),
+        class_margins=class_margins,
+        classification_loss=t.classification_loss,
+        classification_loss_kwargs=t.classification_loss_kwargs(),
         classification_loss_weight=t.classification_loss_weight,
         metric_loss_weight=t.metric_loss_weight,
-        metric_loss="supcon",
-        metric_loss_kwargs={"temperature": t.supcon_temperature},
+        metric_loss=t.metric_loss,
+        metric_loss_kwargs=t.metric_loss_kwargs(),
     )
     trainer = MetricClassifierTrainer(
         model=model,
@@ -76,6 +87,7 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
+        metric_loss_name=t.metric_loss,
     )
     trainer.data_summary = data.summary
     return trainer

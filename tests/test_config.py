@@ -114,3 +114,29 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("head", "pattern"),
+    [
+        ({"type": "linear", "scale": 30}, r"head\.scale: has no meaning for head\.type 'linear'"),
+        ({"type": "cosine", "margin": 0.2}, r"head\.margin: has no meaning"),
+        ({"type": "cosface", "easy_margin": True}, r"head\.easy_margin: applies to arcface"),
+        ({"type": "linear", "group_margin": {"same": 0.7}}, r"head\.group_margin: needs a margin head"),
+        ({"type": "arcface", "group_margin": {"same": 0.7, "dflt": 1}}, r"head\.group_margin\.dflt: unknown key"),
+        ({"type": "ringface"}, r"head\.type: must be one of"),
+        ({"temperature": 0}, r"head\.temperature: must be > 0"),
+    ],
+)
+def test_bad_head_settings_name_the_key(head, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        config_from_dict({**BASE, "head": head})
+
+
+def test_head_kwargs_map_yaml_names_onto_each_head():
+    circle = config_from_dict({**BASE, "head": {"type": "circle", "scale": 80, "margin": 0.3}})
+    assert circle.head.head_kwargs() == {"temperature": 1.0, "gamma": 80.0, "m": 0.3}
+    arc = config_from_dict({**BASE, "head": {"type": "arcface", "margin": 0.2, "easy_margin": True}})
+    assert arc.head.head_kwargs() == {"temperature": 1.0, "margin": 0.2, "easy_margin": True}
+    focal = config_from_dict({**BASE, "training": {"classification_loss": "focal", "focal_alpha": [0.2, 0.8]}})
+    assert focal.training.classification_loss_kwargs() == {"gamma": 2.0, "alpha": [0.2, 0.8]}

@@ -133,3 +133,15 @@ def test_cli_bad_data_exits_2_without_traceback(tmp_path, make_config):
 def test_synthetic_rows_are_usable(tmp_path):
     table = read_labeled_parquet(write_parquet(tmp_path / "s.parquet", synthetic_rows(5)))
     assert table.table.num_rows == 20 and len(table.id2label) == 4
+
+
+def test_group_margins_are_larger_for_classes_sharing_a_group(tmp_path):
+    from hf_metric.data import group_class_margins
+
+    path = write_parquet(
+        tmp_path / "g.parquet",
+        _table(label=["a", "b", "c", "c"], group=["loc1", "loc1", "loc2", None], text=["x", "y", "z", "w"]),
+    )
+    table = read_labeled_parquet(path)
+    assert table.class_groups == {0: {"loc1"}, 1: {"loc1"}, 2: {"loc2"}}
+    assert group_class_margins(table.class_groups, same=0.7, default=0.5) == [0.7, 0.7, 0.5]

@@ -88,3 +88,48 @@ def test_pretrained_backbone_weights_are_kept(tiny_model_dir):
     ref_state = reference.state_dict()
     for name, value in model.backbone.state_dict().items():
         assert torch.equal(value, ref_state[name]), name
+
+
+HEAD_TYPES = ["linear", "cosine", "arcface", "subcenter_arcface", "cosface", "circle"]
+
+
+@pytest.mark.parametrize("head_type", HEAD_TYPES)
+def test_every_head_type_round_trips_with_identical_logits(tmp_path, tiny_model_dir, head_type):
+    torch.manual_seed(0)
+    model = MetricClassifierModel.from_backbone(tiny_model_dir, ID2LABEL, head_type=head_type).eval()
+    model.save_pretrained(tmp_path)
+    loaded = MetricClassifierModel.from_pretrained(tmp_path).eval()
+    batch = _batch()
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=1e-6)
+    assert torch.isfinite(model(**inputs).logits).all()
+
+
+def test_a_margin_head_missing_from_a_checkpoint_is_initialised(tmp_path, tiny_model_dir):
+    MetricClassifierModel.from_backbone(tiny_model_dir, ID2LABEL).save_pretrained(tmp_path)  # linear head
+    loaded = MetricClassifierModel.from_pretrained(tmp_path, head_type="arcface")
+    weight = loaded.head.weight
+    assert torch.isfinite(weight).all() and 0 < weight.abs().max().item() < 10
+
+
+def test_class_margins_make_the_target_logit_smaller_by_the_formula(tiny_model_dir):
+    torch.manual_seed(0)
+    model = MetricClassifierModel.from_backbone(
+        tiny_model_dir,
+        ID2LABEL,
+        head_type="cosface",
+        head_kwargs={"scale": 10.0},
+        class_margins=[0.1, 0.4, 0.0],
+        classifier_dropout=0.0,
+    )
+    model.train()
+    batch = _batch()
+    labels = batch["labels"]
+    train_logits = model(**batch).logits
+    model.eval()
+    plain = model(**batch).logits
+    target_drop = (plain - train_logits).gather(1, labels[:, None]).squeeze(1)
+    expected = 10.0 * torch.tensor([0.1, 0.4, 0.0])[labels]  # CosFace: s * (cos - m) on the target only
+    assert torch.allclose(target_drop, expected, atol=1e-5)
+    others = torch.ones_like(plain, dtype=torch.bool).scatter(1, labels[:, None], False)
+    assert torch.allclose(plain[others], train_logits[others], atol=1e-6)

@@ -174,3 +174,25 @@ def test_two_epoch_run_learns_well_above_chance(tmp_path, make_config, capsys):
         pred = model(**batch).logits.argmax(-1)
     hits = [model.config.id2label[int(i)] == r["label"] for i, r in zip(pred, fresh, strict=True)]
     assert np.mean(hits) > 0.8
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"head": {"type": "arcface", "scale": 16, "margin": 0.2, "group_margin": {"same": 0.3, "default": 0.1}}},
+        {"head": {"type": "circle"}, "training": {"classification_loss": "focal", "metric_loss": "triplet"}},
+        {"head": {"type": "subcenter_arcface", "scale": 16}, "training": {"metric_loss": "multi_similarity"}},
+    ],
+)
+def test_heads_and_losses_train_from_yaml(tmp_path, make_config, overrides):
+    rows = synthetic_rows(30, seed=2)
+    for row in rows:  # billing and card share a group, so they get the larger margin
+        row["group"] = "money" if row["label"] in ("billing", "card") else row["label"]
+    config = make_config(write_parquet(tmp_path / "d.parquet", rows), optimizer={"learning_rate": 1e-2}, **overrides)
+    cfg = load_config(config)
+    metrics = train(cfg)
+    assert np.isfinite(metrics["eval_loss"]) and metrics["eval_accuracy"] > 0.25
+    saved = json.loads((tmp_path / "ckpt" / "best" / "config.json").read_text())
+    assert saved["head_type"] == cfg.head.type
+    if cfg.head.group_margin is not None:
+        assert saved["class_margins"] == [0.1, 0.3, 0.3, 0.1]  # sorted labels: account, billing, card, delivery
