@@ -26,6 +26,22 @@ logger = logging.getLogger(__name__)
 SAVE_BEST_BY_ALIASES = {"loss": "eval_loss", "acc": "eval_accuracy", "f1": "eval_f1"}
 """`save_best_by` shorthands and the Trainer metric each one selects."""
 
+SELECTABLE_METRICS = (
+    "loss",
+    "ce_loss",
+    "supcon_loss",
+    "triplet_loss",
+    "multi_similarity_loss",
+    "accuracy",
+    "f1",
+    "top5_accuracy",
+    "knn_accuracy",
+    "knn_f1",
+    "bank_intra_class_cosine",
+    "bank_mean_margin",
+)
+"""Logged evaluation metrics (without the `eval_` prefix) that `save_best_by` may name, besides `recall@K`."""
+
 LEGACY_KEYS = {("checkpointing", "save_every_n_bathces"): "save_every_n_batches"}
 """Old spellings still accepted (with a deprecation warning) so existing configs keep working."""
 
@@ -247,11 +263,6 @@ class CheckpointingSection:
             "checkpointing.save_every_n_batches",
             "must be > 0 or null (null: once per epoch)",
         )
-        _check(
-            self.save_best_by in SAVE_BEST_BY_ALIASES,
-            "checkpointing.save_best_by",
-            f"must be one of {sorted(SAVE_BEST_BY_ALIASES)}, got {self.save_best_by!r}",
-        )
         _check(self.save_total_limit >= 1, "checkpointing.save_total_limit", "must be >= 1")
 
 
@@ -306,13 +317,22 @@ class TrainConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate()
+        choices = [*SAVE_BEST_BY_ALIASES, *SELECTABLE_METRICS]
+        choices += [f"recall@{k}" for k in self.metric_validation.recall_at_k]
+        name = self.checkpointing.save_best_by.removeprefix("eval_")
+        _check(
+            name in choices,
+            "checkpointing.save_best_by",
+            f"must be loss, acc, f1 or a logged metric ({', '.join(choices[3:])}), got {name!r}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @property
     def metric_for_best_model(self) -> str:
-        return SAVE_BEST_BY_ALIASES[self.checkpointing.save_best_by]
+        name = self.checkpointing.save_best_by.removeprefix("eval_")
+        return SAVE_BEST_BY_ALIASES.get(name, f"eval_{name}")
 
     @property
     def greater_is_better(self) -> bool:

@@ -46,7 +46,7 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
 
     from .data import group_class_margins, prepare_datasets
     from .modeling import MetricClassifierModel
-    from .trainer import MetricClassifierTrainer
+    from .trainer import MetricClassifierTrainer, RetrievalEvalSettings
 
     _check_precision(cfg)
     args = build_training_arguments(cfg, **argument_overrides)
@@ -88,6 +88,12 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
         data_collator=DataCollatorWithPadding(tokenizer),
         samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
         metric_loss_name=t.metric_loss,
+        retrieval=RetrievalEvalSettings(
+            recall_at_k=tuple(cfg.metric_validation.recall_at_k),
+            distance=cfg.metric_validation.distance,
+            knn_k=cfg.metric_validation.knn_k,
+            keep_last_n_emb_steps=cfg.metric_validation.keep_last_n_emb_steps,
+        ),
     )
     trainer.data_summary = data.summary
     return trainer

@@ -27,12 +27,32 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
 
-from .metrics import classification_metrics
+from .bank import EmbeddingBank
+from .metrics import (
+    bank_statistics,
+    classification_metrics,
+    is_collapsed,
+    knn_metrics,
+    prediction_diversity,
+    recall_at_k,
+    top_k_accuracy,
+)
 from .samplers import ClassBalancedBatchSampler
 
 logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
+BANK_FILE = "embedding_bank.safetensors"
+
+
+@dataclass
+class RetrievalEvalSettings:
+    """How validation rows are compared with the embedding bank (the YAML `metric_validation` section)."""
+
+    recall_at_k: tuple[int, ...] = (1, 5, 10)
+    distance: str = "cos"
+    knn_k: int = 10
+    keep_last_n_emb_steps: int = 50
 
 
 @dataclass
@@ -67,6 +87,7 @@ class MetricClassifierTrainer(Trainer):
     Args:
         samples_per_class: K of the P x K batches; `None` keeps the Trainer's random batches.
         metric_loss_name: the name the metric part is logged under (`supcon_loss` for SupCon).
+        retrieval: the embedding bank and retrieval metrics (`RetrievalEvalSettings`).
         Everything else as `transformers.Trainer`. Pass `TrainingArguments(label_names=["labels",
         "classifier_mask", "metric_mask"], remove_unused_columns=False)` so evaluation sees the masks
         (`hf_metric.config.build_training_arguments` does).
@@ -74,9 +95,25 @@ class MetricClassifierTrainer(Trainer):
 
     loss_is_scaled_for_ga = True  # compute_loss divides by the window counts itself
 
-    def __init__(self, *args: Any, samples_per_class: int | None = 4, metric_loss_name: str = "supcon", **kwargs):
+    def __init__(
+        self,
+        *args: Any,
+        samples_per_class: int | None = 4,
+        metric_loss_name: str = "supcon",
+        retrieval: RetrievalEvalSettings | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.samples_per_class = samples_per_class
+        self.retrieval = retrieval or RetrievalEvalSettings()
+        config = self._loss_model().config
+        self.bank = EmbeddingBank(
+            capacity_steps=self.retrieval.keep_last_n_emb_steps,
+            dim=config.projection_dim or config.hidden_size,
+            max_rows_per_step=self._train_batch_size
+            * self.args.gradient_accumulation_steps
+            * self.accelerator.num_processes,
+        )
         self.metric_part_name = f"{metric_loss_name}_loss"
         self._part_sums: dict[str, torch.Tensor] = {}
         self._eval_part_sums: dict[str, torch.Tensor] = {}
@@ -128,11 +165,24 @@ class MetricClassifierTrainer(Trainer):
             ce = ce * local[0] / num_items_in_batch.ce_rows.clamp(min=1) * scale
             metric = metric * local[1] / num_items_in_batch.metric_anchors.clamp(min=1) * scale
             self._accumulate(self._part_sums, ce / scale, metric / scale, weight=1.0)
+            self._add_to_bank(outputs.embeddings, inputs)
         elif not model.training:
             local = self._batch_counts(inputs).to(ce.device)
             self._accumulate(self._eval_part_sums, ce * local[0], metric * local[1], weight=1.0, counts=local)
         loss = config.classification_loss_weight * ce + config.metric_loss_weight * metric
         return (loss, outputs) if return_outputs else loss
+
+    def _add_to_bank(self, embeddings: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+        """Keep this micro-batch's metric rows (from every process) in the bank under the current step."""
+        labels = inputs["labels"]
+        mask = inputs.get("metric_mask")
+        keep = (labels >= 0) & (mask.bool() if mask is not None else True)
+        embeddings, labels, keep = embeddings.detach().float(), labels.detach(), keep.to(torch.int64)
+        if self.accelerator.num_processes > 1:  # micro-batches may differ in size across processes
+            pad = self.accelerator.pad_across_processes
+            embeddings, labels, keep = (self.accelerator.gather(pad(t)) for t in (embeddings, labels, keep))
+        keep = keep.bool()
+        self.bank.add(self.state.global_step, embeddings[keep], labels[keep])
 
     def _accumulate(self, sums, ce, metric, weight: float, counts: torch.Tensor | None = None) -> None:
         values = torch.stack([ce.detach().float(), metric.detach().float()]) * weight
@@ -175,14 +225,48 @@ class MetricClassifierTrainer(Trainer):
         )
 
     def prediction_metrics(self, output: EvalLoopOutput, prefix: str) -> dict[str, float]:
-        """Classifier metrics over the rows with classifier_mask = 1."""
+        """Classifier metrics over validation rows with classifier_mask = 1, retrieval metrics of validation
+        rows against the embedding bank, bank statistics and prediction diversity."""
         if output.predictions is None or output.label_ids is None:
             return {}
-        logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-        label_ids = output.label_ids
-        labels, ce_mask = (label_ids[0], label_ids[1]) if isinstance(label_ids, tuple) else (label_ids, None)
-        rows = np.ones(len(labels), dtype=bool) if ce_mask is None else np.asarray(ce_mask).astype(bool)
-        return {f"{prefix}_{k}": v for k, v in classification_metrics(logits[rows], labels[rows]).items()}
+        predictions = output.predictions if isinstance(output.predictions, tuple) else (output.predictions,)
+        label_ids = output.label_ids if isinstance(output.label_ids, tuple) else (output.label_ids,)
+        logits, labels = predictions[0], np.asarray(label_ids[0])
+        ce_rows = np.asarray(label_ids[1]).astype(bool) if len(label_ids) > 1 else np.ones(len(labels), bool)
+        metric_rows = np.asarray(label_ids[2]).astype(bool) if len(label_ids) > 2 else np.ones(len(labels), bool)
+        metrics = classification_metrics(logits[ce_rows], labels[ce_rows])
+        metrics["top5_accuracy"] = top_k_accuracy(logits[ce_rows], labels[ce_rows], k=5)
+        predicted = np.asarray(logits[ce_rows]).argmax(axis=-1)
+        metrics.update(prediction_diversity(predicted, num_labels=logits.shape[-1]))
+        if is_collapsed(predicted, labels[ce_rows]):
+            logger.warning(
+                "prediction collapse: the classifier predicts %d distinct class(es) for %d validation rows; "
+                "try a lower head.scale, a softer head.margin or a head.temperature > 1",
+                len(np.unique(predicted)),
+                len(predicted),
+            )
+        if len(predictions) > 1 and len(self.bank) > 0:
+            metrics.update(self.retrieval_metrics(np.asarray(predictions[1]), labels, ce_rows, metric_rows))
+        return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+    def retrieval_metrics(
+        self, embeddings: np.ndarray, labels: np.ndarray, ce_rows: np.ndarray, metric_rows: np.ndarray
+    ) -> dict[str, float]:
+        """Recall@K (queries: rows with metric_mask = 1), kNN accuracy/F1 (queries: rows with classifier_mask
+        = 1, as for the classifier) against the bank, and the bank's own statistics."""
+        r = self.retrieval
+        bank_emb, bank_labels = self.bank.embeddings(), self.bank.labels().cpu().numpy()
+        out: dict[str, float] = {}
+        if metric_rows.any():
+            recalls = recall_at_k(
+                embeddings[metric_rows], labels[metric_rows], bank_emb, bank_labels, r.recall_at_k, r.distance
+            )
+            out.update({f"recall@{k}": v for k, v in recalls.items()})
+        if ce_rows.any():
+            knn = knn_metrics(embeddings[ce_rows], labels[ce_rows], bank_emb, bank_labels, r.knn_k, None, r.distance)
+            out.update(knn)
+        out.update({f"bank_{k}": float(v) for k, v in bank_statistics(bank_emb, bank_labels).items()})
+        return out
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial) -> None:
@@ -230,7 +314,18 @@ class MetricClassifierTrainer(Trainer):
         )
 
     def save_extra_checkpoint_files(self, checkpoint_dir: str) -> None:
-        """Hook for state that must travel with a checkpoint (written before the atomic rename)."""
+        """State that travels with a checkpoint (written before the atomic rename): the embedding bank, so
+        that a resumed run evaluates against the same rows."""
+        self.bank.save(os.path.join(checkpoint_dir, BANK_FILE))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if isinstance(resume_from_checkpoint, str):
+            bank_file = os.path.join(resume_from_checkpoint, BANK_FILE)
+            if os.path.isfile(bank_file):
+                self.bank.load(bank_file)
+            else:
+                logger.warning("%s has no embedding bank; retrieval metrics restart from an empty bank", bank_file)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def save_final_model(self, path: str) -> None:
         """`save_model` into `path` atomically (main process only)."""

@@ -49,7 +49,11 @@ def test_example_config_holds_every_key_with_a_comment():
             _with("training", metric_loss_weight=0, classification_loss_weight=0),
             r"training\.metric_loss_weight: .*both 0",
         ),
-        (_with("checkpointing", save_best_by="recall"), r"checkpointing\.save_best_by: must be one of"),
+        (
+            _with("checkpointing", save_best_by="recall"),
+            r"checkpointing\.save_best_by: must be loss, acc, f1 or a logged",
+        ),
+        (_with("checkpointing", save_best_by="recall@7"), r"checkpointing\.save_best_by: must be loss"),
         (_with("training", mixed_precision="fp8"), r"training\.mixed_precision: must be one of"),
         (_with("metric_validation", distance="manhattan"), r"metric_validation\.distance: must be one of"),
         (_with("metric_validation", recall_at_k=5), r"metric_validation\.recall_at_k: expected a list"),
@@ -140,3 +144,18 @@ def test_head_kwargs_map_yaml_names_onto_each_head():
     assert arc.head.head_kwargs() == {"temperature": 1.0, "margin": 0.2, "easy_margin": True}
     focal = config_from_dict({**BASE, "training": {"classification_loss": "focal", "focal_alpha": [0.2, 0.8]}})
     assert focal.training.classification_loss_kwargs() == {"gamma": 2.0, "alpha": [0.2, 0.8]}
+
+
+@pytest.mark.parametrize(
+    ("name", "metric", "greater"),
+    [
+        ("loss", "eval_loss", False),
+        ("f1", "eval_f1", True),
+        ("knn_f1", "eval_knn_f1", True),
+        ("recall@5", "eval_recall@5", True),
+        ("eval_ce_loss", "eval_ce_loss", False),
+    ],
+)
+def test_save_best_by_accepts_any_logged_metric(name, metric, greater):
+    cfg = config_from_dict(_with("checkpointing", save_best_by=name))
+    assert cfg.metric_for_best_model == metric and cfg.greater_is_better is greater

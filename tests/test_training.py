@@ -124,10 +124,12 @@ def test_resume_continues_the_uninterrupted_run(tmp_path, make_config):
     assert after and all(s in got for s in after)
     for step in after:
         assert np.allclose(got[step], expected[step], rtol=1e-4, atol=1e-5), (step, got[step], expected[step])
-    a = load_file(os.path.join(full_dir, last, "model.safetensors"))
-    b = load_file(resumed_dir / last / "model.safetensors")
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    for name in ("model.safetensors", "embedding_bank.safetensors"):  # the bank survives the resume too
+        a = load_file(os.path.join(full_dir, last, name))
+        b = load_file(resumed_dir / last / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), (name, key)
 
 
 def test_an_interrupted_save_leaves_no_partial_checkpoint(tmp_path, make_config, monkeypatch):
@@ -155,11 +157,24 @@ def test_an_interrupted_save_leaves_no_partial_checkpoint(tmp_path, make_config,
 
 def test_two_epoch_run_learns_well_above_chance(tmp_path, make_config, capsys):
     data = write_parquet(tmp_path / "d.parquet", synthetic_rows(60, seed=1))
-    config = make_config(data, optimizer={"learning_rate": 1e-2})
+    config = make_config(
+        data,
+        optimizer={"learning_rate": 1e-2},
+        metric_validation={"keep_last_n_emb_steps": 3, "recall_at_k": [1, 3]},
+        checkpointing={"save_best_by": "knn_f1"},
+    )
     assert main(["--config", str(config)]) == 0
     out_dir = tmp_path / "ckpt"
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["eval_accuracy"] > 0.8 and metrics["eval_f1"] > 0.8  # chance is 0.25
+    assert metrics["eval_bank_size"] == 3 * 8  # the last 3 optimizer steps of full 8-row P x K batches
+    assert metrics["eval_bank_num_classes"] == 4
+    assert metrics["eval_recall@1"] <= metrics["eval_recall@3"] and metrics["eval_recall@3"] > 0.8
+    assert metrics["eval_knn_accuracy"] > 0.8 and metrics["eval_top5_accuracy"] == 1.0  # 4 classes < 5
+    assert metrics["eval_distinct_predictions"] == 4
+    last = max((d for d in os.listdir(out_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+    state = json.loads((out_dir / last / "trainer_state.json").read_text())
+    assert state["best_metric"] == max(h["eval_knn_f1"] for h in state["log_history"] if "eval_knn_f1" in h)
     assert "Final validation metrics" in capsys.readouterr().out
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -196,3 +211,29 @@ def test_heads_and_losses_train_from_yaml(tmp_path, make_config, overrides):
     assert saved["head_type"] == cfg.head.type
     if cfg.head.group_margin is not None:
         assert saved["class_margins"] == [0.1, 0.3, 0.3, 0.1]  # sorted labels: account, billing, card, delivery
+
+
+def test_collapsed_predictions_are_flagged_and_healthy_ones_are_not(tmp_path, make_config, caplog):
+    from transformers.trainer_utils import EvalLoopOutput
+
+    trainer = build_trainer(load_config(make_config(write_parquet(tmp_path / "d.parquet", synthetic_rows(10)))))
+    labels = np.repeat(np.arange(4), 5)
+    ones = np.ones(20, dtype=np.int64)
+    emb = np.random.default_rng(0).normal(size=(20, 32)).astype(np.float32)
+
+    def metrics_for(logits):
+        output = EvalLoopOutput(predictions=(logits, emb), label_ids=(labels, ones, ones), metrics={}, num_samples=20)
+        return trainer.prediction_metrics(output, "eval")
+
+    collapsed = np.zeros((20, 4), dtype=np.float32)
+    collapsed[:, 2] = 5.0  # every row predicted as class 2
+    with caplog.at_level("WARNING"):
+        m = metrics_for(collapsed)
+    assert m["eval_distinct_predictions"] == 1 and m["eval_prediction_entropy"] == 0.0
+    assert "prediction collapse" in caplog.text
+    caplog.clear()
+    healthy = np.eye(4, dtype=np.float32)[labels] * 5
+    with caplog.at_level("WARNING"):
+        m = metrics_for(healthy)
+    assert m["eval_distinct_predictions"] == 4 and m["eval_prediction_entropy"] == pytest.approx(np.log(4))
+    assert "prediction collapse" not in caplog.text

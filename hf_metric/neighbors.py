@@ -1,0 +1,227 @@
+"""Exact nearest neighbours by blocked matrix products, in memory that does not grow with N_query x N_ref.
+
+Evaluating an embedding model means searching every query against a bank of reference rows. The obvious
+`query @ ref.T` needs N_query x N_ref floats (160 GB for 200k x 200k); here the queries are cut into chunks,
+the references into blocks, and each block's top k is merged into a running top k per query, so the extra
+memory is O(chunk_size x ref_chunk_size + N_query x k) whatever the sizes. The search is exact (no index, no
+approximation) and deterministic: results are ordered by score and, among equal scores, by reference index
+(the lower index first), independently of the chunk sizes and of how `torch.topk` orders ties.
+
+Scores are "higher is nearer" internally; for `distance="l2"` the public functions return Euclidean
+distances (ascending) instead. Inputs may be torch tensors or NumPy arrays; the work is done in float32 on the
+device of `query`. A float32 CPU tensor or C-contiguous NumPy array is used in place (no copy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Distance = Literal["cos", "l2"]
+
+DEFAULT_CHUNK_SIZE = 2048
+"""Queries per chunk. Large enough that the matrix product runs at full BLAS speed."""
+DEFAULT_REF_CHUNK_SIZE = 4096
+"""References per block: a 2048 x 4096 float32 block is 32 MiB, so the peak stays small and cache-friendly."""
+
+
+def as_float_tensor(x: torch.Tensor | np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """A detached float32 tensor viewing `x` when possible (float32 input is not copied)."""
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    return t.to(device=device if device is not None else t.device, dtype=torch.float32)
+
+
+def _check_inputs(query: torch.Tensor, ref: torch.Tensor, distance: str, exclude_self: bool) -> None:
+    if distance not in ("cos", "l2"):
+        raise ValueError(f"distance must be 'cos' or 'l2', got {distance!r}")
+    if query.ndim != 2 or ref.ndim != 2 or query.shape[1] != ref.shape[1]:
+        raise ValueError(f"expected 2-D query and ref of equal width, got {tuple(query.shape)}, {tuple(ref.shape)}")
+    if exclude_self and query.shape[0] != ref.shape[0]:
+        raise ValueError(
+            f"exclude_self=True means the query set is the reference set, but they have {query.shape[0]} and "
+            f"{ref.shape[0]} rows"
+        )
+    for name, t in (("query", query), ("ref", ref)):
+        for start in range(0, t.shape[0], 65536):  # in slices, so the check needs no full-size bool copy
+            if not bool(torch.isfinite(t[start : start + 65536]).all()):
+                raise ValueError(f"{name} embeddings contain NaN or infinite values")
+
+
+def balanced_spans(n: int, size: int) -> list[tuple[int, int]]:
+    """`(start, stop)` spans covering range(n) in ceil(n / size) near-equal parts of at most `size`.
+
+    Equal parts avoid a tiny last block: BLAS libraries switch to other kernels for very thin matrices, whose
+    rounding differs, and identical rows would then score differently depending on where they fall.
+    """
+    if n <= 0:
+        return []
+    parts = -(-n // size)
+    width = -(-n // parts)
+    return [(start, min(start + width, n)) for start in range(0, n, width)]
+
+
+def score_blocks(
+    query: torch.Tensor,
+    ref: torch.Tensor,
+    distance: Distance = "cos",
+    chunk_size: int | None = None,
+    ref_chunk_size: int | None = None,
+    exclude_self: bool = False,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield `(q0, r0, block)` with `block[i, j]` the score of query `q0 + i` against reference `r0 + j`.
+
+    Scores are "higher is nearer": the cosine similarity for "cos", minus the squared Euclidean distance
+    ``-(|q|^2 - 2 q.r + |r|^2)`` clamped at 0 for "l2". With `exclude_self`, a row's score against itself is
+    -inf. Blocks come query chunk by query chunk, and within one chunk in increasing `r0`. `query` and `ref`
+    must already be float32 tensors on one device; the block is reused, so copy what you keep.
+    """
+    chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+    ref_chunk_size = ref_chunk_size or DEFAULT_REF_CHUNK_SIZE
+    if chunk_size < 1 or ref_chunk_size < 1:
+        raise ValueError(f"chunk sizes must be >= 1, got {chunk_size}, {ref_chunk_size}")
+    n_query, n_ref = query.shape[0], ref.shape[0]
+    cos = distance == "cos"
+    # One buffer for every block: a fresh 32 MiB tensor per block would be page-faulted in again each time.
+    buffer = torch.empty(min(chunk_size, n_query) * min(ref_chunk_size, n_ref), device=query.device)
+    # Normalising (or taking norms of) one block at a time avoids a full normalised copy of the data; redoing
+    # it per query chunk costs about dim / chunk_size of the matrix product.
+    ref_spans = balanced_spans(n_ref, ref_chunk_size)
+    for q0, q1 in balanced_spans(n_query, chunk_size):
+        q = query[q0:q1]
+        q = F.normalize(q, dim=1) if cos else q
+        q_sq = None if cos else torch.linalg.vector_norm(q, dim=1, keepdim=True).square_()
+        for r0, r1 in ref_spans:
+            r = ref[r0:r1]
+            block = buffer[: q.shape[0] * r.shape[0]].view(q.shape[0], r.shape[0])
+            torch.mm(q, (F.normalize(r, dim=1) if cos else r).T, out=block)
+            if not cos:  # 2 q.r - |r|^2 - |q|^2
+                r_sq = torch.linalg.vector_norm(r, dim=1).square_()
+                block.mul_(2.0).sub_(r_sq[None, :]).sub_(q_sq).clamp_(max=0.0)
+            if exclude_self and r0 < q0 + q.shape[0] and q0 < r0 + r.shape[0]:
+                block.diagonal(offset=q0 - r0).fill_(float("-inf"))
+            yield q0, r0, block
+
+
+def _sort_candidates(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order each row by value (descending), then by index (ascending) among equal values."""
+    indices, order = indices.sort(dim=1)
+    values = values.gather(1, order)
+    values, order = values.sort(dim=1, descending=True, stable=True)
+    return values, indices.gather(1, order)
+
+
+def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best entries of each row of `block` under the order (value desc, column asc), sorted that way.
+
+    `torch.topk` picks an arbitrary subset among values tied at the k-th place. Asking for k + 1 shows where
+    that can happen (the (k+1)-th value equals the k-th): only those rows are redone exactly, by keeping every
+    entry above the k-th value and the lowest-indexed entries equal to it.
+    """
+    width = block.shape[1]
+    if width <= k:
+        values, indices = block, torch.arange(width, device=block.device).expand(block.shape[0], width)
+        return _sort_candidates(values, indices)
+    values, indices = block.topk(k + 1, dim=1)
+    ambiguous = (values[:, k] == values[:, k - 1]).nonzero().flatten()
+    values, indices = values[:, :k], indices[:, :k]
+    if len(ambiguous):
+        values, indices = values.clone(), indices.clone()
+        sub = block[ambiguous]
+        kth = values[ambiguous, k - 1 : k]
+        above = sub > kth
+        tied = sub == kth
+        need = k - above.sum(dim=1, keepdim=True)
+        keep = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
+        cols = keep.nonzero()[:, 1].view(len(ambiguous), k)
+        values[ambiguous] = sub.gather(1, cols)
+        indices[ambiguous] = cols
+    return _sort_candidates(values, indices)
+
+
+def topk_neighbors(
+    query: torch.Tensor | np.ndarray,
+    ref: torch.Tensor | np.ndarray,
+    k: int,
+    distance: Distance = "cos",
+    chunk_size: int | None = None,
+    exclude_self: bool = False,
+    ref_chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` nearest reference rows of every query row, exactly, in blocked memory.
+
+    Args:
+        query: (N_query, dim) embeddings.
+        ref: (N_ref, dim) embeddings (the bank).
+        k: neighbours per query. When fewer exist (k > N_ref, or k > N_ref - 1 with `exclude_self`), all that
+            exist are returned: the result has min(k, available) columns, never padding.
+        distance: "cos" (cosine similarity of the L2-normalised rows; an all-zero row has similarity 0 to
+            everything) or "l2" (Euclidean distance, via |q|^2 - 2 q.r + |r|^2 clamped at 0).
+        chunk_size: queries per chunk (default `DEFAULT_CHUNK_SIZE`).
+        exclude_self: leave-one-out: the query set is the reference set (same rows in the same order), and row
+            i is never its own neighbour. Identical *other* rows are still neighbours.
+        ref_chunk_size: references per block (default `DEFAULT_REF_CHUNK_SIZE`). Peak extra memory is about
+            chunk_size x ref_chunk_size x 4 bytes (x2 for "l2") plus the (N_query, k) result.
+
+    Returns:
+        `(scores, indices)`, both (N_query, min(k, available)) on the device of `query`: cosine similarities in
+        descending order for "cos", Euclidean distances in ascending order for "l2"; int64 reference indices.
+        Ties (equal float32 scores; for "l2" equal squared distances) are ordered by reference index, lowest
+        first, so the result does not depend on the chunk sizes.
+    """
+    device = query.device if isinstance(query, torch.Tensor) else None
+    q, r = as_float_tensor(query, device), as_float_tensor(ref, device)
+    _check_inputs(q, r, distance, exclude_self)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    k = min(k, r.shape[0] - int(exclude_self))
+    n_query = q.shape[0]
+    scores = torch.empty(n_query, max(k, 0), dtype=torch.float32, device=q.device)
+    indices = torch.empty(n_query, max(k, 0), dtype=torch.int64, device=q.device)
+    if k > 0 and n_query:
+        best_v = best_i = None  # running top k of the current query chunk (fewer columns until k refs are seen)
+        for q0, r0, block in score_blocks(q, r, distance, chunk_size, ref_chunk_size, exclude_self):
+            v, i = _block_topk(block, k)
+            i += r0
+            if r0 > 0:
+                # Earlier blocks hold lower indices, so a stable sort of [running, new] keeps index order on ties.
+                v, order = torch.cat([best_v, v], dim=1).sort(dim=1, descending=True, stable=True)
+                v, i = v[:, :k], torch.cat([best_i, i], dim=1).gather(1, order[:, :k])
+            best_v, best_i = v, i
+            if r0 + block.shape[1] == r.shape[0]:  # last block of this query chunk
+                scores[q0 : q0 + block.shape[0]], indices[q0 : q0 + block.shape[0]] = best_v, best_i
+    if distance == "l2":
+        scores = scores.neg_().clamp_(min=0.0).sqrt_()
+    return scores, indices
+
+
+def nearest_same_and_other(
+    emb: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    distance: Distance = "cos",
+    chunk_size: int | None = None,
+    ref_chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Leave-one-out, for each row: the best score to another row of its class, and to a row of another class.
+
+    Scores are as in `score_blocks` (cosine similarity, or minus the squared Euclidean distance); -inf where no
+    such row exists. Blocked like `topk_neighbors`, so no N x N matrix is ever built. `labels` are any
+    integer codes, (N,).
+    """
+    e = as_float_tensor(emb)
+    _check_inputs(e, e, distance, exclude_self=True)
+    codes = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels, device=e.device)
+    if codes.shape != (e.shape[0],):
+        raise ValueError(f"labels must have shape ({e.shape[0]},), got {tuple(codes.shape)}")
+    ninf = float("-inf")
+    same = torch.full((e.shape[0],), ninf, device=e.device)
+    other = torch.full((e.shape[0],), ninf, device=e.device)
+    for q0, r0, block in score_blocks(e, e, distance, chunk_size, ref_chunk_size, exclude_self=True):
+        rows = slice(q0, q0 + block.shape[0])
+        is_same = codes[rows, None] == codes[None, r0 : r0 + block.shape[1]]
+        same[rows] = torch.maximum(same[rows], block.masked_fill(~is_same, ninf).amax(dim=1))
+        other[rows] = torch.maximum(other[rows], block.masked_fill_(is_same, ninf).amax(dim=1))
+    return same, other
