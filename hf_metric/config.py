@@ -164,6 +164,7 @@ class TrainingSection:
     ms_base: float = 0.5
     sampler: Literal["pk", "random"] = "pk"
     samples_per_class: int = 4
+    distributed_metric_loss: Literal["global", "local_anchors"] = "global"
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=lambda: ["none"])
 

@@ -114,7 +114,7 @@ def _sort_candidates(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch
     return values, indices.gather(1, order)
 
 
-def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _full_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best entries of each row of `block` under the order (value desc, column asc), sorted that way.
 
     `torch.topk` picks an arbitrary subset among values tied at the k-th place. Asking for k + 1 shows where
@@ -140,6 +140,50 @@ def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
         values[ambiguous] = sub.gather(1, cols)
         indices[ambiguous] = cols
     return _sort_candidates(values, indices)
+
+
+def _candidates_topk(values: torch.Tensor, columns: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like `_full_topk`, for candidates `values` whose columns are `columns` (distinct, in any order)."""
+    top, pos = values.topk(k + 1, dim=1)
+    top, cols = top[:, :k].clone(), columns.gather(1, pos[:, :k])
+    ambiguous = (top[:, k - 1] == values.gather(1, pos[:, k : k + 1])[:, 0]).nonzero().flatten()
+    if len(ambiguous):  # few candidates per row: sorting them all is cheap
+        all_v, all_c = _sort_candidates(values[ambiguous], columns[ambiguous])
+        top[ambiguous], cols[ambiguous] = all_v[:, :k], all_c[:, :k]
+    return _sort_candidates(top, cols)
+
+
+GROUP = 16
+"""Columns per group in the pre-selection of `_block_topk`."""
+
+
+def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_full_topk` of a block, with most of the block skipped by an exact pre-selection.
+
+    `torch.topk` over every score costs a quarter of the matrix product. Instead the columns are dealt into
+    groups (column j + m * n_groups, m < GROUP, forms group j) and only the k groups with the highest maxima are
+    searched: the k-th best score is at least the k-th largest group maximum (those k maxima are k distinct
+    entries), so a group whose maximum is strictly below it holds nothing of the top k. Rows where the k-th
+    and (k+1)-th maxima tie, which could hide an equal score in an unsearched group, are searched in full.
+    """
+    rows, width = block.shape
+    n_groups = width // GROUP
+    if n_groups < 4 * (k + 1):  # too few groups for the pre-selection to pay
+        return _full_topk(block, k)
+    maxima = block[:, :n_groups].clone()  # elementwise maxima of column slices: much faster than amax here
+    for m in range(1, GROUP):
+        torch.maximum(maxima, block[:, m * n_groups : (m + 1) * n_groups], out=maxima)
+    top_max, groups = maxima.topk(k + 1, dim=1)
+    offsets = n_groups * torch.arange(GROUP, device=block.device)
+    columns = (groups[:, :k, None] + offsets).flatten(1)
+    if width > n_groups * GROUP:  # the last width % GROUP columns are in no group: always candidates
+        tail = torch.arange(n_groups * GROUP, width, device=block.device).expand(rows, -1)
+        columns = torch.cat([columns, tail], dim=1)
+    values, indices = _candidates_topk(block.gather(1, columns), columns, k)
+    ambiguous = (top_max[:, k] == top_max[:, k - 1]).nonzero().flatten()
+    if len(ambiguous):
+        values[ambiguous], indices[ambiguous] = _full_topk(block[ambiguous], k)
+    return values, indices
 
 
 def topk_neighbors(

@@ -88,6 +88,7 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
         data_collator=DataCollatorWithPadding(tokenizer),
         samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
         metric_loss_name=t.metric_loss,
+        distributed_metric_loss=t.distributed_metric_loss,
         retrieval=RetrievalEvalSettings(
             recall_at_k=tuple(cfg.metric_validation.recall_at_k),
             distance=cfg.metric_validation.distance,

@@ -28,6 +28,8 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
 
 from .bank import EmbeddingBank
+from .distributed import CROSS_PROCESS_MODES, cross_process_per_anchor, gather_rows
+from .losses import masked_mean
 from .metrics import (
     bank_statistics,
     classification_metrics,
@@ -88,6 +90,7 @@ class MetricClassifierTrainer(Trainer):
         samples_per_class: K of the P x K batches; `None` keeps the Trainer's random batches.
         metric_loss_name: the name the metric part is logged under (`supcon_loss` for SupCon).
         retrieval: the embedding bank and retrieval metrics (`RetrievalEvalSettings`).
+        distributed_metric_loss: `global` or `local_anchors`, see `_cross_process_metric_loss`.
         Everything else as `transformers.Trainer`. Pass `TrainingArguments(label_names=["labels",
         "classifier_mask", "metric_mask"], remove_unused_columns=False)` so evaluation sees the masks
         (`hf_metric.config.build_training_arguments` does).
@@ -101,9 +104,13 @@ class MetricClassifierTrainer(Trainer):
         samples_per_class: int | None = 4,
         metric_loss_name: str = "supcon",
         retrieval: RetrievalEvalSettings | None = None,
+        distributed_metric_loss: str = "global",
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        if distributed_metric_loss not in CROSS_PROCESS_MODES:
+            raise ValueError(f"distributed_metric_loss must be one of {CROSS_PROCESS_MODES}")
+        self.distributed_metric_loss = distributed_metric_loss
         self.samples_per_class = samples_per_class
         self.retrieval = retrieval or RetrievalEvalSettings()
         config = self._loss_model().config
@@ -116,7 +123,6 @@ class MetricClassifierTrainer(Trainer):
         )
         self.metric_part_name = f"{metric_loss_name}_loss"
         self._part_sums: dict[str, torch.Tensor] = {}
-        self._eval_part_sums: dict[str, torch.Tensor] = {}
         self._part_steps = 0  # optimizer steps accumulated in `_part_sums` since the last log
         self._staging_root: str | None = None
 
@@ -135,59 +141,78 @@ class MetricClassifierTrainer(Trainer):
     def _loss_model(self):
         return self.accelerator.unwrap_model(self.model)
 
-    def _batch_counts(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(CE rows, metric anchors) of one micro-batch, from labels and masks only."""
+    def _metric_rows(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels and 0/1 metric mask of one micro-batch (rows with label -100 are out of the loss)."""
         labels = inputs["labels"]
-        ce_mask = inputs.get("classifier_mask")
-        ce_rows = ((labels >= 0) & (ce_mask.bool() if ce_mask is not None else True)).sum()
-        anchors = self._loss_model().metric_loss_fn.num_anchors(labels, inputs.get("metric_mask"))
-        return torch.stack([ce_rows, anchors]).to(torch.float32)
+        mask = inputs.get("metric_mask")
+        keep = (labels >= 0) & (mask.bool() if mask is not None else True)
+        return labels, keep.to(torch.int64)
+
+    def _global_metric_rows(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_metric_rows` of this micro-batch on every process, each padded to the largest (padding masked)."""
+        labels, mask = self._metric_rows(inputs)
+        if self.accelerator.num_processes == 1:
+            return labels, mask
+        return gather_rows(labels, pad_value=-1), gather_rows(mask, pad_value=0)
+
+    def _ce_rows(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels, ce_mask = inputs["labels"], inputs.get("classifier_mask")
+        return ((labels >= 0) & (ce_mask.bool() if ce_mask is not None else True)).sum().float()
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             return batch_samples, None
         self._part_steps += 1
-        counts = torch.stack([self._batch_counts(b) for b in batch_samples]).sum(dim=0).to(device)
+        ce_rows = torch.stack([self._ce_rows(b) for b in batch_samples]).sum().to(device)
         if self.accelerator.num_processes > 1:
-            counts = self.accelerator.reduce(counts, reduction="sum")
-        return batch_samples, WindowCounts(counts[0], counts[1])
+            ce_rows = self.accelerator.reduce(ce_rows, reduction="sum")
+        # Anchors are counted on the global micro-batch: under several processes an anchor's positives may
+        # sit on another process, and the metric loss sees them (see `_cross_process_metric_loss`).
+        loss_fn = self._loss_model().metric_loss_fn
+        anchors = sum(loss_fn.num_anchors(*self._global_metric_rows(b)).float() for b in batch_samples)
+        return batch_samples, WindowCounts(ce_rows, torch.as_tensor(anchors, device=device))
 
     # ---- loss ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         config = self._loss_model().config
         ce, metric = outputs.ce_loss, outputs.metric_loss
+        loss_fn = self._loss_model().metric_loss_fn
         if isinstance(num_items_in_batch, WindowCounts):
             # mean over this micro-batch x its share of the window = this batch's part of the window mean
-            local = self._batch_counts(inputs).to(ce.device)
+            if self.accelerator.num_processes > 1 and config.metric_loss_weight > 0:
+                metric, local_anchors = self._cross_process_metric_loss(outputs.embeddings, inputs)
+            else:
+                local_anchors = loss_fn.num_anchors(*self._metric_rows(inputs))
             scale = float(self.accelerator.num_processes)  # DDP averages gradients over processes
-            ce = ce * local[0] / num_items_in_batch.ce_rows.clamp(min=1) * scale
-            metric = metric * local[1] / num_items_in_batch.metric_anchors.clamp(min=1) * scale
+            ce = ce * self._ce_rows(inputs) / num_items_in_batch.ce_rows.clamp(min=1) * scale
+            metric = metric * local_anchors / num_items_in_batch.metric_anchors.clamp(min=1) * scale
             self._accumulate(self._part_sums, ce / scale, metric / scale, weight=1.0)
             self._add_to_bank(outputs.embeddings, inputs)
-        elif not model.training:
-            local = self._batch_counts(inputs).to(ce.device)
-            self._accumulate(self._eval_part_sums, ce * local[0], metric * local[1], weight=1.0, counts=local)
         loss = config.classification_loss_weight * ce + config.metric_loss_weight * metric
         return (loss, outputs) if return_outputs else loss
 
+    def _cross_process_metric_loss(
+        self, embeddings: torch.Tensor, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean metric loss of this process's anchors against all processes' candidates, and their count."""
+        labels, mask = self._metric_rows(inputs)
+        loss_fn = self._loss_model().metric_loss_fn
+        rows, valid = cross_process_per_anchor(loss_fn, embeddings, labels, mask, self.distributed_metric_loss)
+        return masked_mean(rows, valid), valid.sum().float()
+
     def _add_to_bank(self, embeddings: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
         """Keep this micro-batch's metric rows (from every process) in the bank under the current step."""
-        labels = inputs["labels"]
-        mask = inputs.get("metric_mask")
-        keep = (labels >= 0) & (mask.bool() if mask is not None else True)
-        embeddings, labels, keep = embeddings.detach().float(), labels.detach(), keep.to(torch.int64)
-        if self.accelerator.num_processes > 1:  # micro-batches may differ in size across processes
-            pad = self.accelerator.pad_across_processes
-            embeddings, labels, keep = (self.accelerator.gather(pad(t)) for t in (embeddings, labels, keep))
+        labels, keep = self._global_metric_rows(inputs)
+        embeddings = embeddings.detach().float()
+        if self.accelerator.num_processes > 1:  # padded like the labels; the mask drops the padding
+            embeddings = gather_rows(embeddings)
         keep = keep.bool()
         self.bank.add(self.state.global_step, embeddings[keep], labels[keep])
 
-    def _accumulate(self, sums, ce, metric, weight: float, counts: torch.Tensor | None = None) -> None:
+    def _accumulate(self, sums, ce, metric, weight: float) -> None:
         values = torch.stack([ce.detach().float(), metric.detach().float()]) * weight
-        if counts is not None:
-            values = torch.cat([values, counts.float()])
         previous = sums.get("parts")
         sums["parts"] = values if previous is None else previous + values
 
@@ -208,21 +233,47 @@ class MetricClassifierTrainer(Trainer):
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ) -> EvalLoopOutput:
-        self._eval_part_sums = {}
         output = super().evaluation_loop(
             dataloader, description, False, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
         )
         metrics = dict(output.metrics)
-        parts = self._eval_part_sums.pop("parts", None)
-        if parts is not None:
-            if self.accelerator.num_processes > 1:
-                parts = self.accelerator.reduce(parts, reduction="sum")
-            metrics[f"{metric_key_prefix}_ce_loss"] = parts[0].item() / max(1.0, parts[2].item())
-            metrics[f"{metric_key_prefix}_{self.metric_part_name}"] = parts[1].item() / max(1.0, parts[3].item())
         metrics.update(self.prediction_metrics(output, metric_key_prefix))
         return EvalLoopOutput(
             predictions=output.predictions, label_ids=output.label_ids, metrics=metrics, num_samples=output.num_samples
         )
+
+    def validation_losses(
+        self, logits: np.ndarray, embeddings: np.ndarray, labels: np.ndarray, ce_rows: np.ndarray, metric_rows
+    ) -> dict[str, float]:
+        """Loss and its parts over the whole validation set at once (the predictions gathered from every
+        process, without the duplicates of an uneven last batch): the same numbers for any batch size and
+        process count. The metric loss pairs every validation row with every other, in chunks of anchors."""
+        model = self._loss_model()
+        config = model.config
+        labels_t = torch.as_tensor(labels)
+        ce_rows_t, ce_valid = model.classification_loss_fn.per_row(
+            torch.as_tensor(logits), labels_t, torch.as_tensor(ce_rows)
+        )
+        emb, mask = torch.as_tensor(embeddings, dtype=torch.float32), torch.as_tensor(metric_rows)
+        total, count = torch.zeros((), dtype=torch.float64), 0
+        with torch.no_grad():
+            for start in range(0, len(emb), 1024):
+                chunk = slice(start, start + 1024)
+                rows, valid = model.metric_loss_fn.per_anchor(
+                    emb[chunk],
+                    labels_t[chunk],
+                    mask[chunk],
+                    candidates=(emb, labels_t, mask),
+                    self_index=torch.arange(start, min(start + 1024, len(emb))),
+                )
+                total, count = total + rows[valid].double().sum(), count + int(valid.sum())
+        ce = masked_mean(ce_rows_t, ce_valid).item()
+        metric = total.item() / max(count, 1)
+        return {
+            "loss": config.classification_loss_weight * ce + config.metric_loss_weight * metric,
+            "ce_loss": ce,
+            self.metric_part_name: metric,
+        }
 
     def prediction_metrics(self, output: EvalLoopOutput, prefix: str) -> dict[str, float]:
         """Classifier metrics over validation rows with classifier_mask = 1, retrieval metrics of validation
@@ -234,7 +285,10 @@ class MetricClassifierTrainer(Trainer):
         logits, labels = predictions[0], np.asarray(label_ids[0])
         ce_rows = np.asarray(label_ids[1]).astype(bool) if len(label_ids) > 1 else np.ones(len(labels), bool)
         metric_rows = np.asarray(label_ids[2]).astype(bool) if len(label_ids) > 2 else np.ones(len(labels), bool)
-        metrics = classification_metrics(logits[ce_rows], labels[ce_rows])
+        metrics = {}
+        if len(predictions) > 1:
+            metrics.update(self.validation_losses(logits, predictions[1], labels, ce_rows, metric_rows))
+        metrics.update(classification_metrics(logits[ce_rows], labels[ce_rows]))
         metrics["top5_accuracy"] = top_k_accuracy(logits[ce_rows], labels[ce_rows], k=5)
         predicted = np.asarray(logits[ce_rows]).argmax(axis=-1)
         metrics.update(prediction_diversity(predicted, num_labels=logits.shape[-1]))

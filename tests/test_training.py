@@ -237,3 +237,23 @@ def test_collapsed_predictions_are_flagged_and_healthy_ones_are_not(tmp_path, ma
         m = metrics_for(healthy)
     assert m["eval_distinct_predictions"] == 4 and m["eval_prediction_entropy"] == pytest.approx(np.log(4))
     assert "prediction collapse" not in caplog.text
+
+
+def test_validation_losses_cover_the_whole_set_at_once(tmp_path, make_config):
+    from test_supcon import naive_supcon
+
+    cfg = load_config(
+        make_config(write_parquet(tmp_path / "d.parquet", synthetic_rows(10)), training={"metric_loss_weight": 0.5})
+    )
+    trainer = build_trainer(cfg)
+    rng = np.random.default_rng(0)
+    n = 1100  # more than one chunk (1024) of anchors
+    logits, emb = rng.normal(size=(n, 4)).astype(np.float32), rng.normal(size=(n, 32)).astype(np.float32)
+    labels = rng.integers(0, 4, size=n)
+    ce_rows, metric_rows = rng.random(n) > 0.3, rng.random(n) > 0.2
+    got = trainer.validation_losses(logits, emb, labels, ce_rows, metric_rows)
+    ce = torch.nn.functional.cross_entropy(torch.tensor(logits[ce_rows]).double(), torch.tensor(labels[ce_rows]))
+    supcon = naive_supcon(emb.astype(np.float64), labels, metric_rows, 0.1)
+    assert got["ce_loss"] == pytest.approx(ce.item(), rel=1e-5)
+    assert got["supcon_loss"] == pytest.approx(supcon, rel=1e-5)
+    assert got["loss"] == pytest.approx(got["ce_loss"] + 0.5 * got["supcon_loss"], rel=1e-6)
