@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import os
 import types
 import typing
 import warnings
@@ -498,5 +499,10 @@ def build_training_arguments(cfg: TrainConfig, **overrides: Any):
         label_names=["labels", "classifier_mask", "metric_mask"],
         remove_unused_columns=False,
     )
+    import torch
+
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # several CPU processes (torchrun, accelerate launch --multi_gpu): DDP over gloo
+        kwargs.update(ddp_backend="gloo", use_cpu=True)
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)

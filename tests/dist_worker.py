@@ -1,0 +1,74 @@
+"""Run under `torchrun --nproc_per_node 2`: the distributed side of tests/test_distributed.py.
+
+dist_worker.py supcon OUT_JSON MODE        cross-process SupCon loss and gradients
+dist_worker.py train OUT_DIR CONFIG        one SGD step of the real trainer, then an evaluation
+"""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from hf_metric.distributed import cross_process_per_anchor
+from hf_metric.losses import SupConLoss
+
+B = 6
+
+
+def supcon_inputs(world: int):
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(world * B, 8, generator=g)
+    labels = torch.randint(0, 3, (world * B,), generator=g)
+    mask = (torch.rand(world * B, generator=g) > 0.2).long()
+    return emb, labels, mask
+
+
+def supcon(out: str, mode: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    emb, labels, mask = supcon_inputs(world)
+    rows = slice(rank * B, (rank + 1) * B)
+    local = emb[rows].clone().requires_grad_()
+    per_row, valid = cross_process_per_anchor(SupConLoss(0.1), local, labels[rows], mask[rows], mode)
+    loss = per_row[valid].sum() / SupConLoss.num_anchors(labels, mask)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    grads = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(grads, local.grad)
+    if rank == 0:
+        with open(out, "w") as fh:
+            json.dump({"loss": total.item(), "grad": torch.cat(grads).tolist()}, fh)
+    dist.destroy_process_group()
+
+
+def train(out_dir: str, config: str) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_training import _sequential_trainer
+
+    trainer = _sequential_trainer(config)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    delta = {k: before[k] - v.detach() for k, v in trainer.model.named_parameters()}
+    metrics = trainer.evaluate()
+    rank = trainer.accelerator.process_index
+    result = {
+        "metrics": metrics,
+        "bank_size": len(trainer.bank),
+        "world": trainer.accelerator.num_processes,
+        "wrapped": type(trainer.model_wrapped).__name__,
+        "head_sum": float(trainer.model.head.linear.weight.sum()),
+    }
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+    if rank == 0:
+        torch.save(delta, os.path.join(out_dir, "delta.pt"))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "supcon":
+        supcon(sys.argv[2], sys.argv[3])
+    else:
+        train(sys.argv[2], sys.argv[3])
