@@ -121,10 +121,10 @@ def recall_from_neighbor_labels(
 def neighbor_weights(neighbor_scores: np.ndarray | torch.Tensor, distance: str = "cos") -> np.ndarray:
     """Vote weights (float64, >= 0) from `topk_neighbors` scores.
 
-    "cos": (1 + cos) / 2, the similarity mapped affinely onto [0, 1], so that a neighbour pointing the
-    opposite way counts nothing and the weights keep the similarities' ratios of differences (no temperature to
-    tune). "l2": 1 / (distance + `L2_WEIGHT_EPS`), classic inverse-distance weighting (Dudani, 1976; a
-    duplicate of the query outweighs everything else).
+    "cos": (1 + cos) / 2, the similarity mapped affinely onto [0, 1]: nearer neighbours weigh more, in
+    proportion to the similarity itself, with no temperature to tune, and a neighbour pointing the opposite way
+    weighs nothing. "l2": 1 / (distance + `L2_WEIGHT_EPS`), the usual inverse-distance weighting (as in
+    scikit-learn's `KNeighborsClassifier(weights="distance")`; a duplicate of the query outweighs the rest).
     """
     if isinstance(neighbor_scores, torch.Tensor):
         neighbor_scores = neighbor_scores.detach().cpu().numpy()

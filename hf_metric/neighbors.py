@@ -3,9 +3,16 @@
 Evaluating an embedding model means searching every query against a bank of reference rows. The obvious
 `query @ ref.T` needs N_query x N_ref floats (160 GB for 200k x 200k); here the queries are cut into chunks,
 the references into blocks, and each block's top k is merged into a running top k per query, so the extra
-memory is O(chunk_size x ref_chunk_size + N_query x k) whatever the sizes. The search is exact (no index, no
-approximation) and deterministic: results are ordered by score and, among equal scores, by reference index
-(the lower index first), independently of the chunk sizes and of how `torch.topk` orders ties.
+memory is one chunk_size x ref_chunk_size block plus the (N_query, k) result, whatever the sizes. The search
+is exact (no index, no approximation) and deterministic: results are ordered by score and, among equal
+float32 scores, by reference index (the lower index first), whatever the chunk sizes and however
+`torch.topk` orders ties.
+
+One caveat on "equal": BLAS libraries may round the same dot product differently in differently shaped
+matrix products (MKL does for very thin ones), so two identical reference rows could score one last bit apart
+if they fall in blocks of different shapes. Blocks are therefore cut to near-equal widths (`balanced_spans`);
+with MKL on CPU, identical rows then score identically in practice. Data with exact ties by construction (as
+in the tests) is unaffected.
 
 Scores are "higher is nearer" internally; for `distance="l2"` the public functions return Euclidean
 distances (ascending) instead. Inputs may be torch tensors or NumPy arrays; the work is done in float32 on the
@@ -19,14 +26,26 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 Distance = Literal["cos", "l2"]
 
 DEFAULT_CHUNK_SIZE = 2048
-"""Queries per chunk. Large enough that the matrix product runs at full BLAS speed."""
-DEFAULT_REF_CHUNK_SIZE = 4096
-"""References per block: a 2048 x 4096 float32 block is 32 MiB, so the peak stays small and cache-friendly."""
+"""Queries per chunk (at most). Big chunks mean few, large tensor operations: each one has a fixed cost
+(thread start-up and synchronisation), which dominates small ones on a busy machine."""
+MIN_CHUNK_SIZE = 512
+"""The default chunk never goes below this, however small the data."""
+DEFAULT_REF_CHUNK_SIZE = 16384
+"""References per block. Wide blocks make the top-k pre-selection of `_block_topk` pay."""
+
+
+def default_chunk_size(query: torch.Tensor, ref: torch.Tensor, ref_chunk_size: int | None = None) -> int:
+    """`DEFAULT_CHUNK_SIZE` queries, fewer (not below `MIN_CHUNK_SIZE`) when the score block would outgrow the
+    embeddings themselves: the search's working memory then stays within the data's own size at every scale
+    (a 2048 x 16384 block is 128 MiB, which would dwarf a small evaluation set)."""
+    same = query.data_ptr() == ref.data_ptr() and query.shape == ref.shape  # leave-one-out: one data set
+    data_bytes = ref.numel() * 4 + (0 if same else query.numel() * 4)
+    width = max(1, min(ref_chunk_size or DEFAULT_REF_CHUNK_SIZE, ref.shape[0]))
+    return max(MIN_CHUNK_SIZE, min(DEFAULT_CHUNK_SIZE, data_bytes // (width * 4)))
 
 
 def as_float_tensor(x: torch.Tensor | np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
@@ -79,78 +98,65 @@ def score_blocks(
     -inf. Blocks come query chunk by query chunk, and within one chunk in increasing `r0`. `query` and `ref`
     must already be float32 tensors on one device; the block is reused, so copy what you keep.
     """
-    chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
+    chunk_size = chunk_size or default_chunk_size(query, ref, ref_chunk_size)
     ref_chunk_size = ref_chunk_size or DEFAULT_REF_CHUNK_SIZE
     if chunk_size < 1 or ref_chunk_size < 1:
         raise ValueError(f"chunk sizes must be >= 1, got {chunk_size}, {ref_chunk_size}")
     n_query, n_ref = query.shape[0], ref.shape[0]
     cos = distance == "cos"
-    # One buffer for every block: a fresh 32 MiB tensor per block would be page-faulted in again each time.
-    buffer = torch.empty(min(chunk_size, n_query) * min(ref_chunk_size, n_ref), device=query.device)
-    # Normalising (or taking norms of) one block at a time avoids a full normalised copy of the data; redoing
-    # it per query chunk costs about dim / chunk_size of the matrix product.
+    # Row norms once (N floats each); rows are scaled one block at a time, so there is never a normalised copy
+    # of the data. For "cos" a zero row keeps norm 1e-12 and scores 0, as with F.normalize.
+    q_norm, r_norm = (torch.linalg.vector_norm(x, dim=1) for x in (query, ref))
+    if cos:
+        q_scale, r_scale = (n.clamp_(min=1e-12).reciprocal_() for n in (q_norm, r_norm))
+    else:
+        q_sq, r_sq = q_norm.square_(), r_norm.square_()
+    # One buffer for every block, and one for the scaled references: fresh tensors would be page-faulted in
+    # again each time.
     ref_spans = balanced_spans(n_ref, ref_chunk_size)
+    widest = max((r1 - r0 for r0, r1 in ref_spans), default=0)
+    buffer = torch.empty(min(chunk_size, n_query) * widest, device=query.device)
+    ref_buffer = torch.empty(widest * ref.shape[1] if cos else 0, device=query.device)
     for q0, q1 in balanced_spans(n_query, chunk_size):
-        q = query[q0:q1]
-        q = F.normalize(q, dim=1) if cos else q
-        q_sq = None if cos else torch.linalg.vector_norm(q, dim=1, keepdim=True).square_()
+        q = query[q0:q1] * q_scale[q0:q1, None] if cos else query[q0:q1]
         for r0, r1 in ref_spans:
-            r = ref[r0:r1]
-            block = buffer[: q.shape[0] * r.shape[0]].view(q.shape[0], r.shape[0])
-            torch.mm(q, (F.normalize(r, dim=1) if cos else r).T, out=block)
-            if not cos:  # 2 q.r - |r|^2 - |q|^2
-                r_sq = torch.linalg.vector_norm(r, dim=1).square_()
-                block.mul_(2.0).sub_(r_sq[None, :]).sub_(q_sq).clamp_(max=0.0)
-            if exclude_self and r0 < q0 + q.shape[0] and q0 < r0 + r.shape[0]:
+            block = buffer[: (q1 - q0) * (r1 - r0)].view(q1 - q0, r1 - r0)
+            if cos:
+                r = ref_buffer[: (r1 - r0) * ref.shape[1]].view(r1 - r0, ref.shape[1])
+                torch.mul(ref[r0:r1], r_scale[r0:r1, None], out=r)
+                torch.mm(q, r.T, out=block)
+            else:  # 2 q.r - |r|^2 - |q|^2, clamped at 0 from above
+                torch.addmm(r_sq[None, r0:r1], query[q0:q1], ref[r0:r1].T, beta=-1.0, alpha=2.0, out=block)
+                block.sub_(q_sq[q0:q1, None]).clamp_(max=0.0)
+            if exclude_self and r0 < q1 and q0 < r1:
                 block.diagonal(offset=q0 - r0).fill_(float("-inf"))
             yield q0, r0, block
 
 
-def _sort_candidates(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Order each row by value (descending), then by index (ascending) among equal values."""
-    indices, order = indices.sort(dim=1)
-    values = values.gather(1, order)
-    values, order = values.sort(dim=1, descending=True, stable=True)
-    return values, indices.gather(1, order)
+def _order_ties(values: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder rows sorted by value (descending) so that equal values come by ascending position."""
+    positions, order = positions.sort(dim=1)
+    values, by_value = values.gather(1, order).sort(dim=1, descending=True, stable=True)
+    return values, positions.gather(1, by_value)
 
 
 def _full_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best entries of each row of `block` under the order (value desc, column asc), sorted that way.
+    """The k best entries of each row of `block` under the order (value desc, column asc), in that order.
 
     `torch.topk` picks an arbitrary subset among values tied at the k-th place. Asking for k + 1 shows where
-    that can happen (the (k+1)-th value equals the k-th): only those rows are redone exactly, by keeping every
-    entry above the k-th value and the lowest-indexed entries equal to it.
+    that can happen (the (k+1)-th value equals the k-th): only those rows are redone, by a stable sort.
     """
     width = block.shape[1]
-    if width <= k:
-        values, indices = block, torch.arange(width, device=block.device).expand(block.shape[0], width)
-        return _sort_candidates(values, indices)
-    values, indices = block.topk(k + 1, dim=1)
+    if width <= k + 1:
+        values, columns = block.sort(dim=1, descending=True, stable=True)
+        return values[:, :k], columns[:, :k]
+    values, columns = block.topk(k + 1, dim=1)
     ambiguous = (values[:, k] == values[:, k - 1]).nonzero().flatten()
-    values, indices = values[:, :k], indices[:, :k]
+    values, columns = _order_ties(values[:, :k], columns[:, :k])
     if len(ambiguous):
-        values, indices = values.clone(), indices.clone()
-        sub = block[ambiguous]
-        kth = values[ambiguous, k - 1 : k]
-        above = sub > kth
-        tied = sub == kth
-        need = k - above.sum(dim=1, keepdim=True)
-        keep = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
-        cols = keep.nonzero()[:, 1].view(len(ambiguous), k)
-        values[ambiguous] = sub.gather(1, cols)
-        indices[ambiguous] = cols
-    return _sort_candidates(values, indices)
-
-
-def _candidates_topk(values: torch.Tensor, columns: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like `_full_topk`, for candidates `values` whose columns are `columns` (distinct, in any order)."""
-    top, pos = values.topk(k + 1, dim=1)
-    top, cols = top[:, :k].clone(), columns.gather(1, pos[:, :k])
-    ambiguous = (top[:, k - 1] == values.gather(1, pos[:, k : k + 1])[:, 0]).nonzero().flatten()
-    if len(ambiguous):  # few candidates per row: sorting them all is cheap
-        all_v, all_c = _sort_candidates(values[ambiguous], columns[ambiguous])
-        top[ambiguous], cols[ambiguous] = all_v[:, :k], all_c[:, :k]
-    return _sort_candidates(top, cols)
+        sorted_v, sorted_c = block[ambiguous].sort(dim=1, descending=True, stable=True)
+        values[ambiguous], columns[ambiguous] = sorted_v[:, :k], sorted_c[:, :k]
+    return values, columns
 
 
 GROUP = 16
@@ -160,30 +166,30 @@ GROUP = 16
 def _block_topk(block: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`_full_topk` of a block, with most of the block skipped by an exact pre-selection.
 
-    `torch.topk` over every score costs a quarter of the matrix product. Instead the columns are dealt into
-    groups (column j + m * n_groups, m < GROUP, forms group j) and only the k groups with the highest maxima are
-    searched: the k-th best score is at least the k-th largest group maximum (those k maxima are k distinct
-    entries), so a group whose maximum is strictly below it holds nothing of the top k. Rows where the k-th
-    and (k+1)-th maxima tie, which could hide an equal score in an unsearched group, are searched in full.
+    `torch.topk` over every score costs about a fifth of the matrix product. Instead the columns are dealt
+    into groups (columns j + m * n_groups, m < GROUP, form group j) and only the k groups with the highest
+    maxima are searched: the k-th best score is at least the k-th largest group maximum (those k maxima are k
+    distinct entries), so a group whose maximum is strictly below it holds nothing of the top k. Rows where the
+    k-th and (k+1)-th maxima are equal, which could hide an equal score in an unsearched group, are searched
+    in full. The candidates are gathered in ascending column order, so one stable sort orders them exactly.
     """
     rows, width = block.shape
     n_groups = width // GROUP
     if n_groups < 4 * (k + 1):  # too few groups for the pre-selection to pay
         return _full_topk(block, k)
-    maxima = block[:, :n_groups].clone()  # elementwise maxima of column slices: much faster than amax here
-    for m in range(1, GROUP):
-        torch.maximum(maxima, block[:, m * n_groups : (m + 1) * n_groups], out=maxima)
+    maxima = block[:, : n_groups * GROUP].unflatten(1, (GROUP, n_groups)).amax(dim=1)
     top_max, groups = maxima.topk(k + 1, dim=1)
-    offsets = n_groups * torch.arange(GROUP, device=block.device)
-    columns = (groups[:, :k, None] + offsets).flatten(1)
+    groups = groups[:, :k].sort(dim=1).values
+    columns = (n_groups * torch.arange(GROUP, device=block.device)[:, None] + groups[:, None, :]).flatten(1)
     if width > n_groups * GROUP:  # the last width % GROUP columns are in no group: always candidates
         tail = torch.arange(n_groups * GROUP, width, device=block.device).expand(rows, -1)
         columns = torch.cat([columns, tail], dim=1)
-    values, indices = _candidates_topk(block.gather(1, columns), columns, k)
+    values, order = block.gather(1, columns).sort(dim=1, descending=True, stable=True)
+    values, columns = values[:, :k], columns.gather(1, order[:, :k])
     ambiguous = (top_max[:, k] == top_max[:, k - 1]).nonzero().flatten()
     if len(ambiguous):
-        values[ambiguous], indices[ambiguous] = _full_topk(block[ambiguous], k)
-    return values, indices
+        values[ambiguous], columns[ambiguous] = _full_topk(block[ambiguous], k)
+    return values, columns
 
 
 def topk_neighbors(
@@ -204,11 +210,11 @@ def topk_neighbors(
             exist are returned: the result has min(k, available) columns, never padding.
         distance: "cos" (cosine similarity of the L2-normalised rows; an all-zero row has similarity 0 to
             everything) or "l2" (Euclidean distance, via |q|^2 - 2 q.r + |r|^2 clamped at 0).
-        chunk_size: queries per chunk (default `DEFAULT_CHUNK_SIZE`).
+        chunk_size: queries per chunk (default: `default_chunk_size`, at most `DEFAULT_CHUNK_SIZE`).
         exclude_self: leave-one-out: the query set is the reference set (same rows in the same order), and row
             i is never its own neighbour. Identical *other* rows are still neighbours.
         ref_chunk_size: references per block (default `DEFAULT_REF_CHUNK_SIZE`). Peak extra memory is about
-            chunk_size x ref_chunk_size x 4 bytes (x2 for "l2") plus the (N_query, k) result.
+            one chunk_size x ref_chunk_size float32 block, plus the (N_query, k) result.
 
     Returns:
         `(scores, indices)`, both (N_query, min(k, available)) on the device of `query`: cosine similarities in
