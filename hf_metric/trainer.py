@@ -122,7 +122,7 @@ class MetricClassifierTrainer(Trainer):
             * self.accelerator.num_processes,
         )
         self.metric_part_name = f"{metric_loss_name}_loss"
-        self._part_sums: dict[str, torch.Tensor] = {}
+        self._part_sums: torch.Tensor | None = None  # (CE, metric) window means summed since the last log
         self._part_steps = 0  # optimizer steps accumulated in `_part_sums` since the last log
         self._staging_root: str | None = None
 
@@ -188,7 +188,9 @@ class MetricClassifierTrainer(Trainer):
             scale = float(self.accelerator.num_processes)  # DDP averages gradients over processes
             ce = ce * self._ce_rows(inputs) / num_items_in_batch.ce_rows.clamp(min=1) * scale
             metric = metric * local_anchors / num_items_in_batch.metric_anchors.clamp(min=1) * scale
-            self._accumulate(self._part_sums, ce / scale, metric / scale, weight=1.0)
+            # this process's share of each window mean; the shares of all processes add up to it
+            parts = torch.stack([ce.detach().float(), metric.detach().float()]) / scale
+            self._part_sums = parts if self._part_sums is None else self._part_sums + parts
             self._add_to_bank(outputs.embeddings, inputs)
         loss = config.classification_loss_weight * ce + config.metric_loss_weight * metric
         return (loss, outputs) if return_outputs else loss
@@ -211,23 +213,15 @@ class MetricClassifierTrainer(Trainer):
         keep = keep.bool()
         self.bank.add(self.state.global_step, embeddings[keep], labels[keep])
 
-    def _accumulate(self, sums, ce, metric, weight: float) -> None:
-        values = torch.stack([ce.detach().float(), metric.detach().float()]) * weight
-        previous = sums.get("parts")
-        sums["parts"] = values if previous is None else previous + values
-
     # ---- logging and evaluation -----------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        parts = self._part_sums.pop("parts", None)
-        if "loss" in logs and parts is not None:
-            steps = max(1, self._part_steps)
+        if "loss" in logs and self._part_sums is not None:
+            parts, steps = self._part_sums, max(1, self._part_steps)
             if self.accelerator.num_processes > 1:
-                parts = self.accelerator.reduce(parts, reduction="mean")
+                parts = self.accelerator.reduce(parts, reduction="sum")
             logs["ce_loss"] = round(parts[0].item() / steps, 6)
             logs[self.metric_part_name] = round(parts[1].item() / steps, 6)
-            self._part_steps = 0
-        elif parts is not None:
-            self._part_sums["parts"] = parts
+            self._part_sums, self._part_steps = None, 0
         super().log(logs, start_time)
 
     def evaluation_loop(

@@ -59,7 +59,7 @@ def train(out_dir: str, config: str) -> None:
         "bank_size": len(trainer.bank),
         "world": trainer.accelerator.num_processes,
         "wrapped": type(trainer.model_wrapped).__name__,
-        "head_sum": float(trainer.model.head.linear.weight.sum()),
+        "train_log": next(h for h in trainer.state.log_history if "ce_loss" in h),
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(result, fh)

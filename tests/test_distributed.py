@@ -75,6 +75,10 @@ def test_training_step_and_evaluation_match_a_single_process(tmp_path, make_conf
     for key, value in expected.items():
         assert torch.allclose(delta[key], value, atol=2e-6, rtol=1e-4), key
 
+    # the logged loss parts of the 2-process step are those of the one-process step on the same rows
+    expected_log = next(h for h in single.state.log_history if "ce_loss" in h)
+    for key in ("loss", "ce_loss", "supcon_loss"):
+        assert ranks[0]["train_log"][key] == pytest.approx(expected_log[key], rel=1e-4), key
     metrics = single.evaluate()
     assert ranks[0]["bank_size"] == ranks[1]["bank_size"] == len(single.bank) > B
     for key, value in metrics.items():
