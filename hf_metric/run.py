@@ -11,6 +11,7 @@ import yaml
 from .config import TrainConfig, build_training_arguments
 from .errors import ConfigError
 from .packaged_models import resolve_model_path
+from .tables import format_metrics_table
 
 logger = logging.getLogger(__name__)
 
@@ -98,15 +99,6 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     )
     trainer.data_summary = data.summary
     return trainer
-
-
-def format_metrics_table(metrics: dict[str, float]) -> str:
-    width = max(len(k) for k in metrics)
-    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
-    for key in sorted(metrics):
-        value = metrics[key]
-        lines.append(f"{key.ljust(width)}  {value:.4f}" if isinstance(value, float) else f"{key.ljust(width)}  {value}")
-    return "\n".join(lines)
 
 
 def train(cfg: TrainConfig) -> dict[str, float]:
