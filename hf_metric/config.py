@@ -220,10 +220,14 @@ class TrainingSection:
 class OptimizerSection:
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
+    head_lr_multiplier: float = 1.0
+    layerwise_lr_decay: float = 1.0
 
     def validate(self) -> None:
         _check(self.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
         _check(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+        _check(self.head_lr_multiplier > 0, "optimizer.head_lr_multiplier", "must be > 0")
+        _check(0 < self.layerwise_lr_decay <= 1, "optimizer.layerwise_lr_decay", "must be in (0, 1]")
 
 
 @dataclass

@@ -90,6 +90,8 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
         samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
         metric_loss_name=t.metric_loss,
         distributed_metric_loss=t.distributed_metric_loss,
+        head_lr_multiplier=cfg.optimizer.head_lr_multiplier,
+        layerwise_lr_decay=cfg.optimizer.layerwise_lr_decay,
         retrieval=RetrievalEvalSettings(
             recall_at_k=tuple(cfg.metric_validation.recall_at_k),
             distance=cfg.metric_validation.distance,

@@ -39,6 +39,7 @@ from .metrics import (
     recall_at_k,
     top_k_accuracy,
 )
+from .optim import parameter_groups
 from .samplers import ClassBalancedBatchSampler
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class MetricClassifierTrainer(Trainer):
         metric_loss_name: the name the metric part is logged under (`supcon_loss` for SupCon).
         retrieval: the embedding bank and retrieval metrics (`RetrievalEvalSettings`).
         distributed_metric_loss: `global` or `local_anchors`, see `_cross_process_metric_loss`.
+        head_lr_multiplier, layerwise_lr_decay: per-parameter learning rates (`hf_metric.optim`).
         Everything else as `transformers.Trainer`. Pass `TrainingArguments(label_names=["labels",
         "classifier_mask", "metric_mask"], remove_unused_columns=False)` so evaluation sees the masks
         (`hf_metric.config.build_training_arguments` does).
@@ -105,9 +107,13 @@ class MetricClassifierTrainer(Trainer):
         metric_loss_name: str = "supcon",
         retrieval: RetrievalEvalSettings | None = None,
         distributed_metric_loss: str = "global",
+        head_lr_multiplier: float = 1.0,
+        layerwise_lr_decay: float = 1.0,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.head_lr_multiplier = head_lr_multiplier
+        self.layerwise_lr_decay = layerwise_lr_decay
         if distributed_metric_loss not in CROSS_PROCESS_MODES:
             raise ValueError(f"distributed_metric_loss must be one of {CROSS_PROCESS_MODES}")
         self.distributed_metric_loss = distributed_metric_loss
@@ -172,6 +178,24 @@ class MetricClassifierTrainer(Trainer):
         loss_fn = self._loss_model().metric_loss_fn
         anchors = sum(loss_fn.num_anchors(*self._global_metric_rows(b)).float() for b in batch_samples)
         return batch_samples, WindowCounts(ce_rows, torch.as_tensor(anchors, device=device))
+
+    # ---- optimizer -------------------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with per-parameter learning rates when a head multiplier or a layer-wise
+        decay is set (their groups replace the Trainer's two weight-decay groups)."""
+        opt_model = self.model if model is None else model
+        if self.optimizer is None and (self.head_lr_multiplier != 1.0 or self.layerwise_lr_decay != 1.0):
+            groups = parameter_groups(
+                opt_model,
+                self.args.learning_rate,
+                self.args.weight_decay,
+                self.get_decay_parameter_names(opt_model),
+                self.head_lr_multiplier,
+                self.layerwise_lr_decay,
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return super().create_optimizer(model)
 
     # ---- loss ------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,0 +1,286 @@
+"""Does CE + metric learning beat plain cross-entropy? Train both on Banking77 and compare, end to end.
+
+    python bench/quality.py                                   # the comparison: plain CE vs the example config
+    python bench/quality.py --protocol val --epochs 2 --variants cosine cosine_proj ...   # ablations
+
+Recipes (same packaged all-MiniLM-L6-v2 backbone, batch 32, lr 1e-4, linear warm-up 10 % / decay, max_len 64):
+
+- ``baseline``: a plain `transformers.Trainer` fine-tuning `AutoModelForSequenceClassification` with CE on
+  random batches (what a user would write without hf_metric); its embedding is the mean-pooled, L2-normalised
+  last hidden state.
+- ``hf_metric`` and the ablation variants: `configs/metric_classifier_training.example.yaml` with only the data
+  path, the output folder and the overrides of `VARIANTS` changed, trained by `hf_metric.run.train`.
+
+Protocols: ``test`` trains on the whole train file (hf_metric holds out its own `val_ratio` for checkpoint
+selection) and evaluates on the official test file, once per reported candidate. ``val`` (for tuning) trains on
+the train file minus a stratified 10 % split (seed 42; the same rows hf_metric's own split holds out) and
+evaluates on that split; the test file is not read.
+
+Every model is scored by the same code: classifier accuracy and macro-F1 on the evaluation rows, and the
+embedding space by weighted 10-NN classification of evaluation rows against the embeddings of all training rows
+(`hf_metric.metrics.knn_metrics`). Training time is the wall time of the training call, evaluation included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = ROOT / "configs" / "metric_classifier_training.example.yaml"
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+SEED = 42
+VAL_RATIO = 0.1
+KNN_K = 10
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "hf_metric": {},
+    "ce_only_pk": {"head": {"type": "linear"}, "training": {"metric_loss_weight": 0.0}},
+    "linear_supcon02": {"head": {"type": "linear"}, "training": {"metric_loss_weight": 0.2}},
+    "cosine": {"head": {"type": "cosine", "scale": 30.0}},
+    "cosine_nosupcon": {"head": {"type": "cosine", "scale": 30.0}, "training": {"metric_loss_weight": 0.0}},
+    "cosine_proj": {"head": {"type": "cosine", "scale": 30.0}, "model": {"projection_dim": 128}},
+    "cosine_supcon1": {"head": {"type": "cosine", "scale": 30.0}, "training": {"metric_loss_weight": 1.0}},
+    "cosine_t03": {"head": {"type": "cosine", "scale": 30.0}, "training": {"supcon_temperature": 0.3}},
+    "cosine_k2": {"head": {"type": "cosine", "scale": 30.0}, "training": {"samples_per_class": 2}},
+    "cosine_ls01": {"head": {"type": "cosine", "scale": 30.0}, "training": {"label_smoothing": 0.1}},
+    "cosine_cls": {"head": {"type": "cosine", "scale": 30.0}, "model": {"pooling": "cls"}},
+    "cosine_s20": {"head": {"type": "cosine", "scale": 20.0}},
+    "cosface": {"head": {"type": "cosface", "scale": 30.0, "margin": 0.1}},
+    "arcface": {"head": {"type": "arcface", "scale": 30.0, "margin": 0.1}},
+}
+"""Ablation variants: overrides of the example config, section by section."""
+
+
+def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- data
+def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
+    """Texts and string labels of the training and evaluation rows, and the Parquet file hf_metric trains on."""
+    from hf_metric.data import read_labeled_parquet, stratified_split
+
+    train_path = data_dir / "train.parquet"
+    labeled = read_labeled_parquet(train_path)
+    texts = np.array(labeled.table.column("text").to_pylist(), dtype=object)
+    names = np.array([labeled.id2label[i] for i in labeled.labels], dtype=object)
+    if protocol == "val":
+        # hf_metric's own split of this file (same function, labels, ratio and seed) holds out these rows.
+        train_idx, eval_idx = stratified_split(labeled.labels, VAL_RATIO, SEED)
+        split = {
+            "train_texts": texts[train_idx],
+            "train_labels": names[train_idx],
+            "eval_texts": texts[eval_idx],
+            "eval_labels": names[eval_idx],
+        }
+    else:
+        test = pq.read_table(data_dir / "test.parquet")
+        split = {
+            "train_texts": texts,
+            "train_labels": names,
+            "eval_texts": np.array(test.column("text").to_pylist(), dtype=object),
+            "eval_labels": np.array([str(v).strip() for v in test.column("label").to_pylist()], dtype=object),
+        }
+    # hf_metric reads the whole train file: its split removes the `val` rows itself (protocol val), or keeps
+    # `val_ratio` of them aside for checkpoint selection (protocol test).
+    parquet = workdir / "train.parquet"
+    pq.write_table(pa.table({"text": texts.tolist(), "label": names.tolist()}), parquet)
+    split["parquet"] = parquet
+    return split
+
+
+# --------------------------------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def encode(model, tokenizer, texts: np.ndarray, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, L2-normalised embeddings) of `texts`. Texts are sorted by length so batches pad little."""
+    model.eval()
+    order = np.argsort([len(t) for t in texts])
+    logits, embeddings = [None] * len(texts), [None] * len(texts)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        out = model(**batch, output_hidden_states=True) if hasattr(model, "bert") else model(**batch)
+        if hasattr(out, "embeddings") and out.embeddings is not None:
+            emb = out.embeddings
+        else:  # plain sequence classifier: mean-pooled last hidden state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            emb = torch.nn.functional.normalize((out.hidden_states[-1] * mask).sum(1) / mask.sum(1), dim=-1)
+        for j, i in enumerate(idx):
+            logits[i], embeddings[i] = out.logits[j].float(), emb[j].float()
+    return torch.stack(logits), torch.stack(embeddings)
+
+
+def score(model, tokenizer, split: dict[str, Any], save_to: Path | None = None) -> dict[str, float]:
+    from hf_metric.metrics import accuracy, knn_metrics, macro_f1
+
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    label2id = {v: k for k, v in id2label.items()}
+    eval_ids = np.array([label2id[v] for v in split["eval_labels"]])
+    train_ids = np.array([label2id[v] for v in split["train_labels"]])
+    logits, eval_emb = encode(model, tokenizer, split["eval_texts"])
+    _, train_emb = encode(model, tokenizer, split["train_texts"])
+    predictions = logits.argmax(dim=1).numpy()
+    knn = knn_metrics(eval_emb, eval_ids, train_emb, train_ids, k=KNN_K, ks=None)
+    if save_to is not None:  # for offline analysis (e.g. classifier + kNN fusion) without retraining
+        np.savez_compressed(
+            save_to,
+            eval_logits=logits.numpy(),
+            eval_emb=eval_emb.numpy(),
+            eval_ids=eval_ids,
+            train_emb=train_emb.numpy(),
+            train_ids=train_ids,
+        )
+    return {
+        "accuracy": accuracy(predictions, eval_ids),
+        "macro_f1": macro_f1(predictions, eval_ids),
+        "knn_accuracy": knn["knn_accuracy"],
+        "knn_f1": knn["knn_f1"],
+    }
+
+
+# --------------------------------------------------------------------------------------------------- recipes
+def run_baseline(split: dict[str, Any], epochs: float, workdir: Path) -> tuple[dict[str, float], float]:
+    """Plain transformers: AutoModelForSequenceClassification + Trainer, CE, random batches."""
+    import datasets
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from hf_metric.packaged_models import resolve_model_path
+
+    path = resolve_model_path(MODEL_NAME)
+    names = sorted(set(split["train_labels"]))
+    label2id = {n: i for i, n in enumerate(names)}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id
+    )
+    train = datasets.Dataset.from_dict(
+        {"text": list(split["train_texts"]), "label": [label2id[v] for v in split["train_labels"]]}
+    ).map(lambda b: tokenizer(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"])
+    args = TrainingArguments(
+        output_dir=str(workdir / "baseline"),
+        per_device_train_batch_size=32,
+        num_train_epochs=epochs,
+        learning_rate=1e-4,
+        weight_decay=0.01,
+        lr_scheduler_type="linear",
+        warmup_steps=0.1,
+        max_grad_norm=1.0,
+        save_strategy="no",
+        logging_steps=50,
+        report_to="none",
+        seed=SEED,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    return score(model, tokenizer, split, split.get("arrays_dir") and split["arrays_dir"] / "baseline.npz"), seconds
+
+
+def run_hf_metric(
+    split: dict[str, Any], overrides: dict[str, Any], epochs: float | None, workdir: Path, name: str
+) -> tuple[dict[str, float], float]:
+    from transformers import AutoTokenizer
+
+    from hf_metric.config import config_from_dict
+    from hf_metric.modeling import MetricClassifierModel
+    from hf_metric.run import train
+
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw = deep_update(raw, overrides)
+    raw["data"]["parquet_path"] = str(split["parquet"])
+    raw["data"]["val_ratio"] = VAL_RATIO if split["protocol"] == "val" else raw["data"]["val_ratio"]
+    raw["training"]["seed"] = SEED
+    if epochs is not None:
+        raw["training"]["num_epochs"] = epochs
+    out_dir = workdir / name
+    raw["checkpointing"]["checkpoints_dir"] = str(out_dir)
+    start = time.perf_counter()
+    train(config_from_dict(raw))
+    seconds = time.perf_counter() - start
+    model = MetricClassifierModel.from_pretrained(out_dir / "best")
+    tokenizer = AutoTokenizer.from_pretrained(out_dir / "best")
+    return score(model, tokenizer, split, split.get("arrays_dir") and split["arrays_dir"] / f"{name}.npz"), seconds
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "banking77"))
+    parser.add_argument("--protocol", choices=["test", "val"], default="test")
+    parser.add_argument("--epochs", type=float, default=None, help="default: 5 for the baseline, the config's")
+    parser.add_argument("--variants", nargs="*", default=["baseline", "hf_metric"], help="baseline and/or VARIANTS")
+    parser.add_argument("--arrays", default=None, help="folder: save eval logits and embeddings per variant")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--results", default=str(ROOT / "docs" / "quality_results.jsonl"), help="appended")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    unknown = [v for v in args.variants if v != "baseline" and v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: baseline, {', '.join(VARIANTS)}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hf_metric_quality_") as tmp:
+        workdir = Path(tmp)
+        split = load_split(Path(args.data), args.protocol, workdir)
+        split["protocol"] = args.protocol
+        if args.arrays:
+            split["arrays_dir"] = Path(args.arrays) / args.protocol
+            split["arrays_dir"].mkdir(parents=True, exist_ok=True)
+        for name in args.variants:
+            if name == "baseline":
+                metrics, seconds = run_baseline(split, args.epochs or 5.0, workdir)
+            else:
+                metrics, seconds = run_hf_metric(split, VARIANTS[name], args.epochs, workdir, name)
+            row = {
+                "variant": name,
+                "protocol": args.protocol,
+                "epochs": args.epochs,
+                "seconds": round(seconds, 1),
+                **{k: round(v, 4) for k, v in metrics.items()},
+                "overrides": VARIANTS.get(name, {}),
+                "threads": torch.get_num_threads(),
+                "load_avg": round(os.getloadavg()[0], 2),
+                "machine": f"{os.cpu_count()} CPU, {platform.machine()}",
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            with open(args.results, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+    print(f"\n| variant | protocol | epochs | accuracy | macro-F1 | kNN acc | kNN F1 | train s |\n|{'---|' * 8}")
+    for r in rows:
+        print(
+            f"| {r['variant']} | {r['protocol']} | {r['epochs'] or 'default'} | {r['accuracy']:.4f} | "
+            f"{r['macro_f1']:.4f} | {r['knn_accuracy']:.4f} | {r['knn_f1']:.4f} | {r['seconds']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
