@@ -54,10 +54,18 @@ class ModelSection:
     pooling: Literal["mean", "cls", "pooler"] = "mean"
     projection_dim: int | None = None
     classifier_dropout: float = 0.1
+    knn_fusion_weight: float = 0.0
+    knn_fusion_k: int = 10
+    knn_fusion_temperature: float = 0.05
+    knn_reference_max_rows: int = 100_000
 
     def validate(self) -> None:
         _check(self.projection_dim is None or self.projection_dim > 0, "model.projection_dim", "must be > 0")
         _check(0.0 <= self.classifier_dropout < 1.0, "model.classifier_dropout", "must be in [0, 1)")
+        _check(0.0 <= self.knn_fusion_weight <= 1.0, "model.knn_fusion_weight", "must be in [0, 1]")
+        _check(self.knn_fusion_k >= 1, "model.knn_fusion_k", "must be >= 1")
+        _check(self.knn_fusion_temperature > 0, "model.knn_fusion_temperature", "must be > 0")
+        _check(self.knn_reference_max_rows >= 1, "model.knn_reference_max_rows", "must be >= 1")
 
 
 @dataclass

@@ -41,11 +41,14 @@ class MetricClassifierConfig(PreTrainedConfig):
         classification_loss_weight, metric_loss_weight: total = w_ce * CE + w_metric * metric loss.
         metric_loss, metric_loss_kwargs: `supcon` (temperature), `triplet` (margin, distance) or
             `multi_similarity` (alpha, beta, base); see `hf_metric.losses.METRIC_LOSSES`.
+        knn_fusion_weight, knn_fusion_k, knn_fusion_temperature: at inference, with a stored kNN reference
+            (`set_knn_reference`), `logits` become log((1 - w) * softmax(head) + w * p_knn) (`hf_metric.knn_fusion`).
+        knn_reference_size: rows of the stored reference (0: none); set by `set_knn_reference`.
     """
 
     model_type = "hf_metric_classifier"
     sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}  # noqa: RUF012
-    keys_to_ignore_at_inference = ["ce_loss", "metric_loss"]  # noqa: RUF012
+    keys_to_ignore_at_inference = ["ce_loss", "metric_loss", "classifier_logits"]  # noqa: RUF012
 
     encoder_config: dict | PreTrainedConfig | None = None
     pooling: str = "mean"
@@ -61,11 +64,21 @@ class MetricClassifierConfig(PreTrainedConfig):
     metric_loss: str = "supcon"
     metric_loss_kwargs: dict | None = None
     initializer_range: float = 0.02
+    knn_fusion_weight: float = 0.0
+    knn_fusion_k: int = 10
+    knn_fusion_temperature: float = 0.05
+    knn_reference_size: int = 0
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if not 0.0 <= self.knn_fusion_weight <= 1.0:
+            raise ValueError(f"knn_fusion_weight must be in [0, 1], got {self.knn_fusion_weight}")
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.projection_dim or self.hidden_size
 
     @property
     def hidden_size(self) -> int:
@@ -82,6 +95,7 @@ class MetricClassifierOutput(ModelOutput):
         embeddings: L2-normalized metric embeddings, `(batch, dim)`.
         ce_loss: the classification part (mean over rows with classifier_mask = 1).
         metric_loss: the metric-learning part (mean over anchors with metric_mask = 1 and a positive).
+        classifier_logits: the head's own logits, when `logits` hold the kNN-fused log-probabilities.
     """
 
     loss: torch.FloatTensor | None = None
@@ -89,6 +103,7 @@ class MetricClassifierOutput(ModelOutput):
     embeddings: torch.FloatTensor | None = None
     ce_loss: torch.FloatTensor | None = None
     metric_loss: torch.FloatTensor | None = None
+    classifier_logits: torch.FloatTensor | None = None
 
 
 def _load_encoder(config: PreTrainedConfig | str, pooling: str, **kwargs: Any) -> PreTrainedModel:
@@ -110,6 +125,7 @@ class MetricClassifierPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     # The Trainer must not pass `num_items_in_batch` nor assume the loss is pre-scaled for accumulation.
     accepts_loss_kwargs = False
+    _keys_to_ignore_on_load_missing = [r"knn_reference_"]  # noqa: RUF012  (checkpoints saved without a reference)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, CosineLinear):  # margin heads own a raw weight matrix with their own init
@@ -142,7 +158,42 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             self.register_buffer("class_margins", torch.tensor(config.class_margins), persistent=False)
         else:
             self.class_margins = None
+        self._register_knn_reference(config.knn_reference_size)
         self.post_init()
+
+    def _register_knn_reference(self, rows: int) -> None:
+        """Buffers (saved in safetensors with the weights) for the kNN-fusion reference rows."""
+        self.register_buffer("knn_reference_embeddings", torch.zeros(rows, self.config.embedding_dim))
+        self.register_buffer("knn_reference_labels", torch.zeros(rows, dtype=torch.long))
+
+    def set_knn_reference(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Store labelled embeddings (this model's, e.g. of the training rows) for kNN fusion at inference;
+        they are saved with the model. `knn_fusion_weight` must be > 0 for them to be used."""
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.config.embedding_dim:
+            raise ValueError(f"expected (N, {self.config.embedding_dim}) embeddings, got {tuple(embeddings.shape)}")
+        if labels.shape != (embeddings.shape[0],) or (
+            labels.numel() and not 0 <= labels.min() <= labels.max() < self.config.num_labels
+        ):
+            raise ValueError(f"labels must be {embeddings.shape[0]} class ids in [0, {self.config.num_labels})")
+        device = self.knn_reference_embeddings.device
+        self.config.knn_reference_size = embeddings.shape[0]
+        self._register_knn_reference(embeddings.shape[0])
+        self.knn_reference_embeddings.copy_(F.normalize(embeddings.float(), dim=-1))
+        self.knn_reference_labels.copy_(labels.long())
+        self.to(device)
+
+    def _fused_logits(self, logits: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        from .knn_fusion import fuse_probabilities, knn_class_probabilities
+
+        p_knn = knn_class_probabilities(
+            embeddings.detach(),
+            self.knn_reference_embeddings,
+            self.knn_reference_labels,
+            self.config.num_labels,
+            self.config.knn_fusion_k,
+            self.config.knn_fusion_temperature,
+        )
+        return fuse_probabilities(logits, p_knn, self.config.knn_fusion_weight).clamp_min(1e-12).log()
 
     @classmethod
     def from_backbone(
@@ -201,6 +252,9 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         logits = self.head(self.dropout(pooled), head_labels, **({"margin": margin} if margin is not None else {}))
         projected = self.projection(pooled) if self.projection is not None else pooled
         embeddings = F.normalize(projected.float(), dim=-1)
+        classifier_logits = None
+        if not self.training and self.config.knn_fusion_weight > 0 and self.config.knn_reference_size > 0:
+            classifier_logits, logits = logits, self._fused_logits(logits, embeddings)
 
         loss = ce_loss = metric_loss = None
         if labels is not None:
@@ -213,6 +267,11 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             loss = self.config.classification_loss_weight * ce_loss + self.config.metric_loss_weight * metric_loss
 
         output = MetricClassifierOutput(
-            loss=loss, logits=logits, embeddings=embeddings, ce_loss=ce_loss, metric_loss=metric_loss
+            loss=loss,
+            logits=logits,
+            embeddings=embeddings,
+            ce_loss=ce_loss,
+            metric_loss=metric_loss,
+            classifier_logits=classifier_logits,
         )
         return output if return_dict is not False else output.to_tuple()

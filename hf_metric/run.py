@@ -70,6 +70,9 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
         pooling=cfg.model.pooling,
         projection_dim=cfg.model.projection_dim,
         classifier_dropout=cfg.model.classifier_dropout,
+        knn_fusion_weight=cfg.model.knn_fusion_weight,
+        knn_fusion_k=cfg.model.knn_fusion_k,
+        knn_fusion_temperature=cfg.model.knn_fusion_temperature,
         head_type=cfg.head.type,
         head_kwargs=cfg.head.head_kwargs(),
         class_margins=class_margins,
@@ -103,6 +106,26 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     return trainer
 
 
+FUSED_METRICS = ("loss", "accuracy", "f1", "top5_accuracy")
+"""Metrics of the kNN-fused classifier reported next to the head's own (prefix `eval_fused_`)."""
+
+
+def add_knn_reference(trainer, cfg: TrainConfig) -> dict[str, float]:
+    """Store the trained model's embeddings of (at most `knn_reference_max_rows`, seeded) training rows in the
+    model for kNN fusion, and return the fused classifier's validation metrics."""
+    import numpy as np
+
+    dataset = trainer.train_dataset
+    limit = cfg.model.knn_reference_max_rows
+    if len(dataset) > limit:
+        rng = np.random.default_rng(cfg.training.seed)
+        dataset = dataset.select(np.sort(rng.choice(len(dataset), size=limit, replace=False)))
+    embeddings, labels = trainer.embed_dataset(dataset)
+    trainer.model.set_knn_reference(embeddings, labels)
+    fused = trainer.evaluate(metric_key_prefix="eval_fused")
+    return {f"eval_fused_{k}": fused[f"eval_fused_{k}"] for k in FUSED_METRICS if f"eval_fused_{k}" in fused}
+
+
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Train, evaluate the best model, save it to `<checkpoints_dir>/best` and return the final metrics."""
     from .trainer import write_json_atomic
@@ -116,6 +139,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
+    if cfg.model.knn_fusion_weight > 0:
+        metrics.update(add_knn_reference(trainer, cfg))
     trainer.save_final_model(os.path.join(out_dir, "best"))
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)

@@ -122,7 +122,7 @@ class MetricClassifierTrainer(Trainer):
         config = self._loss_model().config
         self.bank = EmbeddingBank(
             capacity_steps=self.retrieval.keep_last_n_emb_steps,
-            dim=config.projection_dim or config.hidden_size,
+            dim=config.embedding_dim,
             max_rows_per_step=self._train_batch_size
             * self.args.gradient_accumulation_steps
             * self.accelerator.num_processes,
@@ -398,6 +398,21 @@ class MetricClassifierTrainer(Trainer):
             else:
                 logger.warning("%s has no embedding bank; retrieval metrics restart from an empty bank", bank_file)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    @torch.no_grad()
+    def embed_dataset(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and labels of every row of a tokenized dataset, gathered from every process in order."""
+        model = self.model
+        model.eval()
+        embeddings, labels = [], []
+        for inputs in self.get_eval_dataloader(dataset):
+            inputs = self._prepare_inputs(inputs)
+            row_labels = inputs.pop("labels")
+            features = {k: v for k, v in inputs.items() if k not in ("metric_mask", "classifier_mask")}
+            out = model(**features)
+            embeddings.append(self.accelerator.gather_for_metrics(out.embeddings.float()))
+            labels.append(self.accelerator.gather_for_metrics(row_labels))
+        return torch.cat(embeddings), torch.cat(labels)
 
     def save_final_model(self, path: str) -> None:
         """`save_model` into `path` atomically (main process only)."""
