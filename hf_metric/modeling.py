@@ -6,10 +6,16 @@
 
 The classifier sees the raw pooled output; the metric loss sees the normalized embedding, optionally through
 a projection (as in SupCon/SimCLR) so that the two objectives do not fight over one space.
+
+`save_pretrained` copies this file and the two it imports (`heads.py`, `losses.py`) next to the weights and
+records them in the config's `auto_map`, so a saved folder loads with
+`from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed. Keep the relative imports
+here to those two files: anything imported relatively is copied too, and the folder must stay self-contained.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +108,10 @@ def _load_encoder(config: PreTrainedConfig | str, pooling: str, **kwargs: Any) -
     return load(config, **kwargs)
 
 
+AUTO_CLASSES = ("AutoModel", "AutoModelForSequenceClassification")
+"""Auto factories that load the saved folder as remote code; the same class serves all of them."""
+
+
 class MetricClassifierPreTrainedModel(PreTrainedModel):
     config_class = MetricClassifierConfig
     base_model_prefix = "backbone"
@@ -118,6 +128,13 @@ class MetricClassifierPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """As `PreTrainedModel.save_pretrained`, with every class of `AUTO_CLASSES` in the config's `auto_map`:
+        `register_for_auto_class` records only one Auto class per model class."""
+        name = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **dict.fromkeys(AUTO_CLASSES, name)}
+        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class MetricClassifierModel(MetricClassifierPreTrainedModel):
@@ -216,3 +233,8 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             loss=loss, logits=logits, embeddings=embeddings, ce_loss=ce_loss, metric_loss=metric_loss
         )
         return output if return_dict is not False else output.to_tuple()
+
+
+# Saved folders carry this code (see the module docstring); `hf_metric/__init__` registers the local classes.
+MetricClassifierConfig.register_for_auto_class()
+MetricClassifierModel.register_for_auto_class("AutoModelForSequenceClassification")

@@ -101,8 +101,25 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     return trainer
 
 
+def finish_best_model(trainer, cfg: TrainConfig, best_dir: str, metrics: dict[str, float]) -> None:
+    """Make `best_dir` shareable (main process only): its head as `head.safetensors` and the model card as
+    README.md; then upload it if `hub.push_to_hub`."""
+    from .head_io import export_head
+    from .hub import build_model_card, last_training_losses, push_to_hub, write_model_card
+
+    export_head(best_dir)
+    id2label = trainer.accelerator.unwrap_model(trainer.model).config.id2label
+    losses = last_training_losses(trainer.state.log_history)
+    card = build_model_card(cfg, metrics, getattr(trainer, "data_summary", {}), losses, id2label)
+    write_model_card(best_dir, card)
+    if cfg.hub.push_to_hub:
+        url = push_to_hub(best_dir, cfg.hub)
+        print(f"Pushed {best_dir} to {cfg.hub.model_id}: {url}", flush=True)
+
+
 def train(cfg: TrainConfig) -> dict[str, float]:
-    """Train, evaluate the best model, save it to `<checkpoints_dir>/best` and return the final metrics."""
+    """Train, evaluate the best model, save it to `<checkpoints_dir>/best` (with its head file and model card,
+    pushed to the Hub if configured) and return the final metrics."""
     from .trainer import write_json_atomic
 
     resume = _resume_checkpoint(cfg)
@@ -114,8 +131,10 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
-    trainer.save_final_model(os.path.join(out_dir, "best"))
+    best_dir = os.path.join(out_dir, "best")
+    trainer.save_final_model(best_dir)
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
         print("\nFinal validation metrics (best checkpoint):\n" + format_metrics_table(metrics), flush=True)
+        finish_best_model(trainer, cfg, best_dir, metrics)
     return metrics
