@@ -95,14 +95,22 @@ HEAD_TYPES = ["linear", "cosine", "arcface", "subcenter_arcface", "cosface", "ci
 
 @pytest.mark.parametrize("head_type", HEAD_TYPES)
 def test_every_head_type_round_trips_with_identical_logits(tmp_path, tiny_model_dir, head_type):
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
     torch.manual_seed(0)
-    model = MetricClassifierModel.from_backbone(tiny_model_dir, ID2LABEL, head_type=head_type).eval()
+    model = MetricClassifierModel.from_backbone(tiny_model_dir, ID2LABEL, head_type=head_type, projection_dim=8)
+    model.eval()
     model.save_pretrained(tmp_path)
-    loaded = MetricClassifierModel.from_pretrained(tmp_path).eval()
     batch = _batch()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=1e-6)
-    assert torch.isfinite(model(**inputs).logits).all()
+    expected = model(**inputs)
+    assert torch.isfinite(expected.logits).all()
+    for loader in (MetricClassifierModel, AutoModel, AutoModelForSequenceClassification):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded) is MetricClassifierModel  # the registered local class, not remote code
+        got = loaded(**inputs)
+        assert torch.allclose(got.logits, expected.logits, atol=1e-6)
+        assert torch.allclose(got.embeddings, expected.embeddings, atol=1e-6)
 
 
 def test_a_margin_head_missing_from_a_checkpoint_is_initialised(tmp_path, tiny_model_dir):
