@@ -173,12 +173,16 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         pooling = config_kwargs.get("pooling", "mean")
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         backbone = _load_encoder(model_name_or_path, pooling, **kwargs)
+        attention = backbone.config._attn_implementation
         config = MetricClassifierConfig(
             encoder_config=backbone.config,
             id2label=dict(id2label),
             label2id={name: i for i, name in id2label.items()},
             **config_kwargs,
         )
+        # Building the composite config resets its sub-config's attention to None, and a backbone without one
+        # treats padding differently from the same weights loaded back with `from_pretrained`.
+        config.encoder_config._attn_implementation = attention
         return cls(config, backbone=backbone)
 
     def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output=None):
