@@ -102,7 +102,6 @@ def build_model_card(
     )
     labels = [id2label[i] for i in sorted(id2label)]
     shown = ", ".join(f"`{name}`" for name in labels[:50]) + (" ..." if len(labels) > 50 else "")
-    losses = "\n".join(f"| {k} | {v} |" for k, v in training_losses.items())
     body = f"""
 # {repo.rsplit("/", 1)[-1]}
 
@@ -115,7 +114,7 @@ one encoder gives class scores (`logits`) and an L2-normalized embedding (`embed
 
 ## Training data
 
-{metrics_markdown_table(dict(data_summary))}
+{metrics_markdown_table(dict(data_summary), columns=("data", "value"))}
 
 ## Training objective
 
@@ -123,9 +122,7 @@ one encoder gives class scores (`logits`) and an L2-normalized embedding (`embed
 
 Last logged training losses:
 
-| name | value |
-|---|---|
-{losses}
+{metrics_markdown_table(dict(training_losses), columns=("training", "value"))}
 
 ## Final validation metrics
 
