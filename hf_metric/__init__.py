@@ -6,6 +6,7 @@ from .config import TrainConfig, load_config
 from .errors import ConfigError, DataError, HfMetricUserError
 from .losses import SupConLoss, masked_cross_entropy, masked_mean
 from .modeling import MetricClassifierConfig, MetricClassifierModel, MetricClassifierOutput
+from .pipelines import KnnClassificationPipeline, MetricEmbeddingPipeline, register_pipelines
 from .samplers import ClassBalancedBatchSampler
 
 __version__ = "0.1.0"
@@ -13,15 +14,18 @@ __version__ = "0.1.0"
 AutoConfig.register(MetricClassifierConfig.model_type, MetricClassifierConfig, exist_ok=True)
 AutoModel.register(MetricClassifierConfig, MetricClassifierModel, exist_ok=True)
 AutoModelForSequenceClassification.register(MetricClassifierConfig, MetricClassifierModel, exist_ok=True)
+register_pipelines()
 
 __all__ = [
     "ClassBalancedBatchSampler",
     "ConfigError",
     "DataError",
     "HfMetricUserError",
+    "KnnClassificationPipeline",
     "MetricClassifierConfig",
     "MetricClassifierModel",
     "MetricClassifierOutput",
+    "MetricEmbeddingPipeline",
     "SupConLoss",
     "TrainConfig",
     "load_config",

@@ -311,6 +311,30 @@ class NeptuneSection:
 
 
 @dataclass
+class HubSection:
+    """Upload of `<checkpoints_dir>/best` after training. The token comes from `HF_TOKEN` or `hf auth login`,
+    never from this file; `HF_ENDPOINT` points at a private mirror."""
+
+    push_to_hub: bool = False
+    model_id: str | None = None
+    private: bool = True
+    revision: str | None = None
+    commit_message: str = "Upload model trained with hf_metric"
+
+    def validate(self) -> None:
+        if self.push_to_hub:
+            _check(bool(self.model_id), "hub.model_id", "is required when hub.push_to_hub is true")
+        if self.model_id is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.model_id)
+            except HFValidationError:
+                raise ConfigError(f"hub.model_id: {self.model_id!r} is not a valid repo id (owner/name)") from None
+        _check(bool(self.commit_message), "hub.commit_message", "must not be empty")
+
+
+@dataclass
 class TrainConfig:
     """The whole YAML file. `model_name` is a Hub id or a local path to a transformers encoder."""
 
@@ -324,6 +348,7 @@ class TrainConfig:
     checkpointing: CheckpointingSection = field(default_factory=CheckpointingSection)
     metric_validation: MetricValidationSection = field(default_factory=MetricValidationSection)
     neptune: NeptuneSection = field(default_factory=NeptuneSection)
+    hub: HubSection = field(default_factory=HubSection)
 
     def validate(self) -> None:
         _check(bool(self.model_name), "model_name", "is required")

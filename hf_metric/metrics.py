@@ -184,6 +184,28 @@ def recall_at_k(
     return recall_from_neighbor_labels(query_labels, ref_labels[indices.cpu().numpy()], ks)
 
 
+def knn_predict(
+    query_emb: Embeddings,
+    ref_emb: Embeddings,
+    ref_labels: LabelArray,
+    k: int = 10,
+    distance: Distance = "cos",
+    exclude_self: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`knn_classify`'s labels and, per query, the winner's share of the total vote weight (a confidence in
+    [0, 1]: 1 when every neighbour voted for it), for callers that report a score (the kNN pipeline)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ref_labels = _labels_array(ref_labels)
+    scores, indices = topk_neighbors(query_emb, ref_emb, k, distance, chunk_size, exclude_self)
+    neighbor_labels, weights = ref_labels[indices.cpu().numpy()], neighbor_weights(scores, distance)
+    predicted = knn_vote(neighbor_labels, weights)
+    winner_weight = np.where(neighbor_labels == predicted[:, None], weights, 0.0).sum(axis=1)
+    total = weights.sum(axis=1)
+    return predicted, winner_weight / np.where(total > 0, total, 1.0)
+
+
 def knn_classify(
     query_emb: Embeddings,
     ref_emb: Embeddings,
@@ -195,11 +217,7 @@ def knn_classify(
 ) -> np.ndarray:
     """Labels predicted by a weighted vote of the k nearest bank rows (weights: `neighbor_weights`; ties:
     `knn_vote`). Labels keep their type (ints, strings). Fewer than k bank rows: all of them vote."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    ref_labels = _labels_array(ref_labels)
-    scores, indices = topk_neighbors(query_emb, ref_emb, k, distance, chunk_size, exclude_self)
-    return knn_vote(ref_labels[indices.cpu().numpy()], neighbor_weights(scores, distance))
+    return knn_predict(query_emb, ref_emb, ref_labels, k, distance, exclude_self, chunk_size)[0]
 
 
 def knn_metrics(

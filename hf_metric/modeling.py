@@ -6,10 +6,16 @@
 
 The classifier sees the raw pooled output; the metric loss sees the normalized embedding, optionally through
 a projection (as in SupCon/SimCLR) so that the two objectives do not fight over one space.
+
+`save_pretrained` copies this file and the two it imports (`heads.py`, `losses.py`) next to the weights and
+records them in the config's `auto_map`, so a saved folder loads with
+`from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed. Keep the relative imports
+here to those two files: anything imported relatively is copied too, and the folder must stay self-contained.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +123,10 @@ def _load_encoder(config: PreTrainedConfig | str, pooling: str, **kwargs: Any) -
     return load(config, **kwargs)
 
 
+AUTO_CLASSES = ("AutoModel", "AutoModelForSequenceClassification")
+"""Auto factories that load the saved folder as remote code; the same class serves all of them."""
+
+
 class MetricClassifierPreTrainedModel(PreTrainedModel):
     config_class = MetricClassifierConfig
     base_model_prefix = "backbone"
@@ -134,6 +144,13 @@ class MetricClassifierPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """As `PreTrainedModel.save_pretrained`, with every class of `AUTO_CLASSES` in the config's `auto_map`:
+        `register_for_auto_class` records only one Auto class per model class."""
+        name = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **dict.fromkeys(AUTO_CLASSES, name)}
+        super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class MetricClassifierModel(MetricClassifierPreTrainedModel):
@@ -207,12 +224,16 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         pooling = config_kwargs.get("pooling", "mean")
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         backbone = _load_encoder(model_name_or_path, pooling, **kwargs)
+        attention = backbone.config._attn_implementation
         config = MetricClassifierConfig(
             encoder_config=backbone.config,
             id2label=dict(id2label),
             label2id={name: i for i, name in id2label.items()},
             **config_kwargs,
         )
+        # Building the composite config resets its sub-config's attention to None, and a backbone without one
+        # treats padding differently from the same weights loaded back with `from_pretrained`.
+        config.encoder_config._attn_implementation = attention
         return cls(config, backbone=backbone)
 
     def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output=None):
@@ -275,3 +296,8 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             classifier_logits=classifier_logits,
         )
         return output if return_dict is not False else output.to_tuple()
+
+
+# Saved folders carry this code (see the module docstring); `hf_metric/__init__` registers the local classes.
+MetricClassifierConfig.register_for_auto_class()
+MetricClassifierModel.register_for_auto_class("AutoModelForSequenceClassification")

@@ -121,13 +121,30 @@ def add_knn_reference(trainer, cfg: TrainConfig) -> dict[str, float]:
         rng = np.random.default_rng(cfg.training.seed)
         dataset = dataset.select(np.sort(rng.choice(len(dataset), size=limit, replace=False)))
     embeddings, labels = trainer.embed_dataset(dataset)
-    trainer.model.set_knn_reference(embeddings, labels)
+    trainer.accelerator.unwrap_model(trainer.model).set_knn_reference(embeddings, labels)
     fused = trainer.evaluate(metric_key_prefix="eval_fused")
     return {f"eval_fused_{k}": fused[f"eval_fused_{k}"] for k in FUSED_METRICS if f"eval_fused_{k}" in fused}
 
 
+def finish_best_model(trainer, cfg: TrainConfig, best_dir: str, metrics: dict[str, float]) -> None:
+    """Make `best_dir` shareable (main process only): its head as `head.safetensors` and the model card as
+    README.md; then upload it if `hub.push_to_hub`."""
+    from .head_io import export_head
+    from .hub import build_model_card, last_training_losses, push_to_hub, write_model_card
+
+    export_head(best_dir)
+    id2label = trainer.accelerator.unwrap_model(trainer.model).config.id2label
+    losses = last_training_losses(trainer.state.log_history)
+    card = build_model_card(cfg, metrics, getattr(trainer, "data_summary", {}), losses, id2label)
+    write_model_card(best_dir, card)
+    if cfg.hub.push_to_hub:
+        url = push_to_hub(best_dir, cfg.hub)
+        print(f"Pushed {best_dir} to {cfg.hub.model_id}: {url}", flush=True)
+
+
 def train(cfg: TrainConfig) -> dict[str, float]:
-    """Train, evaluate the best model, save it to `<checkpoints_dir>/best` and return the final metrics."""
+    """Train, evaluate the best model, save it to `<checkpoints_dir>/best` (with its head file and model card,
+    pushed to the Hub if configured) and return the final metrics."""
     from .trainer import write_json_atomic
 
     resume = _resume_checkpoint(cfg)
@@ -141,8 +158,10 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     metrics = trainer.evaluate()
     if cfg.model.knn_fusion_weight > 0:
         metrics.update(add_knn_reference(trainer, cfg))
-    trainer.save_final_model(os.path.join(out_dir, "best"))
+    best_dir = os.path.join(out_dir, "best")
+    trainer.save_final_model(best_dir)
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
         print("\nFinal validation metrics (best checkpoint):\n" + format_metrics_table(metrics), flush=True)
+        finish_best_model(trainer, cfg, best_dir, metrics)
     return metrics

@@ -17,8 +17,9 @@ def format_metrics_table(metrics: Mapping[str, object]) -> str:
     return "\n".join(lines)
 
 
-def metrics_markdown_table(metrics: Mapping[str, object]) -> str:
-    """The same table in Markdown (model cards, `report.md`); `|` in names is escaped."""
-    lines = ["| metric | value |", "|---|---|"]
+def metrics_markdown_table(metrics: Mapping[str, object], columns: tuple[str, str] = ("metric", "value")) -> str:
+    """The same table in Markdown (model cards, `report.md`); `|` in names is escaped. `columns` names the two
+    columns, for other name-value tables (the card's data summary)."""
+    lines = [f"| {columns[0]} | {columns[1]} |", "|---|---|"]
     lines += [f"| {key.replace('|', chr(92) + '|')} | {_format_value(metrics[key])} |" for key in sorted(metrics)]
     return "\n".join(lines)

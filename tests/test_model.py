@@ -95,14 +95,22 @@ HEAD_TYPES = ["linear", "cosine", "arcface", "subcenter_arcface", "cosface", "ci
 
 @pytest.mark.parametrize("head_type", HEAD_TYPES)
 def test_every_head_type_round_trips_with_identical_logits(tmp_path, tiny_model_dir, head_type):
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
     torch.manual_seed(0)
-    model = MetricClassifierModel.from_backbone(tiny_model_dir, ID2LABEL, head_type=head_type).eval()
+    model = MetricClassifierModel.from_backbone(tiny_model_dir, ID2LABEL, head_type=head_type, projection_dim=8)
+    model.eval()
     model.save_pretrained(tmp_path)
-    loaded = MetricClassifierModel.from_pretrained(tmp_path).eval()
     batch = _batch()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    assert torch.allclose(loaded(**inputs).logits, model(**inputs).logits, atol=1e-6)
-    assert torch.isfinite(model(**inputs).logits).all()
+    expected = model(**inputs)
+    assert torch.isfinite(expected.logits).all()
+    for loader in (MetricClassifierModel, AutoModel, AutoModelForSequenceClassification):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded) is MetricClassifierModel  # the registered local class, not remote code
+        got = loaded(**inputs)
+        assert torch.allclose(got.logits, expected.logits, atol=1e-6)
+        assert torch.allclose(got.embeddings, expected.embeddings, atol=1e-6)
 
 
 def test_a_margin_head_missing_from_a_checkpoint_is_initialised(tmp_path, tiny_model_dir):
@@ -133,3 +141,17 @@ def test_class_margins_make_the_target_logit_smaller_by_the_formula(tiny_model_d
     assert torch.allclose(target_drop, expected, atol=1e-5)
     others = torch.ones_like(plain, dtype=torch.bool).scatter(1, labels[:, None], False)
     assert torch.allclose(plain[others], train_logits[others], atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", [None, "eager"])
+def test_a_new_model_masks_padding_like_a_loaded_one(tiny_model_dir, attention):
+    """from_backbone keeps the backbone's attention implementation (a composite config used to reset it to
+    None, and padded rows then differed from the same text unpadded and from the model loaded back)."""
+    model = MetricClassifierModel.from_backbone(tiny_model_dir, ID2LABEL, attn_implementation=attention).eval()
+    assert model.backbone.config._attn_implementation == (attention or "sdpa")
+    ids = _batch()["input_ids"][:2]
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0], [1] * 7])
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[:1, :3]).logits
+    assert torch.allclose(padded[:1], alone, atol=1e-6)

@@ -20,6 +20,7 @@ from hf_metric.metrics import (
     is_collapsed,
     knn_classify,
     knn_metrics,
+    knn_predict,
     prediction_diversity,
     queries_without_bank_label,
     recall_at_k,
@@ -235,6 +236,17 @@ def test_knn_classify_matches_naive(distance, kind, exclude_self):
         for chunk in (None, 6):
             got = knn_classify(query, ref, ry, k, distance, exclude_self, chunk_size=chunk)
             np.testing.assert_array_equal(got, want, err_msg=f"k={k}")
+
+
+def test_knn_predict_score_is_the_winner_share_of_the_vote_weight():
+    query = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    # cos weights (1 + cos) / 2: for query 0, rows weigh 1, 0.5, 0.5, 0 -> class 3 gets 1 + 0.5 of 2 in all
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [-1.0, 0.0]], dtype=np.float32)
+    labels, share = knn_predict(query, ref, [3, 3, 4, 4], k=4)
+    assert labels.tolist() == knn_classify(query, ref, [3, 3, 4, 4], k=4).tolist() == [3, 3]
+    assert share.tolist() == pytest.approx([1.5 / 2.0, 1.5 / 2.0])
+    _, alone = knn_predict(query, ref, [3, 3, 4, 4], k=1)
+    assert alone.tolist() == [1.0, 1.0]
 
 
 def test_knn_vote_tie_goes_to_the_class_of_the_nearest_neighbour():

@@ -16,6 +16,7 @@ from hf_metric.cli import main
 from hf_metric.config import load_config
 from hf_metric.losses import masked_cross_entropy
 from hf_metric.run import build_trainer, train
+from hf_metric.tables import metrics_markdown_table
 
 
 def _masked_rows(seed=0, per_class=12):
@@ -176,6 +177,9 @@ def test_two_epoch_run_learns_well_above_chance(tmp_path, make_config, capsys):
     state = json.loads((out_dir / last / "trainer_state.json").read_text())
     assert state["best_metric"] == max(h["eval_knn_f1"] for h in state["log_history"] if "eval_knn_f1" in h)
     assert "Final validation metrics" in capsys.readouterr().out
+    card = (out_dir / "best" / "README.md").read_text()  # written without hub.push_to_hub too
+    assert metrics_markdown_table(metrics) in card
+    assert (out_dir / "best" / "head.safetensors").is_file()
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

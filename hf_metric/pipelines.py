@@ -1,0 +1,159 @@
+"""Pipelines for a trained `MetricClassifierModel`, registered with transformers on `import hf_metric`.
+
+- `pipeline("text-classification", model=path)` needs nothing from here: the model is an
+  `AutoModelForSequenceClassification` whose config holds the label names.
+- `pipeline("metric-embedding", model=path)`: the L2-normalized embedding the metric loss was trained on, one
+  vector per text. The stock `feature-extraction` pipeline returns the model's first output, which for this
+  model is the logits; `pipeline("feature-extraction", model=path, pipeline_class=MetricEmbeddingPipeline)` is
+  the same thing under that name.
+- `pipeline("knn-classification", model=path)`: labels texts by a vote of their nearest neighbours in a
+  reference set (texts with labels, a saved reference, or a training checkpoint's embedding bank), with
+  `hf_metric.metrics.knn_predict`. A reference saved as `knn_reference.safetensors` in the model folder is
+  loaded with the model, so the classifier travels with it (and works for classes the head never saw).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline
+
+from .bank import BANK_FORMAT
+from .metrics import knn_predict
+
+EMBEDDING_TASK = "metric-embedding"
+KNN_TASK = "knn-classification"
+KNN_REFERENCE_FILE = "knn_reference.safetensors"
+KNN_REFERENCE_FORMAT = "hf_metric.KnnReference/1"
+"""Written into the safetensors metadata of a kNN reference; `EmbeddingBank` files are accepted too."""
+
+
+class MetricEmbeddingPipeline(FeatureExtractionPipeline):
+    """Text -> the model's L2-normalized metric embedding (a list of floats, or a `(dim,)` tensor with
+    `return_tensors=True`). Takes the feature-extraction options (`truncation`, `tokenize_kwargs`)."""
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"embeddings": self.model(**model_inputs).embeddings}
+
+    def postprocess(self, model_outputs: dict[str, torch.Tensor], return_tensors: bool = False) -> Any:
+        embedding = model_outputs["embeddings"][0]
+        return embedding if return_tensors else embedding.tolist()
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Embeddings of many texts at once, `(len(texts), dim)` float32 on the CPU (padded batches; the
+        pooling ignores the padding)."""
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            inputs = self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt").to(self.device)
+            chunks.append(self.model(**inputs).embeddings.float().cpu())
+        if not chunks:
+            raise ValueError("no texts to embed")
+        return torch.cat(chunks)
+
+
+class KnnClassificationPipeline(MetricEmbeddingPipeline):
+    """Text -> `{"label", "score"}` by a distance-weighted vote of the `k` nearest reference rows; the score is
+    the winner's share of the vote weight.
+
+    The reference is, in this order: `reference=` (a file, see `load_reference`), else
+    `<model folder>/knn_reference.safetensors` if present; or set it later with `fit` / `load_reference`.
+    `k` and `distance` ("cos" or "l2") are call options; their defaults come from the reference file.
+    """
+
+    def __init__(self, *args: Any, reference: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference_embeddings: torch.Tensor | None = None
+        self.reference_labels: np.ndarray | None = None
+        self.k, self.distance = 10, "cos"
+        saved = os.path.join(str(getattr(self.model, "name_or_path", "")), KNN_REFERENCE_FILE)
+        if reference is not None:
+            self.load_reference(reference)
+        elif os.path.isfile(saved):
+            self.load_reference(saved)
+
+    def _sanitize_parameters(self, k: int | None = None, distance: str | None = None, **kwargs: Any):
+        preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
+        if k is not None:
+            postprocess["k"] = k
+        if distance is not None:
+            postprocess["distance"] = distance
+        return preprocess, forward, postprocess
+
+    def fit(self, texts: Sequence[str], labels: Sequence[Any], batch_size: int = 32) -> KnnClassificationPipeline:
+        """Use `texts` (embedded now) with their `labels` (any JSON values: names, ids) as the reference."""
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+        self.reference_embeddings = self.embed(texts, batch_size)
+        self.reference_labels = np.asarray(labels)
+        return self
+
+    def load_reference(self, path: str | os.PathLike) -> KnnClassificationPipeline:
+        """Read a reference written by `save_reference`, or a checkpoint's `embedding_bank.safetensors` (its
+        label ids become the model's label names)."""
+        from safetensors import safe_open
+
+        path = str(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, KNN_REFERENCE_FILE)
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            embeddings, label_ids = f.get_tensor("embeddings"), f.get_tensor("labels")
+        fmt = meta.get("format")
+        if fmt == KNN_REFERENCE_FORMAT:
+            names = np.asarray(json.loads(meta["label_names"]))
+            self.k, self.distance = int(meta.get("k", self.k)), meta.get("distance", self.distance)
+        elif fmt == BANK_FORMAT:
+            id2label = self.model.config.id2label
+            names = np.asarray([id2label[i] for i in range(len(id2label))])
+        else:
+            raise ValueError(f"{path}: not a kNN reference or embedding bank (format {fmt!r})")
+        self.reference_embeddings, self.reference_labels = embeddings.float(), names[label_ids.numpy()]
+        return self
+
+    def save_reference(self, path: str | os.PathLike) -> str:
+        """Write the reference (embeddings, labels, `k`, `distance`) as safetensors; a folder (e.g. the model's)
+        gets `knn_reference.safetensors`. Returns the file written."""
+        from safetensors.torch import save_file
+
+        embeddings, labels = self._reference()
+        path = str(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, KNN_REFERENCE_FILE)
+        names, label_ids = np.unique(labels, return_inverse=True)
+        metadata = {
+            "format": KNN_REFERENCE_FORMAT,
+            "label_names": json.dumps(names.tolist()),
+            "k": str(self.k),
+            "distance": self.distance,
+        }
+        tensors = {"embeddings": embeddings.contiguous(), "labels": torch.as_tensor(label_ids, dtype=torch.int64)}
+        save_file(tensors, path, metadata=metadata)
+        return path
+
+    def _reference(self) -> tuple[torch.Tensor, np.ndarray]:
+        if self.reference_embeddings is None or self.reference_labels is None:
+            raise ValueError("the kNN pipeline has no reference set: call fit(texts, labels) or load_reference(path)")
+        return self.reference_embeddings, self.reference_labels
+
+    def postprocess(
+        self, model_outputs: dict[str, torch.Tensor], k: int | None = None, distance: str | None = None
+    ) -> dict[str, Any]:
+        embeddings, labels = self._reference()
+        query = model_outputs["embeddings"].float().cpu()
+        predicted, share = knn_predict(query, embeddings, labels, k or self.k, distance or self.distance)
+        return {"label": predicted[0].item(), "score": float(share[0])}
+
+
+def register_pipelines() -> None:
+    """Make the two tasks known to `transformers.pipeline` (called on `import hf_metric`)."""
+    for task, cls in ((EMBEDDING_TASK, MetricEmbeddingPipeline), (KNN_TASK, KnnClassificationPipeline)):
+        if PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl") is not cls:
+            PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=cls, pt_model=AutoModel, type="text")
