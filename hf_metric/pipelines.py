@@ -64,7 +64,8 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
     the winner's share of the vote weight.
 
     The reference is, in this order: `reference=` (a file, see `load_reference`), else
-    `<model folder>/knn_reference.safetensors` if present; or set it later with `fit` / `load_reference`.
+    `<model folder>/knn_reference.safetensors` if present, else the training rows stored in the model for kNN
+    fusion (`model.knn_fusion_weight`); or set it later with `fit` / `load_reference`.
     `k` and `distance` ("cos" or "l2") are call options; their defaults come from the reference file.
     """
 
@@ -78,6 +79,8 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
             self.load_reference(reference)
         elif os.path.isfile(saved):
             self.load_reference(saved)
+        elif getattr(self.model.config, "knn_reference_size", 0) > 0:
+            self.use_model_reference()
 
     def _sanitize_parameters(self, k: int | None = None, distance: str | None = None, **kwargs: Any):
         preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
@@ -116,6 +119,15 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
         else:
             raise ValueError(f"{path}: not a kNN reference or embedding bank (format {fmt!r})")
         self.reference_embeddings, self.reference_labels = embeddings.float(), names[label_ids.numpy()]
+        return self
+
+    def use_model_reference(self) -> KnnClassificationPipeline:
+        """Use the labelled training embeddings stored in the model (`MetricClassifierModel.set_knn_reference`)."""
+        id2label = self.model.config.id2label
+        names = np.asarray([id2label[i] for i in range(len(id2label))])
+        self.reference_embeddings = self.model.knn_reference_embeddings.detach().float().cpu()
+        self.reference_labels = names[self.model.knn_reference_labels.cpu().numpy()]
+        self.k = self.model.config.knn_fusion_k
         return self
 
     def save_reference(self, path: str | os.PathLike) -> str:

@@ -105,3 +105,27 @@ def test_knn_pipeline_uses_a_training_embedding_bank_with_label_names(saved, tmp
     _, query = _forward(saved, QUERIES)
     expected = knn_classify(query, bank.embeddings(), names, k=4)
     assert [r["label"] for r in knn(QUERIES, k=4)] == expected.tolist()
+
+
+def test_a_model_with_a_fusion_reference_serves_both_pipelines(saved, tmp_path):
+    """The training rows stored for kNN fusion travel in the safetensors: the text-classification pipeline
+    returns the fused probabilities and the kNN pipeline uses those rows by default."""
+    tokenizer = saved[2]
+    fused = MetricClassifierModel.from_pretrained(saved[0], knn_fusion_weight=0.4, knn_fusion_k=3).eval()
+    texts, names = [r["text"] for r in REFERENCE], [r["label"] for r in REFERENCE]
+    label2id = {v: k for k, v in ID2LABEL.items()}
+    _, ref_emb = _forward(saved, texts)
+    fused.set_knn_reference(ref_emb, torch.tensor([label2id[n] for n in names]))
+    fused.save_pretrained(tmp_path / "fused")
+    tokenizer.save_pretrained(tmp_path / "fused")
+    logits, query = _forward(saved, QUERIES)
+    from hf_metric.knn_fusion import knn_class_probabilities
+
+    p_knn = knn_class_probabilities(query, ref_emb, [label2id[n] for n in names], len(ID2LABEL), 3, 0.05)
+    expected = 0.6 * logits.softmax(-1) + 0.4 * p_knn
+    results = pipeline("text-classification", model=str(tmp_path / "fused"))(QUERIES, top_k=None)
+    for row, result in zip(expected, results, strict=True):
+        for r in result:
+            assert r["score"] == pytest.approx(row[label2id[r["label"]]].item(), abs=1e-5)
+    knn = pipeline("knn-classification", model=str(tmp_path / "fused"))
+    assert knn.k == 3 and [r["label"] for r in knn(QUERIES)] == knn_classify(query, ref_emb, names, k=3).tolist()
