@@ -346,14 +346,16 @@ COLLAPSE_REMEDIES = (
 """What the collapse warning suggests (see the README section on choosing head, scale, margin and temperature)."""
 
 
-def collapse_statistics(logits: np.ndarray | torch.Tensor, labels: LabelArray) -> tuple[dict[str, float], bool]:
+def collapse_statistics(
+    logits: np.ndarray | torch.Tensor, labels: LabelArray, max_distinct: int = 2
+) -> tuple[dict[str, float], bool]:
     """The collapse watch on one set of rows (a validation set, or a training batch): `prediction_diversity` of
     the argmax predictions plus "logit_std" (the standard deviation of all their logits: near 0 when the head
-    scores every class alike), and whether the predictions are collapsed (`is_collapsed`)."""
+    scores every class alike), and whether the predictions are collapsed (`is_collapsed` with `max_distinct`)."""
     if isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()
     logits = np.asarray(logits)
     predicted = logits.argmax(axis=-1)
     stats = prediction_diversity(predicted, num_labels=logits.shape[-1])
     stats["logit_std"] = float(logits.std()) if logits.size else 0.0
-    return stats, is_collapsed(predicted, labels)
+    return stats, is_collapsed(predicted, labels, max_distinct)

@@ -242,8 +242,9 @@ class MetricClassifierTrainer(Trainer):
     # ---- collapse watch ----------------------------------------------------------------------------------
     def _watch_training_batch(self, logits: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
         """Every `collapse_check_steps` optimizer steps (not at step 0, where an untrained head may well
-        predict one class), the collapse statistics of this process's first micro-batch of the step; no extra
-        forward pass. A collapse seen at two checks in a row triggers the warning."""
+        predict one class), the collapse statistics of this process's first micro-batch of the step, from the
+        logits it already has. A batch holds only P classes, so here a collapse means one predicted class for
+        rows of several; seen at two checks in a row, it triggers the warning."""
         step, every = self.state.global_step, self.collapse_check_steps
         if not every or step == 0 or step % every or step == self._watched_step:
             return
@@ -252,7 +253,7 @@ class MetricClassifierTrainer(Trainer):
         rows = (labels >= 0) & (ce_mask.bool() if ce_mask is not None else True)
         if not rows.any():
             return
-        stats, collapsed = collapse_statistics(logits.detach()[rows], labels[rows].cpu().numpy())
+        stats, collapsed = collapse_statistics(logits.detach()[rows], labels[rows].cpu().numpy(), max_distinct=1)
         stats.pop("normalized_prediction_entropy", None)  # a batch holds only a few classes: not comparable
         self._batch_watch = {f"batch_{k}": round(v, 6) for k, v in stats.items()}
         self._collapsed_checks = self._collapsed_checks + 1 if collapsed else 0
