@@ -101,12 +101,10 @@ class NeptuneTracker(TrainerCallback):
         numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         is_eval = any(k.startswith("eval_") for k in numbers)
         for key, value in numbers.items():
-            if is_eval and key == "epoch":
-                continue  # the training log of the same step already has it
-            if self._training:
-                self._append(series_path(key), value, state.global_step)
-            else:  # after train(): the train summary and the final evaluation of the best model
+            if not self._training:  # after train(): the final evaluation of the best model
                 run[f"{FINAL_NAMESPACE}/{key}"] = value
+            elif not (is_eval and key == "epoch"):  # the training log of the same step already has the epoch
+                self._append(series_path(key), value, state.global_step)
 
     def log_images(self, images: Mapping[str, str], step: int) -> None:
         """PNG files (name -> path) of one evaluation: image series `plots/<name>` during training, single

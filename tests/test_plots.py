@@ -2,6 +2,7 @@
 against independent references (scikit-learn, brute force)."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,7 +148,7 @@ def test_report_links_pictures_relative_to_the_run_folder(tmp_path):
     plots = evaluation_plots(str(tmp_path / "plots"), "final", emb, labels, labels, predictions)
     metrics = {"eval_f1": 0.8125, "eval_recall@1|x": 0.5}
     path = write_report(str(tmp_path), metrics, plots, "training:\n  batch_size: 32\n")
-    text = open(path, encoding="utf-8").read()
+    text = Path(path).read_text(encoding="utf-8")
     assert text == report_markdown(str(tmp_path), metrics, plots, "training:\n  batch_size: 32\n", tmp_path.name)
     assert "| eval_f1 | 0.8125 |" in text and "eval_recall@1\\|x" in text
     links = [line[line.index("(") + 1 : -1] for line in text.splitlines() if line.startswith("![")]
