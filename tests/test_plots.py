@@ -156,3 +156,22 @@ def test_report_links_pictures_relative_to_the_run_folder(tmp_path):
     assert all((tmp_path / link).is_file() for link in links)
     assert "```yaml\ntraining:\n  batch_size: 32\n```" in text
     assert not os.path.exists(path + ".tmp")
+
+
+def test_umap_map_asks_for_umap_learn_when_it_is_missing(monkeypatch):
+    import hf_metric.plots
+    from hf_metric.config import ConfigError, MetricValidationSection
+
+    monkeypatch.setattr(hf_metric.plots, "umap_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"metric_validation\.embedding_map: umap needs `pip install umap-learn`"):
+        MetricValidationSection(embedding_map="umap").validate()
+    MetricValidationSection(embedding_map="umap", plots=False).validate()  # no pictures: nothing to draw with
+
+
+def test_umap_embedding_map(tmp_path):
+    pytest.importorskip("umap")
+    emb, labels, _ = _clustered(5, 200)
+    assert project_2d(emb, "umap").shape == (200, 2)
+    from hf_metric.plots import save_png
+
+    assert_real_png(save_png(embedding_map(emb, labels, method="umap"), str(tmp_path / "umap.png")))
