@@ -208,7 +208,14 @@ def test_collapse_statistics_against_numpy():
     assert collapsed and stats["distinct_predictions"] == 1
 
 
-def test_tracker_keeps_series_steps_increasing_and_sends_late_logs_to_final():
+@pytest.fixture
+def neptune_dir(tmp_path, monkeypatch):
+    """Neptune's local storage in the test's folder (debug mode writes there too), not in the repository."""
+    monkeypatch.setenv("NEPTUNE_DATA_DIRECTORY", str(tmp_path / ".neptune"))
+    return tmp_path / ".neptune"
+
+
+def test_tracker_keeps_series_steps_increasing_and_sends_late_logs_to_final(neptune_dir):
     from transformers import TrainerControl, TrainerState
 
     tracker = NeptuneTracker(NeptuneSection(mode="debug"), {"training": {"batch_size": 8, "report_to": ["none"]}})
@@ -230,7 +237,7 @@ def test_tracker_keeps_series_steps_increasing_and_sends_late_logs_to_final():
     assert tracker.run is None
 
 
-def test_tracker_logs_nothing_on_other_processes():
+def test_tracker_logs_nothing_on_other_processes(neptune_dir):
     from transformers import TrainerControl, TrainerState
 
     tracker = NeptuneTracker(NeptuneSection(mode="debug"))
