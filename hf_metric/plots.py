@@ -45,12 +45,13 @@ def _names(classes: np.ndarray, class_names: Mapping[int, str] | Sequence[str] |
 
 
 def _class_colors(n: int) -> np.ndarray:
-    """n distinguishable RGBA colours: tab20 up to 20 classes, then evenly spaced hues."""
+    """n distinguishable RGBA colours: tab20 up to 20 classes, then hues stepped by the golden ratio, so that
+    classes next to each other (and in the legend) never get near-identical colours."""
     from matplotlib import colormaps
 
     if n <= 20:
         return colormaps["tab20"](np.arange(n))
-    return colormaps["gist_rainbow"](np.linspace(0.0, 1.0, n, endpoint=False))
+    return colormaps["gist_rainbow"]((np.arange(n) * 0.6180339887) % 1.0)
 
 
 def project_2d(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
