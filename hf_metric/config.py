@@ -176,6 +176,7 @@ class TrainingSection:
     distributed_metric_loss: Literal["global", "local_anchors"] = "global"
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=lambda: ["none"])
+    collapse_check_steps: int | None = None
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
@@ -210,6 +211,30 @@ class TrainingSection:
                 f"({self.samples_per_class}) for P x K batches",
             )
         _check(self.logging_steps >= 1, "training.logging_steps", "must be >= 1")
+        _check(
+            self.collapse_check_steps is None or self.collapse_check_steps >= 1,
+            "training.collapse_check_steps",
+            "must be >= 1 or null (null: every logging_steps)",
+        )
+        _check(
+            "neptune" not in self.report_to,
+            "training.report_to",
+            "neptune is configured in the neptune: section (transformers' NeptuneCallback is deprecated)",
+        )
+
+    def resolved_report_to(self) -> list[str]:
+        """`report_to` for `TrainingArguments`: "all" is expanded here without neptune, which hf_metric logs to
+        itself (see the `neptune` section)."""
+        if "all" not in self.report_to:
+            return list(self.report_to)
+        from transformers.integrations import get_available_reporting_integrations
+
+        return [name for name in get_available_reporting_integrations() if name != "neptune"]
+
+    @property
+    def collapse_every(self) -> int:
+        """Optimizer steps between two collapse checks on the training batch."""
+        return self.collapse_check_steps or self.logging_steps
 
     def classification_loss_kwargs(self) -> dict[str, Any]:
         if self.classification_loss == "focal":
@@ -286,12 +311,18 @@ class MetricValidationSection:
     distance: Literal["cos", "l2"] = "cos"
     knn_k: int = 10
     keep_last_n_emb_steps: int = 50
+    plots: bool = True
+    embedding_map: Literal["pca", "umap"] = "pca"
 
     def validate(self) -> None:
         _check(len(self.recall_at_k) > 0, "metric_validation.recall_at_k", "must list at least one K")
         _check(all(k > 0 for k in self.recall_at_k), "metric_validation.recall_at_k", "every K must be > 0")
         _check(self.knn_k > 0, "metric_validation.knn_k", "must be > 0")
         _check(self.keep_last_n_emb_steps > 0, "metric_validation.keep_last_n_emb_steps", "must be > 0")
+        if self.plots and self.embedding_map == "umap":
+            from .plots import umap_available
+
+            _check(umap_available(), "metric_validation.embedding_map", "umap needs `pip install umap-learn` (or: pca)")
 
 
 @dataclass
@@ -367,6 +398,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, in section order (`resolved_config.yaml`, the report)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @property
     def metric_for_best_model(self) -> str:
@@ -532,7 +567,7 @@ def build_training_arguments(cfg: TrainConfig, **overrides: Any):
         greater_is_better=cfg.greater_is_better,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        report_to=t.report_to,
+        report_to=t.resolved_report_to(),
         label_names=["labels", "classifier_mask", "metric_mask"],
         remove_unused_columns=False,
     )

@@ -24,15 +24,13 @@ def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((predictions == labels).mean()) if len(labels) else 0.0
 
 
-def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Unweighted mean of per-class F1 over the classes present in `labels` or `predictions`.
+def per_class_f1(predictions: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """F1 and support (true rows) of every class present in `labels` or `predictions`, sorted by class.
 
-    Same convention as scikit-learn's `f1_score(average="macro")`: a class with no true and no predicted row
-    is left out, a class with a zero denominator scores 0.
+    Returns `(classes, f1, support)`; a class with a zero denominator scores 0. Shared by `macro_f1` and the
+    per-class F1 picture, so both count the same way.
     """
     predictions, labels = np.asarray(predictions), np.asarray(labels)
-    if len(labels) == 0:
-        return 0.0
     classes, inverse = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
     y_true, y_pred = inverse[: len(labels)], inverse[len(labels) :]
     n = len(classes)
@@ -41,7 +39,18 @@ def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
     predicted = np.bincount(y_pred, minlength=n).astype(float)
     denom = support + predicted
     f1 = np.divide(2 * true_pos, denom, out=np.zeros(n), where=denom > 0)
-    return float(f1.mean())
+    return classes, f1, support.astype(np.int64)
+
+
+def macro_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 over the classes present in `labels` or `predictions`.
+
+    Same convention as scikit-learn's `f1_score(average="macro")`: a class with no true and no predicted row
+    is left out, a class with a zero denominator scores 0.
+    """
+    if len(labels) == 0:
+        return 0.0
+    return float(per_class_f1(predictions, labels)[1].mean())
 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
@@ -290,9 +299,7 @@ def bank_statistics(emb: Embeddings, labels: LabelArray, chunk_size: int | None 
     centroids = F.normalize(sums, dim=1)
     total = centroids.sum(dim=0)
     inter = ((total @ total) - (centroids * centroids).sum()) / (n_classes * (n_classes - 1)) if n_classes > 1 else nan
-    same, other = nearest_same_and_other(e, codes, "cos", chunk_size)
-    both = torch.isfinite(same) & torch.isfinite(other)
-    margin = (same.double() - other.double())[both]
+    margin = torch.from_numpy(nearest_margins(e, codes, chunk_size))
     return {
         "size": float(e.shape[0]),
         "num_classes": float(n_classes),
@@ -302,6 +309,16 @@ def bank_statistics(emb: Embeddings, labels: LabelArray, chunk_size: int | None 
         "margin_rows": float(len(margin)),
         "positive_margin_fraction": float((margin > 0).double().mean()) if len(margin) else nan,
     }
+
+
+def nearest_margins(emb: Embeddings, labels: LabelArray, chunk_size: int | None = None) -> np.ndarray:
+    """Per row, cosine to its nearest same-class row minus cosine to its nearest other-class row (leave-one-out),
+    float64, for the rows that have both (others are left out). Positive: the row sits closer to its own class.
+    Used by `bank_statistics` ("mean_margin") and the margin histogram."""
+    codes = np.unique(_labels_array(labels), return_inverse=True)[1]
+    same, other = nearest_same_and_other(as_float_tensor(emb), codes, "cos", chunk_size)
+    both = torch.isfinite(same) & torch.isfinite(other)
+    return (same.double() - other.double())[both].cpu().numpy()
 
 
 # --- Collapse detection ----------------------------------------------------------------------------------------
@@ -338,3 +355,25 @@ def is_collapsed(predictions: LabelArray, labels: LabelArray, max_distinct: int 
         return False
     distinct_pred, distinct_true = len(np.unique(predictions)), len(np.unique(labels))
     return distinct_pred <= max_distinct and distinct_true > distinct_pred
+
+
+COLLAPSE_REMEDIES = (
+    "try a lower head.scale, a softer head.margin (or head.easy_margin: true), a head.temperature > 1 "
+    "or a lower learning rate"
+)
+"""What the collapse warning suggests (see the README section on choosing head, scale, margin and temperature)."""
+
+
+def collapse_statistics(
+    logits: np.ndarray | torch.Tensor, labels: LabelArray, max_distinct: int = 2
+) -> tuple[dict[str, float], bool]:
+    """The collapse watch on one set of rows (a validation set, or a training batch): `prediction_diversity` of
+    the argmax predictions plus "logit_std" (the standard deviation of all their logits: near 0 when the head
+    scores every class alike), and whether the predictions are collapsed (`is_collapsed` with `max_distinct`)."""
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().float().cpu().numpy()
+    logits = np.asarray(logits)
+    predicted = logits.argmax(axis=-1)
+    stats = prediction_diversity(predicted, num_labels=logits.shape[-1])
+    stats["logit_std"] = float(logits.std()) if logits.size else 0.0
+    return stats, is_collapsed(predicted, labels, max_distinct)

@@ -6,14 +6,15 @@ import logging
 import os
 from typing import Any
 
-import yaml
-
 from .config import TrainConfig, build_training_arguments
 from .errors import ConfigError
 from .packaged_models import resolve_model_path
 from .tables import format_metrics_table
 
 logger = logging.getLogger(__name__)
+
+PLOTS_DIR = "plots"
+"""Evaluation pictures go to `<checkpoints_dir>/plots/`."""
 
 
 def _resume_checkpoint(cfg: TrainConfig) -> str | None:
@@ -47,7 +48,7 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
 
     from .data import group_class_margins, prepare_datasets
     from .modeling import MetricClassifierModel
-    from .trainer import MetricClassifierTrainer, RetrievalEvalSettings
+    from .trainer import MetricClassifierTrainer, PlotSettings, RetrievalEvalSettings
 
     _check_precision(cfg)
     args = build_training_arguments(cfg, **argument_overrides)
@@ -101,7 +102,15 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
             knn_k=cfg.metric_validation.knn_k,
             keep_last_n_emb_steps=cfg.metric_validation.keep_last_n_emb_steps,
         ),
+        plots=PlotSettings(os.path.join(args.output_dir, PLOTS_DIR), cfg.metric_validation.embedding_map)
+        if cfg.metric_validation.plots
+        else None,
+        collapse_check_steps=t.collapse_every,
     )
+    if cfg.neptune.mode != "disabled":
+        from .tracking import NeptuneTracker
+
+        trainer.add_callback(NeptuneTracker(cfg.neptune, cfg.to_dict()))
     trainer.data_summary = data.summary
     return trainer
 
@@ -145,6 +154,7 @@ def finish_best_model(trainer, cfg: TrainConfig, best_dir: str, metrics: dict[st
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Train, evaluate the best model, save it to `<checkpoints_dir>/best` (with its head file and model card,
     pushed to the Hub if configured) and return the final metrics."""
+    from .report import write_report
     from .trainer import write_json_atomic
 
     resume = _resume_checkpoint(cfg)
@@ -153,7 +163,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     if trainer.is_world_process_zero():
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "resolved_config.yaml"), "w", encoding="utf-8") as fh:
-            yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
+            fh.write(cfg.to_yaml())
     trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     if cfg.model.knn_fusion_weight > 0:
@@ -162,6 +172,17 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     trainer.save_final_model(best_dir)
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
+        report = write_report(out_dir, metrics, trainer.latest_plots, cfg.to_yaml())
         print("\nFinal validation metrics (best checkpoint):\n" + format_metrics_table(metrics), flush=True)
         finish_best_model(trainer, cfg, best_dir, metrics)
+        print(f"Report: {report}", flush=True)
+        _finish_trackers(trainer, report, best_dir)
     return metrics
+
+
+def _finish_trackers(trainer, report_path: str, best_dir: str) -> None:
+    from .tracking import NeptuneTracker
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, NeptuneTracker):
+            callback.finish(report_path, best_dir)

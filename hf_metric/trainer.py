@@ -6,7 +6,9 @@ It overrides only what it must:
 - `get_batch_samples`, to count the CE rows and metric anchors of the whole gradient-accumulation window (and
   of all processes), and `compute_loss`, to normalise each part by those counts. The sum of the micro-batch
   losses is then the loss of the whole window, so 2 x 8 rows give the same update as 16;
-- `log` and `evaluation_loop`, to report the loss parts and the classifier metrics;
+- `log` and `evaluation_loop`, to report the loss parts and the classifier metrics, watch for a collapse of
+  the predictions (on validation and, every few steps, on the training batch), and draw the evaluation
+  pictures (`hf_metric.plots`), which `evaluate` then hands to the trackers;
 - `_save_checkpoint`, to write every checkpoint into a staging folder and rename it into place, so that an
   interrupted save never leaves a half-written checkpoint for `resume_from` to pick up.
 """
@@ -31,11 +33,11 @@ from .bank import EmbeddingBank
 from .distributed import CROSS_PROCESS_MODES, cross_process_per_anchor, gather_rows
 from .losses import masked_mean
 from .metrics import (
+    COLLAPSE_REMEDIES,
     bank_statistics,
     classification_metrics,
-    is_collapsed,
+    collapse_statistics,
     knn_metrics,
-    prediction_diversity,
     recall_at_k,
     top_k_accuracy,
 )
@@ -56,6 +58,14 @@ class RetrievalEvalSettings:
     distance: str = "cos"
     knn_k: int = 10
     keep_last_n_emb_steps: int = 50
+
+
+@dataclass
+class PlotSettings:
+    """Where the evaluation pictures go (`<checkpoints_dir>/plots`) and how the embedding map is drawn."""
+
+    out_dir: str
+    embedding_map: str = "pca"
 
 
 @dataclass
@@ -93,6 +103,9 @@ class MetricClassifierTrainer(Trainer):
         retrieval: the embedding bank and retrieval metrics (`RetrievalEvalSettings`).
         distributed_metric_loss: `global` or `local_anchors`, see `_cross_process_metric_loss`.
         head_lr_multiplier, layerwise_lr_decay: per-parameter learning rates (`hf_metric.optim`).
+        plots: draw the evaluation pictures (`PlotSettings`); None: no pictures.
+        collapse_check_steps: every this many optimizer steps, the collapse watch looks at the training batch
+            (logged as `batch_*` with the next training log); None: never.
         Everything else as `transformers.Trainer`. Pass `TrainingArguments(label_names=["labels",
         "classifier_mask", "metric_mask"], remove_unused_columns=False)` so evaluation sees the masks
         (`hf_metric.config.build_training_arguments` does).
@@ -109,6 +122,8 @@ class MetricClassifierTrainer(Trainer):
         distributed_metric_loss: str = "global",
         head_lr_multiplier: float = 1.0,
         layerwise_lr_decay: float = 1.0,
+        plots: PlotSettings | None = None,
+        collapse_check_steps: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -131,6 +146,16 @@ class MetricClassifierTrainer(Trainer):
         self._part_sums: torch.Tensor | None = None  # (CE, metric) window means summed since the last log
         self._part_steps = 0  # optimizer steps accumulated in `_part_sums` since the last log
         self._staging_root: str | None = None
+        self.plots = plots
+        self.latest_plots: dict[str, str] = {}  # name -> PNG path of the latest evaluation's pictures
+        self._pending_images: dict[str, str] = {}
+        self._training_done = False
+        self.collapse_check_steps = collapse_check_steps
+        self._batch_watch: dict[str, float] = {}  # the latest training-batch collapse statistics, not yet logged
+        self._watched_step = -1
+        self._collapsed_checks = 0  # consecutive training-batch checks that saw a collapse
+        self._collapse_warned = False
+        self._class_counts: dict[int, int] | None = None
 
     # ---- batches ---------------------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -216,6 +241,7 @@ class MetricClassifierTrainer(Trainer):
             parts = torch.stack([ce.detach().float(), metric.detach().float()]) / scale
             self._part_sums = parts if self._part_sums is None else self._part_sums + parts
             self._add_to_bank(outputs.embeddings, inputs)
+            self._watch_training_batch(outputs.logits, inputs)
         loss = config.classification_loss_weight * ce + config.metric_loss_weight * metric
         return (loss, outputs) if return_outputs else loss
 
@@ -237,6 +263,40 @@ class MetricClassifierTrainer(Trainer):
         keep = keep.bool()
         self.bank.add(self.state.global_step, embeddings[keep], labels[keep])
 
+    # ---- collapse watch ----------------------------------------------------------------------------------
+    def _watch_training_batch(self, logits: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+        """Every `collapse_check_steps` optimizer steps (not at step 0, where an untrained head may well
+        predict one class), the collapse statistics of this process's first micro-batch of the step, from the
+        logits it already has. A batch holds only P classes, so here a collapse means one predicted class for
+        rows of several; seen at two checks in a row, it triggers the warning."""
+        step, every = self.state.global_step, self.collapse_check_steps
+        if not every or step == 0 or step % every or step == self._watched_step:
+            return
+        self._watched_step = step
+        labels, ce_mask = inputs["labels"], inputs.get("classifier_mask")
+        rows = (labels >= 0) & (ce_mask.bool() if ce_mask is not None else True)
+        if not rows.any():
+            return
+        stats, collapsed = collapse_statistics(logits.detach()[rows], labels[rows].cpu().numpy(), max_distinct=1)
+        stats.pop("normalized_prediction_entropy", None)  # a batch holds only a few classes: not comparable
+        self._batch_watch = {f"batch_{k}": round(v, 6) for k, v in stats.items()}
+        self._collapsed_checks = self._collapsed_checks + 1 if collapsed else 0
+        if self._collapsed_checks >= 2:
+            self._warn_collapse(int(stats["distinct_predictions"]), int(rows.sum()), f"training batch (step {step})")
+
+    def _warn_collapse(self, distinct: int, rows: int, where: str) -> None:
+        """The collapse warning, once per run and from the main process only."""
+        if self._collapse_warned or not self.is_world_process_zero():
+            return
+        self._collapse_warned = True
+        logger.warning(
+            "prediction collapse: the classifier predicts %d distinct class(es) for %d rows of the %s; %s",
+            distinct,
+            rows,
+            where,
+            COLLAPSE_REMEDIES,
+        )
+
     # ---- logging and evaluation -----------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._part_sums is not None:
@@ -246,7 +306,21 @@ class MetricClassifierTrainer(Trainer):
             logs["ce_loss"] = round(parts[0].item() / steps, 6)
             logs[self.metric_part_name] = round(parts[1].item() / steps, 6)
             self._part_sums, self._part_steps = None, 0
+        if "loss" in logs and self._batch_watch:
+            logs.update(self._batch_watch)
+            self._batch_watch = {}
         super().log(logs, start_time)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """`Trainer.evaluate`, then the pictures of this evaluation go to the trackers (after the metrics are
+        logged, so a TensorBoard writer closed at the end of training has been reopened by then)."""
+        metrics = super().evaluate(*args, **kwargs)
+        if self._pending_images:
+            from .tracking import publish_images
+
+            publish_images(self.callback_handler.callbacks, self._pending_images, self.state.global_step)
+            self._pending_images = {}
+        return metrics
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
@@ -308,18 +382,45 @@ class MetricClassifierTrainer(Trainer):
             metrics.update(self.validation_losses(logits, predictions[1], labels, ce_rows, metric_rows))
         metrics.update(classification_metrics(logits[ce_rows], labels[ce_rows]))
         metrics["top5_accuracy"] = top_k_accuracy(logits[ce_rows], labels[ce_rows], k=5)
-        predicted = np.asarray(logits[ce_rows]).argmax(axis=-1)
-        metrics.update(prediction_diversity(predicted, num_labels=logits.shape[-1]))
-        if is_collapsed(predicted, labels[ce_rows]):
-            logger.warning(
-                "prediction collapse: the classifier predicts %d distinct class(es) for %d validation rows; "
-                "try a lower head.scale, a softer head.margin or a head.temperature > 1",
-                len(np.unique(predicted)),
-                len(predicted),
-            )
+        watch, collapsed = collapse_statistics(logits[ce_rows], labels[ce_rows])
+        metrics.update(watch)
+        if collapsed:
+            self._warn_collapse(int(watch["distinct_predictions"]), int(ce_rows.sum()), "validation set")
         if len(predictions) > 1 and len(self.bank) > 0:
             metrics.update(self.retrieval_metrics(np.asarray(predictions[1]), labels, ce_rows, metric_rows))
+        if self.plots is not None and prefix == "eval" and self.is_world_process_zero():
+            embeddings = np.asarray(predictions[1]) if len(predictions) > 1 else None
+            self.draw_plots(logits, embeddings, labels, ce_rows)
         return {f"{prefix}_{k}": v for k, v in metrics.items()}
+
+    def draw_plots(self, logits: np.ndarray, embeddings: np.ndarray | None, labels: np.ndarray, ce_rows) -> None:
+        """The pictures of this evaluation (`hf_metric.plots.evaluation_plots`) into `plots.out_dir`, named
+        with the step (`_final` for the evaluations after training); kept for `evaluate` to publish."""
+        from .plots import evaluation_plots
+
+        tag = "final" if self._training_done else f"step{self.state.global_step}"
+        labelled = labels >= 0
+        self.latest_plots = evaluation_plots(
+            self.plots.out_dir,
+            tag,
+            embeddings[labelled] if embeddings is not None else None,
+            labels[labelled],
+            labels[ce_rows],
+            np.asarray(logits[ce_rows]).argmax(axis=-1),
+            class_names=self._loss_model().config.id2label,
+            class_counts=self._train_class_counts(),
+            method=self.plots.embedding_map,
+        )
+        self._pending_images = dict(self.latest_plots)
+
+    def _train_class_counts(self) -> dict[int, int] | None:
+        """Training rows per class id, so the per-class F1 picture marks the classes that are rare in training."""
+        if self.train_dataset is None or "labels" not in getattr(self.train_dataset, "column_names", ()):
+            return None
+        if self._class_counts is None:
+            ids, counts = np.unique(np.asarray(self.train_dataset["labels"]), return_counts=True)
+            self._class_counts = {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i >= 0}
+        return self._class_counts
 
     def retrieval_metrics(
         self, embeddings: np.ndarray, labels: np.ndarray, ce_rows: np.ndarray, metric_rows: np.ndarray
@@ -397,7 +498,10 @@ class MetricClassifierTrainer(Trainer):
                 self.bank.load(bank_file)
             else:
                 logger.warning("%s has no embedding bank; retrieval metrics restart from an empty bank", bank_file)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        self._training_done = False
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        self._training_done = True  # later evaluations judge the final (best) model
+        return output
 
     @torch.no_grad()
     def embed_dataset(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,8 +526,13 @@ class MetricClassifierTrainer(Trainer):
             self.save_model(tmp)
 
 
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+    """Write through a temporary file and rename it into place: a reader never sees half a file."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True))
