@@ -59,6 +59,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cosine_ls01": {"head": {"type": "cosine", "scale": 30.0}, "training": {"label_smoothing": 0.1}},
     "cosine_cls": {"head": {"type": "cosine", "scale": 30.0}, "model": {"pooling": "cls"}},
     "cosine_s20": {"head": {"type": "cosine", "scale": 20.0}},
+    "cosine_headlr10": {"head": {"type": "cosine", "scale": 30.0}, "optimizer": {"head_lr_multiplier": 10.0}},
+    "cosine_llrd08": {"head": {"type": "cosine", "scale": 30.0}, "optimizer": {"layerwise_lr_decay": 0.8}},
     "cosface": {"head": {"type": "cosface", "scale": 30.0, "margin": 0.1}},
     "arcface": {"head": {"type": "arcface", "scale": 30.0, "margin": 0.1}},
 }

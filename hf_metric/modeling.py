@@ -7,10 +7,10 @@
 The classifier sees the raw pooled output; the metric loss sees the normalized embedding, optionally through
 a projection (as in SupCon/SimCLR) so that the two objectives do not fight over one space.
 
-`save_pretrained` copies this file and the two it imports (`heads.py`, `losses.py`) next to the weights and
-records them in the config's `auto_map`, so a saved folder loads with
-`from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed. Keep the relative imports
-here to those two files: anything imported relatively is copied too, and the folder must stay self-contained.
+`save_pretrained` copies this file and the files it imports relatively (`heads.py`, `losses.py`, and for kNN
+fusion `knn_fusion.py` with `neighbors.py`) next to the weights and records them in the config's `auto_map`, so
+a saved folder loads with `from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed.
+Keep the relative imports to these small, self-contained files: anything imported relatively is copied too.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ UPLOADED = {
     "modeling.py",
     "heads.py",
     "losses.py",
+    "knn_fusion.py",
+    "neighbors.py",
     "tokenizer.json",
     "tokenizer_config.json",
 }
