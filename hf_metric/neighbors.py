@@ -49,10 +49,13 @@ DEFAULT_CHUNK_SIZE = 2048
 """Queries per chunk (at most)."""
 MIN_CHUNK_SIZE = 256
 """The default chunk never goes below this, however small the data: thinner products run slower."""
-DEFAULT_REF_CHUNK_SIZE = 1024
-"""References per block. A chunk_size x 1024 block stays in the CPU cache between the product that writes it
-and the pass that reads it (faiss uses 4096 x 1024 blocks for the same reason), and the running threshold of
-`_merge_block` tightens after every block, so narrow blocks skip more."""
+CPU_REF_CHUNK_SIZE = 1024
+"""References per block of the search on CPU. A chunk_size x 1024 block is still in the CPU cache when the
+pass after the product reads it (faiss uses 4096 x 1024 blocks for the same reason), and the running
+threshold of `_merge_block` tightens after every block."""
+DEFAULT_REF_CHUNK_SIZE = 16384
+"""References per block elsewhere: `score_blocks`, and the search on other devices, where fewer and larger
+operations (and fewer waits for the device) pay more than the cache."""
 BLOCK_MEMORY_SHARE = 0.25
 """The default chunk keeps every worker's score block together within this share of the embeddings' bytes,
 so that the search's working memory stays small next to the data at every scale."""
@@ -61,9 +64,9 @@ so that the search's working memory stays small next to the data at every scale.
 def default_chunk_size(
     query: torch.Tensor, ref: torch.Tensor, ref_chunk_size: int | None = None, workers: int = 1
 ) -> int:
-    """Queries per chunk: `DEFAULT_CHUNK_SIZE`, fewer when `workers` blocks of chunk x ref_chunk_size scores
-    would outgrow `BLOCK_MEMORY_SHARE` of the embeddings, or when the queries would not give every worker a
-    chunk; never below `MIN_CHUNK_SIZE` (or the number of queries)."""
+    """Queries per chunk: `DEFAULT_CHUNK_SIZE`, fewer when `workers` blocks of chunk x ref_chunk_size
+    (default `DEFAULT_REF_CHUNK_SIZE`) scores would outgrow `BLOCK_MEMORY_SHARE` of the embeddings, or when the
+    queries would not give every worker a chunk; never below `MIN_CHUNK_SIZE` (or the number of queries)."""
     same = query.data_ptr() == ref.data_ptr() and query.shape == ref.shape  # leave-one-out: one data set
     data_bytes = ref.numel() * 4 + (0 if same else query.numel() * 4)
     width = max(1, min(ref_chunk_size or DEFAULT_REF_CHUNK_SIZE, ref.shape[0]))
@@ -390,8 +393,8 @@ def _threads_per_call(threads: int) -> Iterator[None]:
 
 
 def _run_workers(work: Callable[[Callable[[], tuple[int, int] | None]], None], spans, workers: int) -> None:
-    """Call `work(next_span)` in `workers` threads sharing out `spans` (one worker: in this thread). Each
-    takes the next span free, so a worker slowed down by other processes on the machine simply does fewer."""
+    """Call `work(next_span)` in `workers` threads, this one included, sharing out `spans`: each takes the
+    next span free, so a worker slowed down by other processes on the machine simply does fewer."""
     lock, pending = threading.Lock(), iter(spans)
 
     def next_span() -> tuple[int, int] | None:
@@ -401,8 +404,10 @@ def _run_workers(work: Callable[[Callable[[], tuple[int, int] | None]], None], s
     if workers == 1:
         work(next_span)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="hf_metric-knn") as pool:
-        for future in [pool.submit(work, next_span) for _ in range(workers)]:
+    with ThreadPoolExecutor(workers - 1, thread_name_prefix="hf_metric-knn") as pool:
+        others = [pool.submit(work, next_span) for _ in range(workers - 1)]
+        work(next_span)  # this thread is a worker too: one thread fewer to start and to give memory to
+        for future in others:
             future.result()
 
 
@@ -427,8 +432,9 @@ def topk_neighbors(
         chunk_size: queries per chunk (default: `default_chunk_size`, at most `DEFAULT_CHUNK_SIZE`).
         exclude_self: leave-one-out: the query set is the reference set (same rows in the same order), and row
             i is never its own neighbour. Identical *other* rows are still neighbours.
-        ref_chunk_size: references per block (default `DEFAULT_REF_CHUNK_SIZE`). Peak extra memory is about
-            one chunk_size x ref_chunk_size float32 block per worker, plus the (N_query, k) result.
+        ref_chunk_size: references per block (default `CPU_REF_CHUNK_SIZE` on CPU, else
+            `DEFAULT_REF_CHUNK_SIZE`). Peak extra memory is about one chunk_size x ref_chunk_size float32 block
+            per worker, plus the (N_query, k) result.
 
     On CPU the query chunks are shared out among `torch.get_num_threads()` worker threads, each running
     single-threaded operations (module doc); on other devices one loop issues the blocks in order.
@@ -452,13 +458,16 @@ def topk_neighbors(
     scores = torch.empty(n_query, max(k, 0), dtype=torch.float32, device=q.device)
     indices = torch.empty(n_query, max(k, 0), dtype=torch.int64, device=q.device)
     if k > 0 and n_query:
-        threads = torch.get_num_threads() if q.device.type == "cpu" else 1
+        cpu = q.device.type == "cpu"
+        threads = torch.get_num_threads() if cpu else 1
+        ref_chunk_size = ref_chunk_size or (CPU_REF_CHUNK_SIZE if cpu else DEFAULT_REF_CHUNK_SIZE)
         chunk_size = chunk_size or default_chunk_size(q, r, ref_chunk_size, threads)
-        ref_chunk_size = ref_chunk_size or DEFAULT_REF_CHUNK_SIZE
         if chunk_size < 1 or ref_chunk_size < 1:
             raise ValueError(f"chunk sizes must be >= 1, got {chunk_size}, {ref_chunk_size}")
         ref_spans = balanced_spans(r.shape[0], ref_chunk_size)
-        spans = balanced_spans(n_query, chunk_size)
+        parts = -(-n_query // chunk_size)
+        parts = min(n_query, -(-parts // threads) * threads)  # a multiple of the workers: none idles at the end
+        spans = balanced_spans(n_query, -(-n_query // parts))
 
         def work(next_span: Callable[[], tuple[int, int] | None]) -> None:
             q_buffer, ref_buffer, buffer = scorer.buffers(chunk_size, ref_chunk_size)
@@ -470,7 +479,7 @@ def topk_neighbors(
                     best = _merge_block(best, block, r1 - r0, r0, k)
                 scores[q0:q1], indices[q0:q1] = _key_values(best), _key_indices(best)
 
-        if q.device.type == "cpu":
+        if cpu:
             workers = min(threads, len(spans))
             with _threads_per_call(threads // workers):
                 _run_workers(work, spans, workers)
