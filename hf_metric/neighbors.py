@@ -45,7 +45,7 @@ from threadpoolctl import ThreadpoolController
 
 Distance = Literal["cos", "l2"]
 
-DEFAULT_CHUNK_SIZE = 2048
+DEFAULT_CHUNK_SIZE = 4096
 """Queries per chunk (at most)."""
 MIN_CHUNK_SIZE = 256
 """The default chunk never goes below this, however small the data: thinner products run slower."""
@@ -56,7 +56,7 @@ threshold of `_merge_block` tightens after every block."""
 DEFAULT_REF_CHUNK_SIZE = 16384
 """References per block elsewhere: `score_blocks`, and the search on other devices, where fewer and larger
 operations (and fewer waits for the device) pay more than the cache."""
-BLOCK_MEMORY_SHARE = 0.25
+BLOCK_MEMORY_SHARE = 0.35
 """The default chunk keeps every worker's score block together within this share of the embeddings' bytes,
 so that the search's working memory stays small next to the data at every scale."""
 
