@@ -12,7 +12,8 @@ Speed on CPU (measured against faiss `IndexFlatIP` in bench/bench_knn.py and ben
 
 - Independent workers. The query chunks are shared out among `torch.get_num_threads()` Python threads, each
   running single-threaded torch and BLAS calls. Two-thread operations end in a barrier, and on a busy machine
-  one thread waits there for the other to be scheduled again; independent workers never wait.
+  one thread waits there for the other to be scheduled again; independent workers never wait. (The torch and
+  BLAS thread counts are process-wide: they are 1 during the call, then restored.)
 - NumPy's BLAS for the products (OpenBLAS in the PyPI wheels), which on AMD CPUs is about 1.35x faster per
   thread than the MKL that CPU builds of torch use (MKL takes slower code paths on non-Intel CPUs).
 - A threshold pre-selection (`_merge_block`): once a query has k neighbours, only scores strictly above its
