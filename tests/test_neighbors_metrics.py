@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
+from threadpoolctl import threadpool_info
 
 from hf_metric.metrics import (
     bank_statistics,
@@ -25,7 +26,17 @@ from hf_metric.metrics import (
     queries_without_bank_label,
     recall_at_k,
 )
-from hf_metric.neighbors import GROUP, _block_topk, balanced_spans, topk_neighbors
+from hf_metric.neighbors import (
+    GROUP,
+    _block_topk,
+    _key_indices,
+    _key_values,
+    _keys,
+    _merge_block,
+    _padded,
+    balanced_spans,
+    topk_neighbors,
+)
 
 # --- naive references (float64, full matrices) -------------------------------------------------------------
 
@@ -140,6 +151,62 @@ def test_block_topk_resolves_ties_inside_and_across_groups():
     order = np.lexsort((np.broadcast_to(np.arange(width), block.shape), -block), axis=1)[:, :k]
     np.testing.assert_array_equal(indices.numpy(), order)
     np.testing.assert_array_equal(values.numpy(), np.take_along_axis(block, order, axis=1))
+
+
+def test_keys_order_by_score_then_lower_index():
+    """The int64 keys of the running top k sort exactly like (score descending, index ascending)."""
+    rng = np.random.default_rng(5)
+    specials = np.array([-np.inf, -2.5, -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.5, 3.0, np.inf], dtype=np.float32)
+    values = np.concatenate([rng.choice(specials, size=300), rng.normal(size=100).astype(np.float32)])
+    indices = rng.permutation(len(values)).astype(np.int64)
+    indices[0] = 2**31 - 1
+    keys = _keys(torch.from_numpy(values), torch.from_numpy(indices))
+    want = np.lexsort((indices, -values))  # -0.0 == 0.0 here, so they tie and go by index
+    np.testing.assert_array_equal(torch.argsort(keys, descending=True).numpy(), want)
+    np.testing.assert_array_equal(_key_indices(keys).numpy(), indices)
+    np.testing.assert_array_equal(_key_values(keys).numpy(), values + np.float32(0.0))  # -0.0 comes back as 0.0
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+@pytest.mark.parametrize("kind", ["ties", "gauss"])
+def test_merge_block_matches_lexsort_across_blocks(k, kind):
+    """Blocks laid out as `_BlockScorer.block` does (padded with -inf), narrower and wider than k: the seed
+    bound, the threshold path, its too-many-candidates fallback and `_block_topk` all feed one running top k."""
+    rng = np.random.default_rng(k)
+    rows, widths = 60, [7, 300, 256, 40, 300, 7]
+    if kind == "ties":  # few distinct values: ties at every threshold, within and across blocks
+        scores = rng.integers(0, 6, size=(rows, sum(widths))).astype(np.float32)
+    else:
+        scores = rng.normal(size=(rows, sum(widths))).astype(np.float32)
+    best, r0 = None, 0
+    for width in widths:
+        block = torch.full((rows, _padded(width)), float("-inf"))
+        block[:, :width] = torch.from_numpy(scores[:, r0 : r0 + width])
+        best = _merge_block(best, block, width, r0, k)
+        r0 += width
+    want = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :k]
+    np.testing.assert_array_equal(_key_indices(best).numpy(), want)
+    np.testing.assert_array_equal(_key_values(best).numpy(), np.take_along_axis(scores, want, axis=1))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_topk_same_for_any_thread_count_and_settings_restored(threads):
+    """The workers share out the query chunks: any number of them gives the naive result, and the torch and
+    BLAS thread settings are what they were before the call."""
+    query, ref = make_data("duplicates", seed=3, n_query=300, n_ref=900)
+    want_s, want_i = naive_topk(query, ref, 7, "cos")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        blas = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+        for chunk, ref_chunk in ((None, None), (37, 256), (300, 100)):
+            s, i = topk_neighbors(query, ref, 7, "cos", chunk, ref_chunk_size=ref_chunk)
+            np.testing.assert_array_equal(i.numpy(), want_i, err_msg=f"chunks={chunk},{ref_chunk}")
+            np.testing.assert_allclose(s.numpy(), want_s, rtol=1e-5, atol=1e-5)
+        assert torch.get_num_threads() == threads
+        assert [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"] == blas
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_negative_zero_ties_with_zero():
