@@ -334,6 +334,9 @@ def main() -> None:
     parser.add_argument("--arrays", default=None, help="folder: save eval logits and embeddings per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--results", default=str(ROOT / "docs" / "quality_results.jsonl"), help="appended")
+    parser.add_argument(
+        "--run-id", default=None, help="group rows of one comparison (e.g. recipes run side by side, one per process)"
+    )
     parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"), help="update this file ('' = no)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite the docs section from --results")
     args = parser.parse_args()
@@ -346,7 +349,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: baseline, {', '.join(VARIANTS)}")
     rows = []
-    run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
+    run_id = args.run_id or time.strftime("%Y-%m-%dT%H:%M:%S")
     command = "python bench/quality.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="hf_metric_quality_") as tmp:
         workdir = Path(tmp)
