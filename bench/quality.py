@@ -270,11 +270,16 @@ def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
     lines = [MARKS[0], "## CE + metric learning vs plain cross-entropy on Banking77 (`bench/quality.py`)", ""]
     if latest:
         run = [r for r in tests if r["run_id"] == latest]
+        commands = list(dict.fromkeys(r.get("command", "python bench/quality.py") for r in run))
+        together = " and, at the same time, ".join(f"`{c}`" for c in commands)
+        side_by_side = (
+            " (one process per recipe, side by side, so both saw the same machine load)" if len(commands) > 1 else ""
+        )
         lines += [
-            f"Command: `{run[0].get('command', 'python bench/quality.py')}` (run {latest}; {run[0]['machine']}, "
-            f"{run[0]['threads']} torch threads). Full Banking77 train (10,003 rows; hf_metric holds out its "
-            "`val_ratio` for checkpoint selection), official test (3,080 rows), packaged all-MiniLM-L6-v2, batch 32, "
-            "lr 1e-4, linear warm-up 10 % / decay, max_len 64. kNN: weighted 10-NN of test rows against the "
+            f"Command: {together}{side_by_side}. Run {latest}; {run[0]['machine']}, "
+            f"{run[0]['threads']} torch thread(s) per process. Full Banking77 train (10,003 rows; hf_metric holds "
+            "out its `val_ratio` for checkpoint selection), official test (3,080 rows), packaged all-MiniLM-L6-v2, "
+            "batch 32, lr 1e-4, linear warm-up 10 % / decay, max_len 64. kNN: weighted 10-NN of test rows against the "
             "embeddings of all training rows. Train s: wall time of the training call (evaluations, checkpoints "
             "and the kNN reference included).",
             "",
