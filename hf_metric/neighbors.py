@@ -42,7 +42,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from threadpoolctl import ThreadpoolController
+
+try:  # optional where this file is shipped as a model's remote code (`trust_remote_code`) without hf_metric
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # pragma: no cover - hf_metric itself depends on threadpoolctl
+    ThreadpoolController = None
 
 Distance = Literal["cos", "l2"]
 
@@ -376,7 +380,7 @@ def _merge_block(best: torch.Tensor | None, block: torch.Tensor, width: int, r0:
 
 
 @cache
-def _blas_controller() -> ThreadpoolController:
+def _blas_controller():
     """The BLAS libraries loaded in this process (found once: the search is far longer than the lookup)."""
     return ThreadpoolController()
 
@@ -387,8 +391,11 @@ def _threads_per_call(threads: int) -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with _blas_controller().limit(limits=threads, user_api="blas"):
+        if ThreadpoolController is None:  # BLAS keeps its own thread count: slower, same results
             yield
+        else:
+            with _blas_controller().limit(limits=threads, user_api="blas"):
+                yield
     finally:
         torch.set_num_threads(before)
 
