@@ -76,34 +76,39 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(path)
 
 
+def tiny_config(model_dir: str, parquet_path, checkpoints_dir, **overrides) -> dict:
+    """A config dict for a tiny run; each of `overrides` updates its section (a dict) or replaces the key."""
+    cfg = {
+        "model_name": model_dir,
+        "model": {"classifier_dropout": 0.0},
+        "data": {"parquet_path": str(parquet_path), "val_ratio": 0.25},
+        "training": {
+            "batch_size": 8,
+            "samples_per_class": 2,
+            "num_epochs": 2,
+            "max_seq_length": 16,
+            "logging_steps": 5,
+            "seed": 0,
+        },
+        "optimizer": {"learning_rate": 3e-3},
+        "scheduler": {"warmup_steps": 0},
+        "checkpointing": {"checkpoints_dir": str(checkpoints_dir), "save_best_by": "f1"},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    return cfg
+
+
 @pytest.fixture
 def make_config(tmp_path, tiny_model_dir):
-    """Write a YAML config for a tiny run; `overrides` is merged section by section."""
+    """Write a YAML config for a tiny run (`tiny_config`) and return its path."""
 
     def _make(parquet_path, **overrides) -> Path:
-        cfg = {
-            "model_name": tiny_model_dir,
-            "model": {"classifier_dropout": 0.0},
-            "data": {"parquet_path": str(parquet_path), "val_ratio": 0.25},
-            "training": {
-                "batch_size": 8,
-                "samples_per_class": 2,
-                "num_epochs": 2,
-                "max_seq_length": 16,
-                "logging_steps": 5,
-                "seed": 0,
-            },
-            "optimizer": {"learning_rate": 3e-3},
-            "scheduler": {"warmup_steps": 0},
-            "checkpointing": {"checkpoints_dir": str(tmp_path / "ckpt"), "save_best_by": "f1"},
-        }
-        for section, values in overrides.items():
-            if isinstance(values, dict):
-                cfg.setdefault(section, {}).update(values)
-            else:
-                cfg[section] = values
         path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(cfg))
+        path.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, parquet_path, tmp_path / "ckpt", **overrides)))
         return path
 
     return _make

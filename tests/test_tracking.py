@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_rows, write_parquet
+from conftest import synthetic_rows, tiny_config, write_parquet
 from matplotlib.image import imread
 from test_plots import assert_real_png
 
@@ -25,25 +25,8 @@ FAKE_TOKEN = "hfm-FAKE-neptune-token-7f3e9c2a51d84b06"
 
 
 def _tiny_config(tiny_model_dir: str, root: Path, **sections) -> dict:
-    cfg = {
-        "model_name": tiny_model_dir,
-        "model": {"classifier_dropout": 0.0},
-        "data": {"parquet_path": str(write_parquet(root / "d.parquet", synthetic_rows(30))), "val_ratio": 0.25},
-        "training": {
-            "batch_size": 8,
-            "samples_per_class": 2,
-            "num_epochs": 2,
-            "max_seq_length": 16,
-            "logging_steps": 5,
-            "seed": 0,
-        },
-        "optimizer": {"learning_rate": 1e-2},
-        "scheduler": {"warmup_steps": 0},
-        "checkpointing": {"checkpoints_dir": str(root / "ckpt"), "save_best_by": "f1"},
-    }
-    for section, values in sections.items():
-        cfg.setdefault(section, {}).update(values)
-    return cfg
+    parquet = write_parquet(root / "d.parquet", synthetic_rows(30))
+    return tiny_config(tiny_model_dir, parquet, root / "ckpt", **{"optimizer": {"learning_rate": 1e-2}, **sections})
 
 
 def files_containing(root: Path, needle: str) -> list[Path]:
