@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("hf_metric", "hf_metric_2calls", "faiss", "sklearn")
@@ -223,7 +224,7 @@ def main() -> None:
     table = render(args, results, skipped, command, time.perf_counter() - wall)
     print("\n" + table)
     if args.out:
-        write_section(Path(args.out), table)
+        write_section(Path(args.out), table, (MARK_START, MARK_END))
 
 
 def render(args, results, skipped, command: str, wall: float) -> str:
@@ -281,18 +282,6 @@ def _version(module: str) -> str:
 
 def _first(results, key: str):
     return next((runs[0][key] for runs in results.values() if runs), "?")
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of `path` (between its markers), or append it."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0)
 TEMPERATURES = (0.02, 0.05, 0.1)
 
 
+def fused_scores(arrays, weights, temperature: float, k: int = 10) -> list[str]:
+    """'accuracy / macro-F1' of the saved head logits fused with the kNN vote, one cell per weight."""
+    logits, y = torch.from_numpy(arrays["eval_logits"]), arrays["eval_ids"]
+    emb, ref, ref_ids = arrays["eval_emb"], arrays["train_emb"], arrays["train_ids"]
+    p_knn = knn_class_probabilities(emb, ref, ref_ids, logits.shape[1], k, temperature)
+    cells = []
+    for w in weights:
+        pred = fuse_probabilities(logits, p_knn, w).argmax(dim=1).numpy()
+        cells.append(f"{accuracy(pred, y):.4f} / {macro_f1(pred, y):.4f}")
+    return cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("arrays", nargs="+")
@@ -28,18 +40,11 @@ def main() -> None:
     args = parser.parse_args()
     for path in args.arrays:
         a = np.load(path)
-        logits = torch.from_numpy(a["eval_logits"])
-        y = a["eval_ids"]
         print(f"\n{path}")
         print("| T | " + " | ".join(f"w={w}" for w in WEIGHTS) + " |")
         print("|---|" + "---|" * len(WEIGHTS))
         for t in TEMPERATURES:
-            p_knn = knn_class_probabilities(a["eval_emb"], a["train_emb"], a["train_ids"], logits.shape[1], args.k, t)
-            cells = []
-            for w in WEIGHTS:
-                pred = fuse_probabilities(logits, p_knn, w).argmax(dim=1).numpy()
-                cells.append(f"{accuracy(pred, y):.4f} / {macro_f1(pred, y):.4f}")
-            print(f"| {t} | " + " | ".join(cells) + " |")
+            print(f"| {t} | " + " | ".join(fused_scores(a, WEIGHTS, t, args.k)) + " |")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
+from docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "configs" / "metric_classifier_training.example.yaml"
@@ -249,17 +250,12 @@ FUSION_PROBE = (0.3, 0.05)
 
 def _fused_accuracy(npz: Path) -> str:
     """Accuracy / macro-F1 of the head's logits fused with the kNN vote at `FUSION_PROBE`, from saved arrays."""
-    from hf_metric.knn_fusion import fuse_probabilities, knn_class_probabilities
-    from hf_metric.metrics import accuracy, macro_f1
+    from fusion_grid import fused_scores
 
     if not npz.is_file():
         return "-"
-    a = np.load(npz)
-    logits = torch.from_numpy(a["eval_logits"])
     weight, temperature = FUSION_PROBE
-    p_knn = knn_class_probabilities(a["eval_emb"], a["train_emb"], a["train_ids"], logits.shape[1], KNN_K, temperature)
-    pred = fuse_probabilities(logits, p_knn, weight).argmax(dim=1).numpy()
-    return f"{accuracy(pred, a['eval_ids']):.4f} / {macro_f1(pred, a['eval_ids']):.4f}"
+    return fused_scores(np.load(npz), [weight], temperature, KNN_K)[0]
 
 
 def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
@@ -320,13 +316,7 @@ def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
             )
     lines.append(MARKS[1])
     section = "\n".join(lines)
-    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
-    if MARKS[0] in text and MARKS[1] in text:
-        head, rest = text.split(MARKS[0], 1)
-        text = head + section + rest.split(MARKS[1], 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    docs.write_text(text)
+    write_section(docs, section, MARKS)
 
 
 # ------------------------------------------------------------------------------------------------------ main
