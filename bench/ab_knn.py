@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from bench_knn import make_data, run_method  # noqa: E402
 
-import hf_metric.metrics  # noqa: E402
+import hf_metric.evaluation.metrics  # noqa: E402
 
 
 def baseline_search(ref: str):
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline", help="also time hf_metric with neighbors.py from this git ref")
     args = parser.parse_args()
-    current = hf_metric.metrics.topk_neighbors
+    current = hf_metric.evaluation.metrics.topk_neighbors
     methods = {"faiss": ("faiss", current), "hf_metric": ("hf_metric", current)}
     if args.baseline:
         methods[f"hf_metric@{args.baseline}"] = ("hf_metric", baseline_search(args.baseline))
@@ -59,11 +59,11 @@ def main() -> None:
         results = {}
         for _ in range(args.repeats):
             for name, (method, search) in methods.items():
-                hf_metric.metrics.topk_neighbors = search  # what knn_metrics calls
+                hf_metric.evaluation.metrics.topk_neighbors = search  # what knn_metrics calls
                 start = time.perf_counter()
                 results[name] = run_method(method, query, qy, ref, ry)
                 times[name].append(time.perf_counter() - start)
-        hf_metric.metrics.topk_neighbors = current
+        hf_metric.evaluation.metrics.topk_neighbors = current
         print(f"N={n:,} ({args.repeats} rounds, load avg now {os.getloadavg()[0]:.1f})")
         for name, runs in times.items():
             ratio = statistics.median(t / f for t, f in zip(runs, times["faiss"], strict=True))

@@ -70,7 +70,7 @@ def make_data(n: int, dim: int, classes: int, seed: int) -> tuple[np.ndarray, np
 
 
 def run_method(method: str, query, qy, ref, ry) -> dict[str, float]:
-    from hf_metric.metrics import (
+    from hf_metric.evaluation.metrics import (
         knn_classify,
         knn_metrics,
         knn_vote,
@@ -114,7 +114,7 @@ def worker(method: str, n: int, dim: int, classes: int) -> None:
         import faiss  # noqa: F401
     if method == "sklearn":
         import sklearn.neighbors  # noqa: F401
-    import hf_metric.metrics  # noqa: F401
+    import hf_metric.evaluation.metrics  # noqa: F401
 
     proc = psutil.Process()
     ref, ry = make_data(n, dim, classes, seed=1)

@@ -3,7 +3,7 @@
     python bench/fusion_grid.py /work/logs/arrays/val/cosine.npz [...]
 
 For each file: classifier-only and kNN-only accuracy, then accuracy / macro-F1 of the fused prediction for a
-grid of weights and temperatures (`hf_metric.knn_fusion`), so the model's default can be picked on validation
+grid of weights and temperatures (`hf_metric.model.knn_fusion`), so the model's default can be picked on validation
 rows only.
 """
 
@@ -14,8 +14,8 @@ import argparse
 import numpy as np
 import torch
 
-from hf_metric.knn_fusion import fuse_probabilities, knn_class_probabilities
-from hf_metric.metrics import accuracy, macro_f1
+from hf_metric.model.knn_fusion import fuse_probabilities, knn_class_probabilities
+from hf_metric.evaluation.metrics import accuracy, macro_f1
 
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0)
 TEMPERATURES = (0.02, 0.05, 0.1)

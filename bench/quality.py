@@ -18,7 +18,7 @@ evaluates on that split; the test file is not read.
 
 Every model is scored by the same code: classifier accuracy and macro-F1 on the evaluation rows, and the
 embedding space by weighted 10-NN classification of evaluation rows against the embeddings of all training rows
-(`hf_metric.metrics.knn_metrics`). Training time is the wall time of the training call, evaluation included.
+(`hf_metric.evaluation.metrics.knn_metrics`). Training time is the wall time of the training call, evaluation included.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 # ----------------------------------------------------------------------------------------------------- data
 def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
     """Texts and string labels of the training and evaluation rows, and the Parquet file hf_metric trains on."""
-    from hf_metric.data import read_labeled_parquet, stratified_split
+    from hf_metric.data.prepare import read_labeled_parquet, stratified_split
 
     train_path = data_dir / "train.parquet"
     labeled = read_labeled_parquet(train_path)
@@ -139,7 +139,7 @@ def encode(model, tokenizer, texts: np.ndarray, batch_size: int = 128) -> dict[s
 
 
 def score(model, tokenizer, split: dict[str, Any], save_to: Path | None = None) -> dict[str, float]:
-    from hf_metric.metrics import accuracy, knn_metrics, macro_f1
+    from hf_metric.evaluation.metrics import accuracy, knn_metrics, macro_f1
 
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     label2id = {v: k for k, v in id2label.items()}
@@ -222,7 +222,7 @@ def run_hf_metric(
     from transformers import AutoTokenizer
 
     from hf_metric.config import config_from_dict
-    from hf_metric.modeling import MetricClassifierModel
+    from hf_metric.model.modeling import MetricClassifierModel
     from hf_metric.run import train
 
     raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())

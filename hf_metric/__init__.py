@@ -4,10 +4,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 
 from .config import TrainConfig, load_config
 from .errors import ConfigError, DataError, HfMetricUserError
-from .losses import SupConLoss, masked_cross_entropy, masked_mean
-from .modeling import MetricClassifierConfig, MetricClassifierModel, MetricClassifierOutput
-from .pipelines import KnnClassificationPipeline, MetricEmbeddingPipeline, register_pipelines
-from .samplers import ClassBalancedBatchSampler
+from .model import MetricClassifierConfig, MetricClassifierModel, MetricClassifierOutput
+from .model.losses import SupConLoss, masked_cross_entropy, masked_mean
+from .sharing.pipelines import KnnClassificationPipeline, MetricEmbeddingPipeline, register_pipelines
+from .training.samplers import ClassBalancedBatchSampler
 
 __version__ = "0.1.0"
 

@@ -6,10 +6,10 @@ import logging
 import os
 from typing import Any
 
-from .config import TrainConfig, build_training_arguments
+from .config import TrainConfig
 from .errors import ConfigError
+from .evaluation.tables import format_metrics_table
 from .packaged_models import resolve_model_path
-from .tables import format_metrics_table
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,18 @@ def _check_precision(cfg: TrainConfig) -> None:
 
 def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     """Everything up to `trainer.train()`: tokenizer, data, model and the configured trainer."""
+    return build_run(cfg, **argument_overrides)[0]
+
+
+def build_run(cfg: TrainConfig, **argument_overrides: Any):
+    """`(trainer, prepared data)`: the trainer of `build_trainer` and the data it was built from."""
     from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
 
-    from .data import group_class_margins, prepare_datasets
-    from .modeling import MetricClassifierModel
-    from .trainer import MetricClassifierTrainer, PlotSettings, RetrievalEvalSettings
+    from .data.prepare import group_class_margins, prepare_datasets
+    from .evaluation.evaluator import MetricEvaluator, PlotSettings, RetrievalSettings
+    from .model.modeling import MetricClassifierModel
+    from .training.arguments import build_training_arguments
+    from .training.trainer import MetricClassifierTrainer
 
     _check_precision(cfg)
     args = build_training_arguments(cfg, **argument_overrides)
@@ -56,7 +63,7 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     with args.main_process_first(desc="prepare data"):
         data = prepare_datasets(cfg.data, tokenizer, cfg.training.max_seq_length, cfg.training.seed)
-    t = cfg.training
+    t, mv = cfg.training, cfg.metric_validation
     class_margins = None
     if cfg.head.group_margin is not None:
         if data.class_groups is None:
@@ -92,27 +99,23 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
         samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
-        metric_loss_name=t.metric_loss,
+        evaluator=MetricEvaluator(
+            model.objective,
+            RetrievalSettings(tuple(mv.recall_at_k), mv.distance, mv.knn_k),
+            PlotSettings(os.path.join(args.output_dir, PLOTS_DIR), mv.embedding_map) if mv.plots else None,
+            class_names=model.config.id2label,
+        ),
+        bank_steps=mv.keep_last_n_emb_steps,
         distributed_metric_loss=t.distributed_metric_loss,
         head_lr_multiplier=cfg.optimizer.head_lr_multiplier,
         layerwise_lr_decay=cfg.optimizer.layerwise_lr_decay,
-        retrieval=RetrievalEvalSettings(
-            recall_at_k=tuple(cfg.metric_validation.recall_at_k),
-            distance=cfg.metric_validation.distance,
-            knn_k=cfg.metric_validation.knn_k,
-            keep_last_n_emb_steps=cfg.metric_validation.keep_last_n_emb_steps,
-        ),
-        plots=PlotSettings(os.path.join(args.output_dir, PLOTS_DIR), cfg.metric_validation.embedding_map)
-        if cfg.metric_validation.plots
-        else None,
         collapse_check_steps=t.collapse_every,
     )
     if cfg.neptune.mode != "disabled":
-        from .tracking import NeptuneTracker
+        from .training.tracking import NeptuneTracker
 
         trainer.add_callback(NeptuneTracker(cfg.neptune, cfg.to_dict()))
-    trainer.data_summary = data.summary
-    return trainer
+    return trainer, data
 
 
 FUSED_METRICS = ("loss", "accuracy", "f1", "top5_accuracy")
@@ -135,16 +138,18 @@ def add_knn_reference(trainer, cfg: TrainConfig) -> dict[str, float]:
     return {f"eval_fused_{k}": fused[f"eval_fused_{k}"] for k in FUSED_METRICS if f"eval_fused_{k}" in fused}
 
 
-def finish_best_model(trainer, cfg: TrainConfig, best_dir: str, metrics: dict[str, float]) -> None:
+def finish_best_model(
+    trainer, cfg: TrainConfig, best_dir: str, metrics: dict[str, float], data_summary: dict[str, Any]
+) -> None:
     """Make `best_dir` shareable (main process only): its head as `head.safetensors` and the model card as
     README.md; then upload it if `hub.push_to_hub`."""
-    from .head_io import export_head
-    from .hub import build_model_card, last_training_losses, push_to_hub, write_model_card
+    from .sharing.head_io import export_head
+    from .sharing.hub import build_model_card, last_training_losses, push_to_hub, write_model_card
 
     export_head(best_dir)
     id2label = trainer.accelerator.unwrap_model(trainer.model).config.id2label
     losses = last_training_losses(trainer.state.log_history)
-    card = build_model_card(cfg, metrics, getattr(trainer, "data_summary", {}), losses, id2label)
+    card = build_model_card(cfg, metrics, data_summary, losses, id2label)
     write_model_card(best_dir, card)
     if cfg.hub.push_to_hub:
         url = push_to_hub(best_dir, cfg.hub)
@@ -154,11 +159,11 @@ def finish_best_model(trainer, cfg: TrainConfig, best_dir: str, metrics: dict[st
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Train, evaluate the best model, save it to `<checkpoints_dir>/best` (with its head file and model card,
     pushed to the Hub if configured) and return the final metrics."""
-    from .report import write_report
-    from .trainer import write_json_atomic
+    from .atomic import write_json_atomic
+    from .evaluation.report import write_report
 
     resume = _resume_checkpoint(cfg)
-    trainer = build_trainer(cfg)
+    trainer, data = build_run(cfg)
     out_dir = cfg.checkpointing.checkpoints_dir
     if trainer.is_world_process_zero():
         os.makedirs(out_dir, exist_ok=True)
@@ -174,14 +179,14 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
         report = write_report(out_dir, metrics, trainer.latest_plots, cfg.to_yaml())
         print("\nFinal validation metrics (best checkpoint):\n" + format_metrics_table(metrics), flush=True)
-        finish_best_model(trainer, cfg, best_dir, metrics)
+        finish_best_model(trainer, cfg, best_dir, metrics, data.summary)
         print(f"Report: {report}", flush=True)
         _finish_trackers(trainer, report, best_dir)
     return metrics
 
 
 def _finish_trackers(trainer, report_path: str, best_dir: str) -> None:
-    from .tracking import NeptuneTracker
+    from .training.tracking import NeptuneTracker
 
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, NeptuneTracker):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hf_metric.bank import EmbeddingBank
+from hf_metric.training.bank import EmbeddingBank
 
 DIM = 4
 

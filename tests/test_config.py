@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from hf_metric.cli import main
-from hf_metric.config import TrainConfig, build_training_arguments, config_from_dict, load_config
+from hf_metric.config import TrainConfig, config_from_dict, load_config
+from hf_metric.training.arguments import build_training_arguments
 from hf_metric.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "metric_classifier_training.example.yaml"

@@ -13,7 +13,7 @@ from conftest import write_parquet
 from dist_worker import B, supcon_inputs
 from test_training import _masked_rows, _sequential_trainer
 
-from hf_metric.losses import SupConLoss
+from hf_metric.model.losses import SupConLoss
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 

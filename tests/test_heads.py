@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_metric import heads as heads_module
-from hf_metric.heads import (
+from hf_metric.model import heads as heads_module
+from hf_metric.model.heads import (
     HEADS,
     ArcFaceHead,
     CircleHead,

@@ -11,8 +11,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from hf_metric.cli import main
 from hf_metric.config import HubSection
-from hf_metric.hub import HubError, push_to_hub
-from hf_metric.tables import metrics_markdown_table
+from hf_metric.sharing.hub import HubError, push_to_hub
+from hf_metric.evaluation.tables import metrics_markdown_table
 
 UPLOADED = {
     "README.md",
@@ -20,8 +20,12 @@ UPLOADED = {
     "model.safetensors",
     "head.safetensors",
     "modeling.py",
+    "configuration.py",
+    "pooling.py",
     "heads.py",
     "losses.py",
+    "objective.py",
+    "registry.py",
     "knn_fusion.py",
     "neighbors.py",
     "tokenizer.json",

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_metric.losses import (
+from hf_metric.model.losses import (
     CLASSIFICATION_LOSSES,
     METRIC_LOSSES,
     CrossEntropyLoss,

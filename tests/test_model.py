@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import hf_metric  # noqa: F401 - registers the Auto classes
-from hf_metric.modeling import MetricClassifierModel
+from hf_metric.model.modeling import MetricClassifierModel
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
 

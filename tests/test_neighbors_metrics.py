@@ -1,7 +1,7 @@
 """Blocked neighbour search and the retrieval metrics, against naive float64 NumPy references.
 
 The references build the full distance matrix and sort it with `np.lexsort` on (score, index), so they share
-no code with `hf_metric.neighbors`. Exact ties are made with "dyadic" data (entries +-1, or duplicated rows of
+no code with `hf_metric.model.neighbors`. Exact ties are made with "dyadic" data (entries +-1, or duplicated rows of
 it): every norm, product and sum is then exact in float32 and float64 alike, so both sides see the same ties.
 """
 
@@ -16,7 +16,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from threadpoolctl import threadpool_info
 
-from hf_metric.metrics import (
+from hf_metric.evaluation.metrics import (
     bank_statistics,
     is_collapsed,
     knn_classify,
@@ -26,7 +26,7 @@ from hf_metric.metrics import (
     queries_without_bank_label,
     recall_at_k,
 )
-from hf_metric.neighbors import (
+from hf_metric.model.neighbors import (
     GROUP,
     _block_topk,
     _key_indices,
@@ -422,7 +422,7 @@ def test_is_collapsed_rule():
 
 def test_evaluate_modules_load_by_path_offline(monkeypatch):
     evaluate = pytest.importorskip("evaluate")
-    from hf_metric.evaluate_modules import path
+    from hf_metric.evaluation.evaluate_modules import path
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)

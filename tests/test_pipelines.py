@@ -7,10 +7,10 @@ from conftest import synthetic_rows
 from transformers import AutoTokenizer, pipeline
 
 import hf_metric  # noqa: F401 - registers the model classes and the pipelines
-from hf_metric.bank import EmbeddingBank
-from hf_metric.metrics import knn_classify, knn_predict
-from hf_metric.modeling import MetricClassifierModel
-from hf_metric.pipelines import KNN_REFERENCE_FILE, MetricEmbeddingPipeline
+from hf_metric.training.bank import EmbeddingBank
+from hf_metric.evaluation.metrics import knn_classify, knn_predict
+from hf_metric.model.modeling import MetricClassifierModel
+from hf_metric.sharing.pipelines import KNN_REFERENCE_FILE, MetricEmbeddingPipeline
 
 ID2LABEL = {0: "account", 1: "billing", 2: "card", 3: "delivery"}
 QUERIES = [r["text"] for r in synthetic_rows(2, seed=5)]
@@ -119,7 +119,7 @@ def test_a_model_with_a_fusion_reference_serves_both_pipelines(saved, tmp_path):
     fused.save_pretrained(tmp_path / "fused")
     tokenizer.save_pretrained(tmp_path / "fused")
     logits, query = _forward(saved, QUERIES)
-    from hf_metric.knn_fusion import knn_class_probabilities
+    from hf_metric.model.knn_fusion import knn_class_probabilities
 
     p_knn = knn_class_probabilities(query, ref_emb, [label2id[n] for n in names], len(ID2LABEL), 3, 0.05)
     expected = 0.6 * logits.softmax(-1) + 0.4 * p_knn

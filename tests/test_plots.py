@@ -10,8 +10,8 @@ from matplotlib.image import imread
 from sklearn.decomposition import PCA
 from sklearn.metrics import f1_score
 
-from hf_metric.metrics import macro_f1, nearest_margins, per_class_f1
-from hf_metric.plots import (
+from hf_metric.evaluation.metrics import macro_f1, nearest_margins, per_class_f1
+from hf_metric.evaluation.plots import (
     PLOT_NAMES,
     confusion_matrix_plot,
     embedding_map,
@@ -19,7 +19,7 @@ from hf_metric.plots import (
     per_class_f1_plot,
     project_2d,
 )
-from hf_metric.report import report_markdown, write_report
+from hf_metric.evaluation.report import report_markdown, write_report
 
 
 def _clustered(n_classes: int, rows: int, seed: int = 0, noise: float = 0.6, accuracy: float = 0.7):
@@ -57,7 +57,7 @@ def test_evaluation_pictures_are_real_pngs(tmp_path, n_classes):
 def test_a_blank_picture_fails_the_png_check(tmp_path):
     from matplotlib.figure import Figure
 
-    from hf_metric.plots import save_png
+    from hf_metric.evaluation.plots import save_png
 
     path = save_png(Figure(figsize=(9, 6)), str(tmp_path / "blank.png"))
     with pytest.raises(AssertionError):
@@ -159,10 +159,10 @@ def test_report_links_pictures_relative_to_the_run_folder(tmp_path):
 
 
 def test_umap_map_asks_for_umap_learn_when_it_is_missing(monkeypatch):
-    import hf_metric.plots
+    import hf_metric.evaluation.plots
     from hf_metric.config import ConfigError, MetricValidationSection
 
-    monkeypatch.setattr(hf_metric.plots, "umap_available", lambda: False)
+    monkeypatch.setattr(hf_metric.evaluation.plots, "umap_available", lambda: False)
     with pytest.raises(ConfigError, match=r"metric_validation\.embedding_map: umap needs `pip install umap-learn`"):
         MetricValidationSection(embedding_map="umap").validate()
     MetricValidationSection(embedding_map="umap", plots=False).validate()  # no pictures: nothing to draw with
@@ -172,6 +172,6 @@ def test_umap_embedding_map(tmp_path):
     pytest.importorskip("umap")
     emb, labels, _ = _clustered(5, 200)
     assert project_2d(emb, "umap").shape == (200, 2)
-    from hf_metric.plots import save_png
+    from hf_metric.evaluation.plots import save_png
 
     assert_real_png(save_png(embedding_map(emb, labels, method="umap"), str(tmp_path / "umap.png")))

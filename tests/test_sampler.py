@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hf_metric.samplers import ClassBalancedBatchSampler
+from hf_metric.training.samplers import ClassBalancedBatchSampler
 
 
 def _batches(sampler):

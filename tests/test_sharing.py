@@ -15,8 +15,8 @@ from transformers import AutoTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
 
 import hf_metric
-from hf_metric.head_io import HEAD_FILE, export_head, load_head, save_head
-from hf_metric.modeling import MetricClassifierModel
+from hf_metric.sharing.head_io import HEAD_FILE, export_head, load_head, save_head
+from hf_metric.model.modeling import MetricClassifierModel
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
 HEAD_TYPES = ["linear", "cosine", "arcface", "subcenter_arcface", "cosface", "circle"]
@@ -82,7 +82,17 @@ def test_a_fresh_process_without_hf_metric_loads_with_trust_remote_code(tmp_path
         folder, model = _save(tmp_path, tiny_model_dir, head_type)
         code = {p.name for p in folder.glob("*.py")}
         # the closed set the docstring promises (knn_fusion.py and neighbors.py for kNN fusion)
-        assert code == {"modeling.py", "heads.py", "losses.py", "knn_fusion.py", "neighbors.py"}
+        assert code == {
+            "modeling.py",
+            "configuration.py",
+            "pooling.py",
+            "heads.py",
+            "losses.py",
+            "objective.py",
+            "registry.py",
+            "knn_fusion.py",
+            "neighbors.py",
+        }
         needed = {Path(p).name for p in get_relative_import_files(str(folder / "modeling.py"))}
         assert needed <= code
         auto_map = json.loads((folder / "config.json").read_text())["auto_map"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_metric.losses import SupConLoss, masked_cross_entropy, masked_mean
+from hf_metric.model.losses import SupConLoss, masked_cross_entropy, masked_mean
 
 
 def naive_supcon(emb: np.ndarray, labels: np.ndarray, mask: np.ndarray, tau: float) -> float:

@@ -1,4 +1,4 @@
-from hf_metric.tables import format_metrics_table, metrics_markdown_table
+from hf_metric.evaluation.tables import format_metrics_table, metrics_markdown_table
 
 
 def test_console_table_sorted_and_formatted():

@@ -17,9 +17,9 @@ from matplotlib.image import imread
 from test_plots import assert_real_png
 
 from hf_metric.config import ConfigError, NeptuneSection, TrainingSection, config_from_dict, load_config
-from hf_metric.plots import PLOT_NAMES
+from hf_metric.evaluation.plots import PLOT_NAMES
 from hf_metric.run import build_trainer, train
-from hf_metric.tracking import NeptuneTracker, offline_run_dirs, read_offline_run
+from hf_metric.training.tracking import NeptuneTracker, offline_run_dirs, read_offline_run
 
 FAKE_TOKEN = "hfm-FAKE-neptune-token-7f3e9c2a51d84b06"
 
@@ -174,7 +174,7 @@ def test_collapse_warning_fires_once_on_a_collapsed_model(tmp_path, tiny_model_d
 
 
 def test_collapse_statistics_against_numpy():
-    from hf_metric.metrics import collapse_statistics
+    from hf_metric.evaluation.metrics import collapse_statistics
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(50, 6))

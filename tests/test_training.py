@@ -14,9 +14,9 @@ from torch.utils.data import SequentialSampler
 
 from hf_metric.cli import main
 from hf_metric.config import load_config
-from hf_metric.losses import masked_cross_entropy
+from hf_metric.model.losses import masked_cross_entropy
 from hf_metric.run import build_trainer, train
-from hf_metric.tables import metrics_markdown_table
+from hf_metric.evaluation.tables import metrics_markdown_table
 
 
 def _masked_rows(seed=0, per_class=12):
@@ -83,7 +83,7 @@ def test_accumulated_loss_is_normalised_over_the_whole_window(masked_config):
         out = model(**batch)
         rows, valid = masked_cross_entropy(out.logits, batch["labels"], batch["classifier_mask"])
         ce_sum, n_ce = ce_sum + rows.sum(), n_ce + int(valid.sum())
-        rows, valid = model.metric_loss_fn.per_anchor(out.embeddings, batch["labels"], batch["metric_mask"])
+        rows, valid = model.objective.metric.per_anchor(out.embeddings, batch["labels"], batch["metric_mask"])
         sc_sum, n_sc = sc_sum + rows.sum(), n_sc + int(valid.sum())
     model.zero_grad()
     (ce_sum / n_ce + 0.5 * sc_sum / n_sc).backward()
@@ -134,7 +134,7 @@ def test_resume_continues_the_uninterrupted_run(tmp_path, make_config):
 
 
 def test_an_interrupted_save_leaves_no_partial_checkpoint(tmp_path, make_config, monkeypatch):
-    from hf_metric.trainer import MetricClassifierTrainer
+    from hf_metric.training.trainer import MetricClassifierTrainer
 
     data = write_parquet(tmp_path / "d.parquet", synthetic_rows(10))
     cfg = load_config(make_config(data, checkpointing={"save_every_n_batches": 3, "save_total_limit": 10}))
@@ -255,7 +255,9 @@ def test_validation_losses_cover_the_whole_set_at_once(tmp_path, make_config):
     logits, emb = rng.normal(size=(n, 4)).astype(np.float32), rng.normal(size=(n, 32)).astype(np.float32)
     labels = rng.integers(0, 4, size=n)
     ce_rows, metric_rows = rng.random(n) > 0.3, rng.random(n) > 0.2
-    got = trainer.validation_losses(logits, emb, labels, ce_rows, metric_rows)
+    objective = trainer.objective
+    t = torch.as_tensor
+    got = objective.dataset_losses(t(logits), t(emb), t(labels), t(ce_rows), t(metric_rows))
     ce = torch.nn.functional.cross_entropy(torch.tensor(logits[ce_rows]).double(), torch.tensor(labels[ce_rows]))
     supcon = naive_supcon(emb.astype(np.float64), labels, metric_rows, 0.1)
     assert got["ce_loss"] == pytest.approx(ce.item(), rel=1e-5)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import os
 import types
 import typing
 import warnings
@@ -20,7 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +319,7 @@ class MetricValidationSection:
         _check(self.knn_k > 0, "metric_validation.knn_k", "must be > 0")
         _check(self.keep_last_n_emb_steps > 0, "metric_validation.keep_last_n_emb_steps", "must be > 0")
         if self.plots and self.embedding_map == "umap":
-            from .plots import umap_available
+            from ..evaluation.plots import umap_available
 
             _check(umap_available(), "metric_validation.embedding_map", "umap needs `pip install umap-learn` (or: pca)")
 
@@ -525,56 +524,3 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-
-
-def build_training_arguments(cfg: TrainConfig, **overrides: Any):
-    """Map the YAML onto `transformers.TrainingArguments`: one place decides every Trainer option."""
-    from transformers import TrainingArguments
-
-    t, ck, sch = cfg.training, cfg.checkpointing, cfg.scheduler
-    strategy = "steps" if ck.save_every_n_batches else "epoch"
-    warmup: float | int = sch.warmup_steps if sch.warmup_steps < 1 else int(sch.warmup_steps)
-    scheduler_kwargs: dict[str, Any] = {}
-    if sch.name == "cosine":
-        scheduler_kwargs["num_cycles"] = sch.num_cycles
-    elif sch.name == "cosine_with_restarts":
-        scheduler_kwargs["num_cycles"] = max(1, round(sch.num_cycles))
-    kwargs: dict[str, Any] = dict(
-        output_dir=ck.checkpoints_dir,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        num_train_epochs=t.num_epochs,
-        max_steps=sch.num_training_steps or -1,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=cfg.optimizer.learning_rate,
-        weight_decay=cfg.optimizer.weight_decay,
-        lr_scheduler_type=sch.name,
-        lr_scheduler_kwargs=scheduler_kwargs,
-        warmup_steps=warmup,
-        max_grad_norm=t.gradient_clip_val or 0.0,
-        seed=t.seed,
-        data_seed=t.seed,
-        fp16=t.mixed_precision == "fp16",
-        bf16=t.mixed_precision == "bf16",
-        dataloader_num_workers=cfg.data.num_workers,
-        eval_strategy=strategy,
-        save_strategy=strategy,
-        eval_steps=ck.save_every_n_batches,
-        save_steps=ck.save_every_n_batches,
-        save_total_limit=ck.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model=cfg.metric_for_best_model,
-        greater_is_better=cfg.greater_is_better,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        report_to=t.resolved_report_to(),
-        label_names=["labels", "classifier_mask", "metric_mask"],
-        remove_unused_columns=False,
-    )
-    import torch
-
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # several CPU processes (torchrun, accelerate launch --multi_gpu): DDP over gloo
-        kwargs.update(ddp_backend="gloo", use_cpu=True)
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)

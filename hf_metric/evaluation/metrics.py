@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .neighbors import Distance, as_float_tensor, nearest_same_and_other, topk_neighbors
+from ..model.neighbors import Distance, as_float_tensor, nearest_same_and_other, topk_neighbors
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

@@ -7,14 +7,16 @@
 The classifier sees the raw pooled output; the metric loss sees the normalized embedding, optionally through
 a projection (as in SupCon/SimCLR) so that the two objectives do not fight over one space.
 
-`save_pretrained` copies this file and the files it imports relatively (`heads.py`, `losses.py`, and for kNN
-fusion `knn_fusion.py` with `neighbors.py`) next to the weights and records them in the config's `auto_map`, so
-a saved folder loads with `from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed.
-Keep the relative imports to these small, self-contained files: anything imported relatively is copied too.
+`save_pretrained` copies this file and the files it imports relatively (every module of `hf_metric/model/`:
+configuration, pooling, heads, losses, objective, registry, and for kNN fusion `knn_fusion.py` with
+`neighbors.py`) next to the weights and records them in the config's `auto_map`, so a saved folder loads with
+`from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed. Keep the relative imports to
+this folder's small, self-contained files: anything imported relatively is copied too.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -22,73 +24,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
-from transformers.configuration_utils import SubConfigSpec
+from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .configuration import MetricClassifierConfig
 from .heads import CosineLinear, build_head
-from .losses import build_classification_loss, build_metric_loss, masked_mean
+from .objective import TrainingObjective
+from .pooling import pool
 
-POOLING_MODES = ("mean", "cls", "pooler")
-
-
-class MetricClassifierConfig(PreTrainedConfig):
-    r"""Configuration of a `MetricClassifierModel`.
-
-    Args:
-        encoder_config: config of the transformers backbone (any `AutoModel` encoder).
-        pooling: `mean` (masked mean of token states), `cls` (first token) or `pooler` (the backbone's pooler).
-        projection_dim: size of the projection MLP for the metric embedding; `None` uses the pooled output.
-        classifier_dropout: dropout on the pooled output before the head.
-        head_type, head_kwargs: the classification head (see `hf_metric.heads.HEADS`).
-        class_margins: optional margin per class (e.g. from `head.group_margin`): in training, each row's
-            target logit gets the margin of its class instead of the head's single margin.
-        classification_loss, classification_loss_kwargs: `ce` (label_smoothing) or `focal` (gamma, alpha).
-        classification_loss_weight, metric_loss_weight: total = w_ce * CE + w_metric * metric loss.
-        metric_loss, metric_loss_kwargs: `supcon` (temperature), `triplet` (margin, distance) or
-            `multi_similarity` (alpha, beta, base); see `hf_metric.losses.METRIC_LOSSES`.
-        knn_fusion_weight, knn_fusion_k, knn_fusion_temperature: at inference, with a stored kNN reference
-            (`set_knn_reference`), `logits` become log((1 - w) * softmax(head) + w * p_knn) (`hf_metric.knn_fusion`).
-        knn_reference_size: rows of the stored reference (0: none); set by `set_knn_reference`.
-    """
-
-    model_type = "hf_metric_classifier"
-    sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}  # noqa: RUF012
-    keys_to_ignore_at_inference = ["ce_loss", "metric_loss", "classifier_logits"]  # noqa: RUF012
-
-    encoder_config: dict | PreTrainedConfig | None = None
-    pooling: str = "mean"
-    projection_dim: int | None = None
-    classifier_dropout: float = 0.1
-    head_type: str = "linear"
-    head_kwargs: dict | None = None
-    class_margins: list[float] | None = None
-    classification_loss: str = "ce"
-    classification_loss_kwargs: dict | None = None
-    classification_loss_weight: float = 1.0
-    metric_loss_weight: float = 1.0
-    metric_loss: str = "supcon"
-    metric_loss_kwargs: dict | None = None
-    initializer_range: float = 0.02
-    knn_fusion_weight: float = 0.0
-    knn_fusion_k: int = 10
-    knn_fusion_temperature: float = 0.05
-    knn_reference_size: int = 0
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        super().__post_init__(**kwargs)
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
-        if not 0.0 <= self.knn_fusion_weight <= 1.0:
-            raise ValueError(f"knn_fusion_weight must be in [0, 1], got {self.knn_fusion_weight}")
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.projection_dim or self.hidden_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.encoder_config.hidden_size
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -167,10 +111,7 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             if config.projection_dim
             else None
         )
-        self.classification_loss_fn = build_classification_loss(
-            config.classification_loss, **(config.classification_loss_kwargs or {})
-        )
-        self.metric_loss_fn = build_metric_loss(config.metric_loss, **(config.metric_loss_kwargs or {}))
+        self.objective = _build_objective(config)
         if config.class_margins is not None:
             self.register_buffer("class_margins", torch.tensor(config.class_margins), persistent=False)
         else:
@@ -236,18 +177,6 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         config.encoder_config._attn_implementation = attention
         return cls(config, backbone=backbone)
 
-    def pool(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooler_output=None):
-        if self.config.pooling == "cls":
-            return hidden_states[:, 0]
-        if self.config.pooling == "pooler":
-            if pooler_output is None:
-                raise ValueError("pooling='pooler' but the backbone returns no pooler_output")
-            return pooler_output
-        if attention_mask is None:
-            return hidden_states.mean(dim=1)
-        weights = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
-        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -258,14 +187,17 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         labels: torch.Tensor | None = None,
         metric_mask: torch.Tensor | None = None,
         classifier_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
         return_dict: bool | None = None,
     ) -> MetricClassifierOutput | tuple:
-        """Without `labels` it returns logits and embeddings; with them, also the loss and its two parts."""
+        """Without `labels` it returns logits and embeddings; with them, also the loss and its two parts (from
+        `self.objective`). `return_loss=False` skips the loss but still gives margin heads their labels: the
+        trainer then calls the objective itself, normalised over the whole accumulation window."""
         encoder_kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
         if token_type_ids is not None:
             encoder_kwargs["token_type_ids"] = token_type_ids
         out = self.backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, return_dict=True, **encoder_kwargs)
-        pooled = self.pool(out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
+        pooled = pool(self.config.pooling, out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
         head_labels = labels if self.training else None
         margin = None
         if head_labels is not None and self.class_margins is not None:
@@ -278,14 +210,14 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             classifier_logits, logits = logits, self._fused_logits(logits, embeddings)
 
         loss = ce_loss = metric_loss = None
-        if labels is not None:
-            zero = logits.new_zeros((), dtype=torch.float32)
-            ce_loss = metric_loss = zero
-            if self.config.classification_loss_weight > 0:
-                ce_loss = masked_mean(*self.classification_loss_fn.per_row(logits, labels, classifier_mask))
-            if self.config.metric_loss_weight > 0:
-                metric_loss = masked_mean(*self.metric_loss_fn.per_anchor(embeddings, labels, metric_mask))
-            loss = self.config.classification_loss_weight * ce_loss + self.config.metric_loss_weight * metric_loss
+        if labels is not None and return_loss is not False:
+            if self.objective is None:
+                raise ValueError(
+                    f"no training objective: loss {self.config.metric_loss!r} or {self.config.classification_loss!r}"
+                    " is not registered in this process (import the module that registers it)"
+                )
+            parts = self.objective(logits, embeddings, labels, classifier_mask, metric_mask)
+            loss, ce_loss, metric_loss = parts.loss, parts.classification, parts.metric
 
         output = MetricClassifierOutput(
             loss=loss,
@@ -296,6 +228,17 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             classifier_logits=classifier_logits,
         )
         return output if return_dict is not False else output.to_tuple()
+
+
+def _build_objective(config: MetricClassifierConfig) -> TrainingObjective | None:
+    """The training objective, or None (inference only) when a loss was registered by code not loaded here."""
+    try:
+        return TrainingObjective.from_config(config)
+    except ValueError as err:
+        if "unknown" not in str(err):
+            raise
+        logger.warning("this model predicts, but cannot compute its training loss: %s", err)
+        return None
 
 
 # Saved folders carry this code (see the module docstring); `hf_metric/__init__` registers the local classes.

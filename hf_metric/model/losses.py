@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .registry import Registry
+
 Candidates = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 """`(embeddings, labels, mask or None)` of the rows the anchors are compared with (e.g. gathered from all
 processes); `self_index` then gives the position of each anchor among them (-1 for none)."""
@@ -55,7 +57,20 @@ def masked_cross_entropy(
     return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
 
 
-class CrossEntropyLoss(nn.Module):
+class ClassificationLoss(nn.Module):
+    """Base of classification losses: subclasses implement `per_row(logits, labels, mask) -> (per_row, valid)`
+    (rows with label < 0 or mask 0 are not valid); `forward` is their masked mean."""
+
+    def per_row(
+        self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_mean(*self.per_row(logits, labels, mask))
+
+
+class CrossEntropyLoss(ClassificationLoss):
     """Masked cross-entropy with optional label smoothing (`ce`); see `masked_cross_entropy`."""
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
@@ -69,11 +84,8 @@ class CrossEntropyLoss(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return masked_cross_entropy(logits, labels, mask, label_smoothing=self.label_smoothing)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_mean(*self.per_row(logits, labels, mask))
 
-
-class FocalLoss(nn.Module):
+class FocalLoss(ClassificationLoss):
     r"""Softmax focal loss (Lin et al. 2017, "Focal Loss for Dense Object Detection", eq. 5), masked.
 
     .. math:: \mathrm{FL}(p_t) = -\alpha_t (1 - p_t)^\gamma \log p_t
@@ -114,19 +126,15 @@ class FocalLoss(nn.Module):
             per_row = per_row * (alpha if alpha.dim() == 0 else alpha[safe])
         return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_mean(*self.per_row(logits, labels, mask))
 
-
-CLASSIFICATION_LOSSES: dict[str, type[nn.Module]] = {"ce": CrossEntropyLoss, "focal": FocalLoss}
-"""Name -> classification loss: `ce` (label_smoothing=0.0), `focal` (gamma=2.0, alpha=None)."""
+CLASSIFICATION_LOSSES = Registry("classification loss", {"ce": CrossEntropyLoss, "focal": FocalLoss})
+"""Name -> classification loss: `ce` (label_smoothing=0.0), `focal` (gamma=2.0, alpha=None). Add your own with
+`hf_metric.register_classification_loss("name")`: a module with `per_row(logits, labels, mask)`."""
 
 
 def build_classification_loss(name: str, **kwargs: Any) -> nn.Module:
     """`CLASSIFICATION_LOSSES[name](**kwargs)`: a module with `per_row(logits, labels, mask) -> (per_row, valid)`."""
-    if name not in CLASSIFICATION_LOSSES:
-        raise ValueError(f"unknown classification loss {name!r}; known: {sorted(CLASSIFICATION_LOSSES)}")
-    return CLASSIFICATION_LOSSES[name](**kwargs)
+    return CLASSIFICATION_LOSSES.build(name, **kwargs)
 
 
 class _Pairs(NamedTuple):
@@ -177,7 +185,45 @@ def _label_pairs(labels: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch
     return allowed & same, allowed & ~same
 
 
-class SupConLoss(nn.Module):
+class MetricLoss(nn.Module):
+    """Base of metric losses: subclasses implement `per_anchor(embeddings, labels, mask, candidates=None,
+    self_index=None) -> (per_row, valid)`; `pairs(...)` gives them the cosines and positive/negative pair masks.
+
+    `num_anchors` must count the rows `per_anchor` marks valid, from labels and mask alone (the trainer uses it
+    to normalise over a gradient-accumulation window before any forward pass); the default counts rows with at
+    least one positive, override it when your anchors need something else.
+    """
+
+    @staticmethod
+    def num_anchors(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        positive, _ = _label_pairs(labels, mask)
+        return positive.any(dim=1).sum()
+
+    @staticmethod
+    def pairs(
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        candidates: Candidates | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> _Pairs:
+        return _pairs(embeddings, labels, mask, candidates, self_index)
+
+    def per_anchor(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        candidates: Candidates | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_mean(*self.per_anchor(embeddings, labels, mask))
+
+
+class SupConLoss(MetricLoss):
     r"""Supervised contrastive loss (Khosla et al., 2020, "Supervised Contrastive Learning", eq. 2, L_out).
 
     For each anchor i with at least one positive:
@@ -207,12 +253,6 @@ class SupConLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    @staticmethod
-    def num_anchors(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """How many rows count as anchors: in the loss (`mask`) with another in-loss row of the same label."""
-        positive, _ = _label_pairs(labels, mask)
-        return positive.any(dim=1).sum()
-
     def per_anchor(
         self,
         embeddings: torch.Tensor,
@@ -235,11 +275,8 @@ class SupConLoss(nn.Module):
         per_row = -pos_sum / n_pos.clamp(min=1)
         return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_mean(*self.per_anchor(embeddings, labels, mask))
 
-
-class TripletMarginLoss(nn.Module):
+class TripletMarginLoss(MetricLoss):
     r"""Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss for Person
     Re-Identification", eq. 5).
 
@@ -302,11 +339,8 @@ class TripletMarginLoss(nn.Module):
         valid = has_pos & has_neg
         return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_mean(*self.per_anchor(embeddings, labels, mask))
 
-
-class MultiSimilarityLoss(nn.Module):
+class MultiSimilarityLoss(MetricLoss):
     r"""Multi-similarity loss (Wang et al. 2019, "Multi-Similarity Loss with General Pair Weighting for Deep
     Metric Learning", eq. 8), over all pairs (without the paper's pair miner), as pytorch-metric-learning's
     `MultiSimilarityLoss`.
@@ -361,21 +395,15 @@ class MultiSimilarityLoss(nn.Module):
         per_row = pos_term + neg_term
         return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return masked_mean(*self.per_anchor(embeddings, labels, mask))
 
-
-METRIC_LOSSES: dict[str, type[nn.Module]] = {
-    "supcon": SupConLoss,
-    "triplet": TripletMarginLoss,
-    "multi_similarity": MultiSimilarityLoss,
-}
+METRIC_LOSSES = Registry(
+    "metric loss", {"supcon": SupConLoss, "triplet": TripletMarginLoss, "multi_similarity": MultiSimilarityLoss}
+)
 """Name -> metric loss: `supcon` (temperature=0.1), `triplet` (margin=0.2, distance="euclidean", soft=False),
-`multi_similarity` (alpha=2.0, beta=50.0, base=0.5)."""
+`multi_similarity` (alpha=2.0, beta=50.0, base=0.5). Add your own with `hf_metric.register_metric_loss("name")`:
+a `MetricLoss` subclass that implements `per_anchor`."""
 
 
 def build_metric_loss(name: str, **kwargs: Any) -> nn.Module:
     """`METRIC_LOSSES[name](**kwargs)`: a module with `per_anchor`, `num_anchors` and `forward`."""
-    if name not in METRIC_LOSSES:
-        raise ValueError(f"unknown metric loss {name!r}; known: {sorted(METRIC_LOSSES)}")
-    return METRIC_LOSSES[name](**kwargs)
+    return METRIC_LOSSES.build(name, **kwargs)

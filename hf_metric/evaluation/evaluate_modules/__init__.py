@@ -5,7 +5,7 @@ same name is loaded from disk instead (the script is copied into the `evaluate` 
 from there, so it imports `hf_metric` by absolute name). `path` gives that folder::
 
     import evaluate
-    from hf_metric.evaluate_modules import path
+    from hf_metric.evaluation.evaluate_modules import path
 
     recall = evaluate.load(path("recall_at_k"))
     recall.compute(embeddings=emb, labels=labels, ks=[1, 5])  # leave-one-out on `emb`

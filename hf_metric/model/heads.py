@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from .registry import Registry
+
 _COS_EPS = 1e-6
 """Cosines are clamped to [-1 + eps, 1 - eps] before taking angles, so that sin(theta) = sqrt(1 - cos^2) and its
 gradient stay finite at theta = 0 and pi (in float32 1 - 1e-6 is still distinct from 1)."""
@@ -436,15 +437,19 @@ class TemperatureScaled(nn.Module):
         return self.head(embeddings, *args, **kwargs) / self.temperature
 
 
-HEADS: dict[str, type[nn.Module]] = {
-    "linear": LinearHead,
-    "cosine": CosineLinear,
-    "arcface": ArcFaceHead,
-    "subcenter_arcface": SubCenterArcFaceHead,
-    "cosface": CosFaceHead,
-    "circle": CircleHead,
-}
-"""`head.type` in the YAML -> head class. Every class takes `(in_features, num_labels, **head_kwargs)`.
+HEADS = Registry(
+    "head type",
+    {
+        "linear": LinearHead,
+        "cosine": CosineLinear,
+        "arcface": ArcFaceHead,
+        "subcenter_arcface": SubCenterArcFaceHead,
+        "cosface": CosFaceHead,
+        "circle": CircleHead,
+    },
+)
+"""`head.type` in the YAML -> head class. Every class takes `(in_features, num_labels, **head_kwargs)` and is
+called as `head(embeddings, labels=None, margin=None)`; add your own with `hf_metric.register_head("name")`.
 
 head_kwargs per type (all also take `temperature`, default 1.0):
     linear: -
@@ -462,9 +467,7 @@ def build_head(head_type: str, in_features: int, num_labels: int, **head_kwargs:
     `temperature` works for every registered type: `Head` subclasses take it themselves (so the state-dict keys
     do not depend on it); any other class is wrapped in `TemperatureScaled` when it is not 1.
     """
-    if head_type not in HEADS:
-        raise ValueError(f"unknown head type {head_type!r}; known: {sorted(HEADS)}")
-    cls = HEADS[head_type]
+    cls = HEADS.get_class(head_type)
     if issubclass(cls, Head) or "temperature" not in head_kwargs:
         return cls(in_features, num_labels, **head_kwargs)
     temperature = head_kwargs.pop("temperature")

@@ -24,8 +24,8 @@ import torch
 from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline
 
-from .bank import BANK_FORMAT
-from .metrics import knn_predict
+from ..evaluation.metrics import knn_predict
+from ..training.bank import BANK_FORMAT
 
 EMBEDDING_TASK = "metric-embedding"
 KNN_TASK = "knn-classification"

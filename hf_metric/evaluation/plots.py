@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..atomic import write_atomic
 from .metrics import nearest_margins, per_class_f1
 
 PLOT_NAMES = ("embedding_map", "confusion_matrix", "per_class_f1", "margin_histogram")
@@ -212,11 +213,7 @@ def margin_histogram(embeddings: np.ndarray, labels: np.ndarray, bins: int = 50)
 
 def save_png(fig: Figure, path: str) -> str:
     """Write `fig` as a PNG at `path` (through a temporary file, so a reader never sees half a picture)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    fig.savefig(tmp, format="png", dpi=fig.dpi)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=fig.dpi))
 
 
 def evaluation_plots(

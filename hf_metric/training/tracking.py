@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .config import NeptuneSection
+from ..config import NeptuneSection
 
 logger = logging.getLogger(__name__)
 

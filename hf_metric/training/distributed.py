@@ -33,18 +33,14 @@ def gather_rows(tensor: torch.Tensor, pad_value: float | int = 0, with_grad: boo
     return torch.cat(parts)
 
 
-def cross_process_per_anchor(
-    loss_fn: nn.Module,
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    mask: torch.Tensor,
-    mode: str = "global",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-anchor loss of this process's rows against the rows of all processes (see the module docstring).
+def cross_process_candidates(
+    embeddings: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, mode: str = "global"
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The rows of every process as metric-loss candidates for this process's anchors, and each local row's
+    position among them (`self_index`), for `TrainingObjective` / a loss's `per_anchor`.
 
     `global`: candidates carry gradient to the process that produced them. `local_anchors`: other processes'
     candidates are detached, which saves the backward exchange but drops their share of the gradient.
-    Returns `(per_row, valid)` for the local rows, like the loss's own `per_anchor`.
     """
     if mode not in CROSS_PROCESS_MODES:
         raise ValueError(f"mode must be one of {CROSS_PROCESS_MODES}, got {mode!r}")
@@ -59,6 +55,17 @@ def cross_process_per_anchor(
         local = F.pad(embeddings, (0, 0, 0, width - n))
         candidates = torch.cat([others[: rank * width], local, others[(rank + 1) * width :]])
     self_index = rank * width + torch.arange(n, device=embeddings.device)
-    return loss_fn.per_anchor(
-        embeddings, labels, mask, candidates=(candidates, all_labels, all_mask), self_index=self_index
-    )
+    return (candidates, all_labels, all_mask), self_index
+
+
+def cross_process_per_anchor(
+    loss_fn: nn.Module,
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "global",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-anchor loss of this process's rows against the rows of all processes (`cross_process_candidates`);
+    returns `(per_row, valid)` for the local rows, like the loss's own `per_anchor`."""
+    candidates, self_index = cross_process_candidates(embeddings, labels, mask, mode)
+    return loss_fn.per_anchor(embeddings, labels, mask, candidates=candidates, self_index=self_index)

@@ -14,8 +14,8 @@ import os
 import torch
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .heads import build_head
-from .modeling import MetricClassifierConfig, MetricClassifierModel
+from ..model.heads import build_head
+from ..model.modeling import MetricClassifierConfig, MetricClassifierModel
 
 HEAD_FILE = "head.safetensors"
 HEAD_FORMAT = "hf_metric.Head/1"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from ..atomic import write_text_atomic
 from .plots import PLOT_NAMES
 from .tables import metrics_markdown_table
-from .trainer import write_text_atomic
 
 REPORT_FILE = "report.md"
 

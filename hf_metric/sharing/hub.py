@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from .config import HubSection, TrainConfig
-from .errors import HfMetricUserError
-from .tables import metrics_markdown_table
+from ..config import HubSection, TrainConfig
+from ..errors import HfMetricUserError
+from ..evaluation.tables import metrics_markdown_table
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 """Files never uploaded: they are loaded with pickle, which can run code."""

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from ..errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"
 GROUP_COLUMN = "group"
 MASK_COLUMNS = ("metric_mask", "classifier_mask")
-MODEL_COLUMNS = ("labels", *MASK_COLUMNS)
 """Columns (besides the tokenizer's) that the model's forward receives."""
 
 

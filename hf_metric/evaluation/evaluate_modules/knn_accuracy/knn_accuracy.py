@@ -1,11 +1,11 @@
 """Accuracy and macro-F1 of a weighted kNN vote over a reference bank, as an `evaluate` metric (wraps
-`hf_metric.metrics.knn_metrics`)."""
+`hf_metric.evaluation.metrics.knn_metrics`)."""
 
 import datasets
 import evaluate
 import numpy as np
 
-from hf_metric.metrics import knn_metrics
+from hf_metric.evaluation.metrics import knn_metrics
 
 _DESCRIPTION = """
 kNN accuracy: each query embedding is classified by a similarity-weighted vote of its k nearest reference
@@ -26,7 +26,7 @@ Returns:
     "knn_accuracy" and "knn_f1" (floats in [0, 1]).
 Examples:
     >>> import evaluate
-    >>> from hf_metric.evaluate_modules import path
+    >>> from hf_metric.evaluation.evaluate_modules import path
     >>> knn = evaluate.load(path("knn_accuracy"))
     >>> knn.compute(embeddings=[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], labels=[0, 0, 1, 1], k=1)
     {'knn_accuracy': 1.0, 'knn_f1': 1.0}

@@ -1,10 +1,10 @@
-"""Recall@K of embeddings against a reference bank, as an `evaluate` metric (wraps `hf_metric.metrics`)."""
+"""Recall@K of embeddings against a reference bank, as an `evaluate` metric (wraps `hf_metric.evaluation.metrics`)."""
 
 import datasets
 import evaluate
 import numpy as np
 
-from hf_metric.metrics import queries_without_bank_label, recall_at_k
+from hf_metric.evaluation.metrics import queries_without_bank_label, recall_at_k
 
 _DESCRIPTION = """
 Recall@K: the fraction of query embeddings that have a reference row of their own label among their K nearest
@@ -25,7 +25,7 @@ Returns:
     "recall@K" for each K (float in [0, 1]) and "queries_without_bank_label" (int).
 Examples:
     >>> import evaluate
-    >>> from hf_metric.evaluate_modules import path
+    >>> from hf_metric.evaluation.evaluate_modules import path
     >>> recall = evaluate.load(path("recall_at_k"))
     >>> recall.compute(embeddings=[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], labels=[0, 0, 1], ks=[1])
     {'recall@1': 0.6666666666666666, 'queries_without_bank_label': 1}

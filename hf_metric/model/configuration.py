@@ -1,0 +1,72 @@
+"""`MetricClassifierConfig`: every hyper-parameter of a `MetricClassifierModel`, saved as `config.json`.
+
+Like the other files of this folder it travels with saved models as remote code (see `modeling.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .pooling import POOLING_MODES
+
+
+class MetricClassifierConfig(PreTrainedConfig):
+    r"""Configuration of a `MetricClassifierModel`.
+
+    Args:
+        encoder_config: config of the transformers backbone (any `AutoModel` encoder).
+        pooling: `mean` (masked mean of token states), `cls` (first token) or `pooler` (the backbone's pooler).
+        projection_dim: size of the projection MLP for the metric embedding; `None` uses the pooled output.
+        classifier_dropout: dropout on the pooled output before the head.
+        head_type, head_kwargs: the classification head (see `hf_metric.heads.HEADS`).
+        class_margins: optional margin per class (e.g. from `head.group_margin`): in training, each row's
+            target logit gets the margin of its class instead of the head's single margin.
+        classification_loss, classification_loss_kwargs: `ce` (label_smoothing) or `focal` (gamma, alpha).
+        classification_loss_weight, metric_loss_weight: total = w_ce * CE + w_metric * metric loss.
+        metric_loss, metric_loss_kwargs: `supcon` (temperature), `triplet` (margin, distance) or
+            `multi_similarity` (alpha, beta, base); see `hf_metric.losses.METRIC_LOSSES`.
+        knn_fusion_weight, knn_fusion_k, knn_fusion_temperature: at inference, with a stored kNN reference
+            (`set_knn_reference`), `logits` become log((1 - w) * softmax(head) + w * p_knn) (`hf_metric.knn_fusion`).
+        knn_reference_size: rows of the stored reference (0: none); set by `set_knn_reference`.
+    """
+
+    model_type = "hf_metric_classifier"
+    sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}  # noqa: RUF012
+    keys_to_ignore_at_inference = ["ce_loss", "metric_loss", "classifier_logits"]  # noqa: RUF012
+
+    encoder_config: dict | PreTrainedConfig | None = None
+    pooling: str = "mean"
+    projection_dim: int | None = None
+    classifier_dropout: float = 0.1
+    head_type: str = "linear"
+    head_kwargs: dict | None = None
+    class_margins: list[float] | None = None
+    classification_loss: str = "ce"
+    classification_loss_kwargs: dict | None = None
+    classification_loss_weight: float = 1.0
+    metric_loss_weight: float = 1.0
+    metric_loss: str = "supcon"
+    metric_loss_kwargs: dict | None = None
+    initializer_range: float = 0.02
+    knn_fusion_weight: float = 0.0
+    knn_fusion_k: int = 10
+    knn_fusion_temperature: float = 0.05
+    knn_reference_size: int = 0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if not 0.0 <= self.knn_fusion_weight <= 1.0:
+            raise ValueError(f"knn_fusion_weight must be in [0, 1], got {self.knn_fusion_weight}")
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.projection_dim or self.hidden_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder_config.hidden_size
