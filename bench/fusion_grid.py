@@ -14,8 +14,8 @@ import argparse
 import numpy as np
 import torch
 
-from hf_metric.model.knn_fusion import fuse_probabilities, knn_class_probabilities
 from hf_metric.evaluation.metrics import accuracy, macro_f1
+from hf_metric.model.knn_fusion import fuse_probabilities, knn_class_probabilities
 
 WEIGHTS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 1.0)
 TEMPERATURES = (0.02, 0.05, 0.1)

@@ -11,8 +11,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from hf_metric.training.distributed import cross_process_per_anchor
 from hf_metric.model.losses import SupConLoss
+from hf_metric.training.distributed import cross_process_per_anchor
 
 B = 6
 

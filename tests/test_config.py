@@ -7,8 +7,8 @@ import yaml
 
 from hf_metric.cli import main
 from hf_metric.config import TrainConfig, config_from_dict, load_config
-from hf_metric.training.arguments import build_training_arguments
 from hf_metric.errors import ConfigError
+from hf_metric.training.arguments import build_training_arguments
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "metric_classifier_training.example.yaml"
 BASE = {"data": {"parquet_path": "x.parquet"}}

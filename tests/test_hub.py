@@ -11,8 +11,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from hf_metric.cli import main
 from hf_metric.config import HubSection
-from hf_metric.sharing.hub import HubError, push_to_hub
 from hf_metric.evaluation.tables import metrics_markdown_table
+from hf_metric.sharing.hub import HubError, push_to_hub
 
 UPLOADED = {
     "README.md",

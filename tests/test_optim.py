@@ -5,8 +5,8 @@ import torch
 from conftest import synthetic_rows, write_parquet
 
 from hf_metric.config import load_config
-from hf_metric.training.optim import learning_rate_scale, parameter_groups
 from hf_metric.run import build_trainer
+from hf_metric.training.optim import learning_rate_scale, parameter_groups
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from conftest import synthetic_rows
 from transformers import AutoTokenizer, pipeline
 
 import hf_metric  # noqa: F401 - registers the model classes and the pipelines
-from hf_metric.training.bank import EmbeddingBank
 from hf_metric.evaluation.metrics import knn_classify, knn_predict
 from hf_metric.model.modeling import MetricClassifierModel
 from hf_metric.sharing.pipelines import KNN_REFERENCE_FILE, MetricEmbeddingPipeline
+from hf_metric.training.bank import EmbeddingBank
 
 ID2LABEL = {0: "account", 1: "billing", 2: "card", 3: "delivery"}
 QUERIES = [r["text"] for r in synthetic_rows(2, seed=5)]

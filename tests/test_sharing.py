@@ -15,8 +15,8 @@ from transformers import AutoTokenizer
 from transformers.dynamic_module_utils import get_relative_import_files
 
 import hf_metric
-from hf_metric.sharing.head_io import HEAD_FILE, export_head, load_head, save_head
 from hf_metric.model.modeling import MetricClassifierModel
+from hf_metric.sharing.head_io import HEAD_FILE, export_head, load_head, save_head
 
 ID2LABEL = {0: "a", 1: "b", 2: "c"}
 HEAD_TYPES = ["linear", "cosine", "arcface", "subcenter_arcface", "cosface", "circle"]

@@ -14,9 +14,9 @@ from torch.utils.data import SequentialSampler
 
 from hf_metric.cli import main
 from hf_metric.config import load_config
+from hf_metric.evaluation.tables import metrics_markdown_table
 from hf_metric.model.losses import masked_cross_entropy
 from hf_metric.run import build_trainer, train
-from hf_metric.evaluation.tables import metrics_markdown_table
 
 
 def _masked_rows(seed=0, per_class=12):
