@@ -159,10 +159,10 @@ def test_report_links_pictures_relative_to_the_run_folder(tmp_path):
 
 
 def test_umap_map_asks_for_umap_learn_when_it_is_missing(monkeypatch):
-    import hf_metric.evaluation.plots
+    import hf_metric.config.sections
     from hf_metric.config import ConfigError, MetricValidationSection
 
-    monkeypatch.setattr(hf_metric.evaluation.plots, "umap_available", lambda: False)
+    monkeypatch.setattr(hf_metric.config.sections, "available", lambda module: module != "umap")
     with pytest.raises(ConfigError, match=r"metric_validation\.embedding_map: umap needs `pip install umap-learn`"):
         MetricValidationSection(embedding_map="umap").validate()
     MetricValidationSection(embedding_map="umap", plots=False).validate()  # no pictures: nothing to draw with

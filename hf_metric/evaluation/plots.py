@@ -9,7 +9,6 @@ the classes that are confused most.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 
@@ -24,11 +23,6 @@ PLOT_NAMES = ("embedding_map", "confusion_matrix", "per_class_f1", "margin_histo
 
 MAX_LABEL_CHARS = 28
 """Class names longer than this are shortened on axes and in legends."""
-
-
-def umap_available() -> bool:
-    """Whether the optional `umap-learn` package can be imported (the `umap` embedding map needs it)."""
-    return importlib.util.find_spec("umap") is not None
 
 
 def _short(name: object) -> str:

@@ -1,0 +1,50 @@
+"""The sections of the YAML config for services outside the run: Neptune tracking and the Hugging Face Hub.
+Tokens never live in the config: they come from the environment (NEPTUNE_API_TOKEN, HF_TOKEN)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import ConfigError
+from .schema import check as _check
+
+
+@dataclass
+class NeptuneSection:
+    """Neptune tracker settings. The API token is read only from NEPTUNE_API_TOKEN, never from this file."""
+
+    mode: Literal["async", "sync", "offline", "debug", "disabled"] = "disabled"
+    project: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    with_id: str | None = None
+    log_model_checkpoints: bool = False
+
+    def validate(self) -> None:
+        if self.mode in ("async", "sync"):
+            _check(bool(self.project), "neptune.project", f"is required when neptune.mode is {self.mode!r}")
+
+
+@dataclass
+class HubSection:
+    """Upload of `<checkpoints_dir>/best` after training. The token comes from `HF_TOKEN` or `hf auth login`,
+    never from this file; `HF_ENDPOINT` points at a private mirror."""
+
+    push_to_hub: bool = False
+    model_id: str | None = None
+    private: bool = True
+    revision: str | None = None
+    commit_message: str = "Upload model trained with hf_metric"
+
+    def validate(self) -> None:
+        if self.push_to_hub:
+            _check(bool(self.model_id), "hub.model_id", "is required when hub.push_to_hub is true")
+        if self.model_id is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.model_id)
+            except HFValidationError:
+                raise ConfigError(f"hub.model_id: {self.model_id!r} is not a valid repo id (owner/name)") from None
+        _check(bool(self.commit_message), "hub.commit_message", "must not be empty")

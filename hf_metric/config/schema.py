@@ -1,0 +1,121 @@
+"""A typed builder for the YAML: dataclass fields are the schema; every problem is a one-line `ConfigError`.
+
+Unknown keys get a "did you mean" hint, values are checked against the field's type hint (ints are accepted as
+floats, and YAML's "1e-4" strings as numbers), so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import types
+import typing
+import warnings
+from collections.abc import Iterable
+from typing import Any, Literal, Union
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LEGACY_KEYS = {("checkpointing", "save_every_n_bathces"): "save_every_n_batches"}
+"""Old spellings inside a section still accepted (with a deprecation warning) so existing configs keep working."""
+
+
+def check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def unknown_key(key: str, prefix: str, names: Iterable[str]) -> ConfigError:
+    """The error for a key that is not in `names`, with the closest known key as a hint."""
+    names = list(names)
+    close = difflib.get_close_matches(str(key), names, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known keys: {', '.join(names)})"
+    return ConfigError(f"{prefix}{key}: unknown key{hint}")
+
+
+def deprecated(old: str, new: str) -> None:
+    msg = f"{old} is deprecated, use {new}"
+    warnings.warn(msg, FutureWarning, stacklevel=3)
+    logger.warning(msg)
+
+
+def build_section(cls: type, raw: Any, prefix: str) -> Any:
+    section_name = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section_name}: expected a mapping of keys, got {type(raw).__name__}")
+    raw = dict(raw)
+    for (section, old), new in LEGACY_KEYS.items():
+        if prefix == f"{section}." and old in raw:
+            if new in raw:
+                raise ConfigError(f"{prefix}{old}: legacy spelling given together with {prefix}{new}; keep one")
+            deprecated(f"{prefix}{old}", f"{prefix}{new}")
+            raw[new] = raw.pop(old)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise unknown_key(key, prefix, names)
+        values[key] = coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**values)
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Return `value` checked against the type hint (ints are accepted as floats, and YAML's "1e-4" strings)."""
+    if dataclasses.is_dataclass(hint):
+        return build_section(hint, value if value is not None else {}, prefix=f"{key}.")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in non_none:
+            try:
+                return coerce(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        (item_type,) = args
+        if isinstance(value, str) and item_type is str:
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type_name(value)} {value!r}")
+        return [coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {type_name(value)} {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {type_name(value)} {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type_name(value)} {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type_name(value)} {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # pragma: no cover - programming error
+
+
+def type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
