@@ -49,9 +49,11 @@ def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
 
 def build_run(cfg: TrainConfig, **argument_overrides: Any):
     """`(trainer, prepared data)`: the trainer of `build_trainer` and the data it was built from."""
-    from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
+    from transformers import set_seed
 
-    from .data.prepare import group_class_margins, prepare_datasets
+    from .data.featurize import featurizer_for
+    from .data.parquet import TEXT_COLUMN, group_class_margins
+    from .data.prepare import prepare_datasets
     from .evaluation.evaluator import MetricEvaluator, PlotSettings, RetrievalSettings
     from .model.modeling import MetricClassifierModel
     from .training.arguments import build_training_arguments
@@ -60,9 +62,9 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
     _check_precision(cfg)
     args = build_training_arguments(cfg, **argument_overrides)
     model_path = resolve_model_path(cfg.model_name)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    featurizer = featurizer_for(model_path, TEXT_COLUMN, cfg.training.max_seq_length)
     with args.main_process_first(desc="prepare data"):
-        data = prepare_datasets(cfg.data, tokenizer, cfg.training.max_seq_length, cfg.training.seed)
+        data = prepare_datasets(cfg.data, featurizer, cfg.training.seed)
     t, mv = cfg.training, cfg.metric_validation
     class_margins = None
     if cfg.head.group_margin is not None:
@@ -96,8 +98,8 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         args=args,
         train_dataset=data.train,
         eval_dataset=data.val,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=featurizer.processor,
+        data_collator=featurizer.collator(),
         samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
         evaluator=MetricEvaluator(
             model.objective,

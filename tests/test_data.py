@@ -8,7 +8,8 @@ import pyarrow as pa
 import pytest
 from conftest import synthetic_rows, write_parquet
 
-from hf_metric.data.prepare import read_labeled_parquet, resample_per_class, stratified_split
+from hf_metric.data.parquet import read_labeled_parquet
+from hf_metric.data.splits import resample_per_class, stratified_split
 from hf_metric.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_synthetic_rows_are_usable(tmp_path):
 
 
 def test_group_margins_are_larger_for_classes_sharing_a_group(tmp_path):
-    from hf_metric.data.prepare import group_class_margins
+    from hf_metric.data.parquet import group_class_margins
 
     path = write_parquet(
         tmp_path / "g.parquet",

@@ -1,0 +1,155 @@
+"""Read and validate a labelled Parquet file: labels encoded by name, masks checked, unusable rows dropped.
+
+The file is checked column by column with Arrow compute before anything is trained, so a bad row stops the
+run at once with a one-line `DataError` naming the file, the column and the first bad row (0-based, as pandas
+and Arrow count). Rows in neither loss are dropped; labels of any type are encoded to contiguous ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import DataError
+
+logger = logging.getLogger(__name__)
+
+TEXT_COLUMN = "text"
+LABEL_COLUMN = "label"
+GROUP_COLUMN = "group"
+MASK_COLUMNS = ("metric_mask", "classifier_mask")
+"""Columns (besides the featurizer's) that the model's forward receives."""
+
+
+@dataclass
+class LabeledTable:
+    """A validated file: usable rows only, with encoded `labels` and 0/1 int8 masks."""
+
+    table: pa.Table
+    id2label: dict[int, str]
+    dropped_rows: int = 0
+    source: str = ""
+    class_groups: dict[int, set[str]] | None = None
+    """Groups each class appears in (from the optional `group` column; nulls ignored), or None without one."""
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.table.column("labels").to_numpy()
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
+    """Index of the first True in a boolean array (nulls count as False), or -1."""
+    return pc.index(pc.fill_null(mask, False), True).as_py()
+
+
+def _fail(path: str, column: str, row: int, problem: str) -> DataError:
+    return DataError(f"{path}: column '{column}', row {row}: {problem}")
+
+
+def read_labeled_parquet(path: str | Path) -> LabeledTable:
+    """Read and validate one Parquet file; raise `DataError` on the first problem found."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+    for column in (TEXT_COLUMN, LABEL_COLUMN):
+        if column not in table.column_names:
+            raise DataError(f"{path}: column '{column}' is missing (found: {', '.join(table.column_names)})")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: column '{TEXT_COLUMN}': the file has no rows")
+
+    masks = {}
+    for column in MASK_COLUMNS:
+        if column not in table.column_names:
+            logger.warning("%s: no '%s' column; every row counts as %s=1", path, column, column)
+            masks[column] = pa.array(np.ones(table.num_rows, dtype=np.int8))
+        else:
+            masks[column] = _validate_mask(path, column, table.column(column))
+
+    text = table.column(TEXT_COLUMN)
+    if pa.types.is_dictionary(text.type):
+        text = text.cast(text.type.value_type)
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        raise DataError(f"{path}: column '{TEXT_COLUMN}' must hold strings, found type {text.type}")
+    used = pc.or_kleene(pc.equal(masks["metric_mask"], 1), pc.equal(masks["classifier_mask"], 1))
+    bad = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0))
+    row = _first_true(pc.and_kleene(bad, used))
+    if row >= 0:
+        raise _fail(path, TEXT_COLUMN, row, "text is null or empty")
+
+    label = table.column(LABEL_COLUMN)
+    if pa.types.is_dictionary(label.type):
+        label = label.cast(label.type.value_type)
+    is_str = pa.types.is_string(label.type) or pa.types.is_large_string(label.type)
+    if not (is_str or pa.types.is_integer(label.type)):
+        raise DataError(f"{path}: column '{LABEL_COLUMN}' must hold integers or strings, found type {label.type}")
+    missing = pc.is_null(label)
+    if is_str:
+        missing = pc.or_kleene(missing, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(label)), 0))
+    row = _first_true(pc.and_kleene(missing, used))
+    if row >= 0:
+        raise _fail(path, LABEL_COLUMN, row, "label is null but the row is in a loss (a mask is 1)")
+
+    keep = np.asarray(pc.fill_null(used, False).to_numpy(zero_copy_only=False), dtype=bool)
+    dropped = int((~keep).sum())
+    if not keep.any():
+        raise DataError(f"{path}: columns 'metric_mask', 'classifier_mask': no usable row (every row has both masks 0)")
+    if dropped:
+        logger.info("%s: dropped %d rows with metric_mask=0 and classifier_mask=0", path, dropped)
+    keep_idx = pa.array(np.flatnonzero(keep))
+    label = label.take(keep_idx)
+    raw_labels = label.to_numpy(zero_copy_only=False)
+    if is_str:
+        raw_labels = np.array([s.strip() for s in raw_labels], dtype=object)
+    classes = sorted(set(raw_labels.tolist()))
+    label2id = {c: i for i, c in enumerate(classes)}
+    encoded = np.fromiter((label2id[v] for v in raw_labels.tolist()), dtype=np.int64, count=len(raw_labels))
+    out = pa.table(
+        {
+            TEXT_COLUMN: text.take(keep_idx),
+            "labels": pa.array(encoded),
+            "metric_mask": masks["metric_mask"].take(keep_idx),
+            "classifier_mask": masks["classifier_mask"].take(keep_idx),
+        }
+    )
+    class_groups = None
+    if GROUP_COLUMN in table.column_names:
+        groups = table.column(GROUP_COLUMN).take(keep_idx).cast(pa.string()).to_pylist()
+        class_groups = {i: set() for i in range(len(classes))}
+        for label_id, group in zip(encoded.tolist(), groups, strict=True):
+            if group is not None:
+                class_groups[label_id].add(group)
+    return LabeledTable(out, {i: str(c) for c, i in label2id.items()}, dropped, path, class_groups)
+
+
+def group_class_margins(class_groups: dict[int, set[str]], same: float, default: float) -> list[float]:
+    """Margin per class: `same` when the class shares a group with another class, else `default`.
+
+    Classes in one group (a location, a product family) are the confusable ones, so they get the larger
+    margin and are pushed further apart.
+    """
+    members: dict[str, int] = {}
+    for groups in class_groups.values():
+        for group in groups:
+            members[group] = members.get(group, 0) + 1
+    return [same if any(members[g] > 1 for g in class_groups[c]) else default for c in sorted(class_groups)]
+
+
+def _validate_mask(path: str, column: str, values: pa.ChunkedArray) -> pa.Array:
+    if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type) or pa.types.is_floating(values.type)):
+        raise DataError(f"{path}: column '{column}' must hold 0/1 values, found type {values.type}")
+    as_float = values.cast(pa.float64())
+    bad = pc.or_kleene(pc.is_null(as_float), pc.invert(pc.is_in(as_float, value_set=pa.array([0.0, 1.0]))))
+    row = _first_true(bad)
+    if row >= 0:
+        raise _fail(path, column, row, f"mask must be 0 or 1, got {values[row].as_py()!r}")
+    return pa.array(as_float.to_numpy().astype(np.int8))
