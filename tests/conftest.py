@@ -80,7 +80,10 @@ def tiny_config(model_dir: str, parquet_path, checkpoints_dir, **overrides) -> d
     """A config dict for a tiny run; each of `overrides` updates its section (a dict) or replaces the key."""
     cfg = {
         "model_name": model_dir,
-        "model": {"classifier_dropout": 0.0},
+        # the tiny runs keep the plainest model: linear head, no kNN fusion, CE + 1.0 x SupCon
+        "model": {"classifier_dropout": 0.0, "knn_fusion_weight": 0.0},
+        "head": {"type": "linear"},
+        "loss": {"classification": {"type": "ce", "weight": 1.0}, "metric": {"type": "supcon", "weight": 1.0}},
         "data": {"parquet_path": str(parquet_path), "val_ratio": 0.25},
         "training": {
             "batch_size": 8,

@@ -56,7 +56,8 @@ def test_training_step_and_evaluation_match_a_single_process(tmp_path, make_conf
     rows = _masked_rows(per_class=13)  # 52 rows: 39 train, 13 val, an uneven last eval batch on 2 processes
     config = make_config(
         write_parquet(tmp_path / "m.parquet", rows),
-        training={"sampler": "random", "gradient_clip_val": None, "metric_loss_weight": 0.5, "batch_size": 8},
+        training={"sampler": "random", "gradient_clip_val": None, "batch_size": 8},
+        loss={"metric": {"weight": 0.5}},
     )
     out = tmp_path / "dist"
     out.mkdir()

@@ -57,7 +57,7 @@ def masked_config(tmp_path, make_config):
 
 def test_ce_accumulation_2x8_equals_one_batch_of_16(masked_config):
     config = masked_config(
-        training={"sampler": "random", "metric_loss_weight": 0.0, "gradient_clip_val": None, "batch_size": 8}
+        training={"sampler": "random", "gradient_clip_val": None, "batch_size": 8}, loss={"metric": {"weight": 0.0}}
     )
     initial = _sequential_trainer(config).model.state_dict()
     accumulated, trainer = _one_step(config, initial, gradient_accumulation_steps=2)
@@ -69,7 +69,7 @@ def test_ce_accumulation_2x8_equals_one_batch_of_16(masked_config):
 
 def test_accumulated_loss_is_normalised_over_the_whole_window(masked_config):
     """CE + SupCon with GA=2: the update equals the gradient of (sum of parts) / (window counts)."""
-    config = masked_config(training={"sampler": "random", "gradient_clip_val": None, "metric_loss_weight": 0.5})
+    config = masked_config(training={"sampler": "random", "gradient_clip_val": None}, loss={"metric": {"weight": 0.5}})
     first = _sequential_trainer(config)
     initial = {k: v.clone() for k, v in first.model.state_dict().items()}
     accumulated, trainer = _one_step(config, initial, gradient_accumulation_steps=2)
@@ -199,8 +199,8 @@ def test_two_epoch_run_learns_well_above_chance(tmp_path, make_config, capsys):
     "overrides",
     [
         {"head": {"type": "arcface", "scale": 16, "margin": 0.2, "group_margin": {"same": 0.3, "default": 0.1}}},
-        {"head": {"type": "circle"}, "training": {"classification_loss": "focal", "metric_loss": "triplet"}},
-        {"head": {"type": "subcenter_arcface", "scale": 16}, "training": {"metric_loss": "multi_similarity"}},
+        {"head": {"type": "circle"}, "loss": {"classification": {"type": "focal"}, "metric": {"type": "triplet"}}},
+        {"head": {"type": "subcenter_arcface", "scale": 16}, "loss": {"metric": {"type": "multi_similarity"}}},
     ],
 )
 def test_heads_and_losses_train_from_yaml(tmp_path, make_config, overrides):
@@ -247,7 +247,7 @@ def test_validation_losses_cover_the_whole_set_at_once(tmp_path, make_config):
     from test_supcon import naive_supcon
 
     cfg = load_config(
-        make_config(write_parquet(tmp_path / "d.parquet", synthetic_rows(10)), training={"metric_loss_weight": 0.5})
+        make_config(write_parquet(tmp_path / "d.parquet", synthetic_rows(10)), loss={"metric": {"weight": 0.5}})
     )
     trainer = build_trainer(cfg)
     rng = np.random.default_rng(0)

@@ -15,8 +15,10 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..evaluation.names import metric_names
 from .integrations import HubSection, NeptuneSection
-from .schema import build_section
+from .losses import LossSection, legacy_loss_keys
+from .schema import build_section, section_to_dict
 from .schema import check as _check
 from .sections import (
     CheckpointingSection,
@@ -33,30 +35,17 @@ from .sections import (
 SAVE_BEST_BY_ALIASES = {"loss": "eval_loss", "acc": "eval_accuracy", "f1": "eval_f1"}
 """`save_best_by` shorthands and the Trainer metric each one selects."""
 
-SELECTABLE_METRICS = (
-    "loss",
-    "ce_loss",
-    "supcon_loss",
-    "triplet_loss",
-    "multi_similarity_loss",
-    "accuracy",
-    "f1",
-    "top5_accuracy",
-    "knn_accuracy",
-    "knn_f1",
-    "bank_intra_class_cosine",
-    "bank_mean_margin",
-)
-"""Logged evaluation metrics (without the `eval_` prefix) that `save_best_by` may name, besides `recall@K`."""
-
 
 @dataclass
 class TrainConfig:
     """The whole YAML file. `model_name` is a Hub id or a local path to a transformers encoder."""
 
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    imports: list[str] = field(default_factory=list)
+    """Python modules imported before the rest is checked: where your own losses and heads register themselves."""
     model: ModelSection = field(default_factory=ModelSection)
     head: HeadSection = field(default_factory=HeadSection)
+    loss: LossSection = field(default_factory=LossSection)
     data: DataSection = field(default_factory=DataSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
@@ -72,17 +61,17 @@ class TrainConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate()
-        choices = [*SAVE_BEST_BY_ALIASES, *SELECTABLE_METRICS]
-        choices += [f"recall@{k}" for k in self.metric_validation.recall_at_k]
+        logged = metric_names(f"{self.loss.metric.type}_loss", self.metric_validation.recall_at_k)
         name = self.checkpointing.save_best_by.removeprefix("eval_")
         _check(
-            name in choices,
+            name in (*SAVE_BEST_BY_ALIASES, *logged),
             "checkpointing.save_best_by",
-            f"must be loss, acc, f1 or a logged metric ({', '.join(choices[3:])}), got {name!r}",
+            f"must be loss, acc, f1 or a logged metric ({', '.join(logged)}), got {name!r}",
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data in the YAML's shape (a component's own options beside its `type`)."""
+        return section_to_dict(self)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML, in section order (`resolved_config.yaml`, the report)."""
@@ -96,6 +85,18 @@ class TrainConfig:
     @property
     def greater_is_better(self) -> bool:
         return not self.metric_for_best_model.endswith("loss")
+
+
+def import_user_modules(modules: Any) -> None:
+    """Import the `imports:` modules (by dotted name, found on sys.path / PYTHONPATH), so that the classes they
+    register with `hf_metric.register_*` can be selected by the rest of the config."""
+    import importlib
+
+    for name in modules if isinstance(modules, list) else [modules] if modules else []:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import {name!r} ({err})") from None
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -119,6 +120,9 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def config_from_dict(raw: Any) -> TrainConfig:
     """Build a validated `TrainConfig` from plain data (the parsed YAML)."""
+    if isinstance(raw, dict):
+        import_user_modules(raw.get("imports"))
+        raw = legacy_loss_keys(raw)
     cfg = build_section(TrainConfig, raw, prefix="")
     cfg.validate()
     return cfg
@@ -130,6 +134,7 @@ __all__ = [
     "GroupMarginSection",
     "HeadSection",
     "HubSection",
+    "LossSection",
     "MetricValidationSection",
     "ModelSection",
     "NeptuneSection",

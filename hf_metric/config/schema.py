@@ -19,6 +19,10 @@ from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+OPTIONS_FIELD = "options"
+"""A section with this field is a registered component (a loss, a head): keys it does not declare are the
+chosen class's own keyword arguments (see `components.py`)."""
+
 LEGACY_KEYS = {("checkpointing", "save_every_n_bathces"): "save_every_n_batches"}
 """Old spellings inside a section still accepted (with a deprecation warning) so existing configs keep working."""
 
@@ -55,12 +59,32 @@ def build_section(cls: type, raw: Any, prefix: str) -> Any:
             raw[new] = raw.pop(old)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    values = {}
+    collects_options = OPTIONS_FIELD in names  # a registered component: other keys are its class's arguments
+    values: dict[str, Any] = {OPTIONS_FIELD: {}} if collects_options else {}
     for key, value in raw.items():
-        if key not in names:
-            raise unknown_key(key, prefix, names)
-        values[key] = coerce(value, hints[key], f"{prefix}{key}")
+        if collects_options and key not in names:
+            values[OPTIONS_FIELD][key] = value
+        elif key not in names or key == OPTIONS_FIELD:
+            raise unknown_key(key, prefix, [n for n in names if n != OPTIONS_FIELD])
+        else:
+            values[key] = coerce(value, hints[key], f"{prefix}{key}")
     return cls(**values)
+
+
+def section_to_dict(section: Any) -> Any:
+    """A section as plain data, as the YAML writes it: a component's `options` sit beside its own keys."""
+    if not dataclasses.is_dataclass(section):
+        return section
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.name == OPTIONS_FIELD:
+            out.update(value)
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = section_to_dict(value)
+        else:
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def coerce(value: Any, hint: Any, key: str) -> Any:
@@ -73,13 +97,13 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
-        errors = []
+        errors: list[Exception] = []
         for arg in non_none:
             try:
                 return coerce(value, arg, key)
-            except ConfigError as err:
+            except (ConfigError, TypeError) as err:  # TypeError: a type the YAML cannot express (a tensor)
                 errors.append(err)
-        raise errors[0]
+        raise next((e for e in errors if isinstance(e, ConfigError)), errors[0])
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..optional import available
+from .components import check_options
 from .schema import check as _check
 
 
@@ -17,7 +18,7 @@ class ModelSection:
     pooling: Literal["mean", "cls", "pooler"] = "mean"
     projection_dim: int | None = None
     classifier_dropout: float = 0.1
-    knn_fusion_weight: float = 0.0
+    knn_fusion_weight: float = 0.3
     knn_fusion_k: int = 10
     knn_fusion_temperature: float = 0.05
     knn_reference_max_rows: int = 100_000
@@ -50,15 +51,26 @@ SCALED_HEADS = ("cosine", *MARGIN_HEADS)
 class HeadSection:
     """The classification head. `null` keeps the head's own default (see hf_metric.heads.HEADS)."""
 
-    type: Literal["linear", "cosine", "arcface", "subcenter_arcface", "cosface", "circle"] = "linear"
+    type: str = "cosine"
     scale: float | None = None
     margin: float | None = None
     easy_margin: bool = False
     sub_centers: int | None = None
     temperature: float = 1.0
     group_margin: GroupMarginSection | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of a head registered with `hf_metric.register_head`, given as keys of `head:`."""
 
     def validate(self) -> None:
+        from ..model.heads import HEADS
+
+        if self.type not in HEADS:
+            raise ConfigError(f"head.type: unknown head type {self.type!r}; known: {sorted(HEADS)}")
+        if self.options:
+            own = [f for f in self.__dataclass_fields__ if f != "options"]
+            self.options = check_options(
+                HEADS[self.type], self.options, "head.", own, ("in_features", "num_labels"), (4, 2)
+            )
         _check(self.temperature > 0, "head.temperature", "must be > 0")
         _check(self.scale is None or self.scale > 0, "head.scale", "must be > 0")
         _check(self.sub_centers is None or self.sub_centers >= 1, "head.sub_centers", "must be >= 1")
@@ -86,7 +98,7 @@ class HeadSection:
                 kwargs[names.get(key, key)] = getattr(self, key)
         if self.easy_margin:
             kwargs["easy_margin"] = True
-        return kwargs
+        return {**kwargs, **self.options}
 
 
 @dataclass
@@ -114,26 +126,14 @@ class DataSection:
 @dataclass
 class TrainingSection:
     batch_size: int = 32
-    num_epochs: float = 3.0
+    num_epochs: float = 5.0
     gradient_accumulation_steps: int = 1
-    max_seq_length: int = 128
+    max_seq_length: int = 64
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     attention_implementation: str | None = None
     gradient_clip_val: float | None = 1.0
     seed: int = 42
     resume_from: str | None = None
-    supcon_temperature: float = 0.1
-    classification_loss_weight: float = 1.0
-    metric_loss_weight: float = 1.0
-    classification_loss: Literal["ce", "focal"] = "ce"
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    focal_alpha: float | list[float] | None = None
-    metric_loss: Literal["supcon", "triplet", "multi_similarity"] = "supcon"
-    triplet_margin: float = 0.2
-    ms_alpha: float = 2.0
-    ms_beta: float = 50.0
-    ms_base: float = 0.5
     sampler: Literal["pk", "random"] = "pk"
     samples_per_class: int = 4
     distributed_metric_loss: Literal["global", "local_anchors"] = "global"
@@ -151,20 +151,6 @@ class TrainingSection:
             "training.gradient_clip_val",
             "must be > 0 or null",
         )
-        _check(self.supcon_temperature > 0, "training.supcon_temperature", "must be > 0")
-        for name in ("classification_loss_weight", "metric_loss_weight"):
-            _check(getattr(self, name) >= 0, f"training.{name}", f"must be >= 0, got {getattr(self, name)}")
-        _check(
-            self.classification_loss_weight > 0 or self.metric_loss_weight > 0,
-            "training.metric_loss_weight",
-            "and training.classification_loss_weight are both 0: nothing to train",
-        )
-        _check(0.0 <= self.label_smoothing < 1.0, "training.label_smoothing", "must be in [0, 1)")
-        _check(self.focal_gamma >= 0, "training.focal_gamma", "must be >= 0")
-        if self.label_smoothing and self.classification_loss != "ce":
-            raise ConfigError("training.label_smoothing: applies to classification_loss 'ce' only")
-        _check(self.triplet_margin >= 0, "training.triplet_margin", "must be >= 0")
-        _check(self.ms_alpha > 0 and self.ms_beta > 0, "training.ms_alpha", "ms_alpha and ms_beta must be > 0")
         _check(self.samples_per_class >= 1, "training.samples_per_class", "must be >= 1")
         if self.sampler == "pk":
             _check(
@@ -199,22 +185,10 @@ class TrainingSection:
         """Optimizer steps between two collapse checks on the training batch."""
         return self.collapse_check_steps or self.logging_steps
 
-    def classification_loss_kwargs(self) -> dict[str, Any]:
-        if self.classification_loss == "focal":
-            return {"gamma": self.focal_gamma, "alpha": self.focal_alpha}
-        return {"label_smoothing": self.label_smoothing}
-
-    def metric_loss_kwargs(self) -> dict[str, Any]:
-        return {
-            "supcon": {"temperature": self.supcon_temperature},
-            "triplet": {"margin": self.triplet_margin},
-            "multi_similarity": {"alpha": self.ms_alpha, "beta": self.ms_beta, "base": self.ms_base},
-        }[self.metric_loss]
-
 
 @dataclass
 class OptimizerSection:
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 0.01
     head_lr_multiplier: float = 1.0
     layerwise_lr_decay: float = 1.0
@@ -229,7 +203,7 @@ class OptimizerSection:
 @dataclass
 class SchedulerSection:
     name: str = "linear"
-    warmup_steps: float = 0.0
+    warmup_steps: float = 0.1
     num_training_steps: int | None = None
     num_cycles: float = 0.5
 
@@ -256,7 +230,7 @@ class SchedulerSection:
 class CheckpointingSection:
     checkpoints_dir: str = "checkpoints"
     save_every_n_batches: int | None = None
-    save_best_by: str = "loss"
+    save_best_by: str = "f1"
     save_total_limit: int = 2
 
     def validate(self) -> None:

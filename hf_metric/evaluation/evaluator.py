@@ -16,7 +16,7 @@ training) and the user (a held-out file after training). It computes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,22 +30,7 @@ from .metrics import (
     recall_at_k,
     top_k_accuracy,
 )
-
-CLASSIFICATION_METRICS = ("accuracy", "f1", "top5_accuracy")
-KNN_METRICS = ("knn_accuracy", "knn_f1")
-REFERENCE_METRICS = (
-    "bank_intra_class_cosine",
-    "bank_inter_class_cosine",
-    "bank_mean_margin",
-    "bank_positive_margin_fraction",
-)
-"""The reference statistics worth selecting a checkpoint by (the others, such as `bank_size`, are bookkeeping)."""
-
-
-def metric_names(metric_part: str = "supcon_loss", recall_ks: Sequence[int] = (1, 5, 10)) -> tuple[str, ...]:
-    """The metrics (without the `eval_` prefix) a `MetricEvaluator` returns and a checkpoint can be chosen by."""
-    recalls = tuple(f"recall@{k}" for k in recall_ks)
-    return ("loss", "ce_loss", metric_part, *CLASSIFICATION_METRICS, *recalls, *KNN_METRICS, *REFERENCE_METRICS)
+from .names import metric_names
 
 
 @dataclass

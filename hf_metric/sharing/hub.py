@@ -66,16 +66,16 @@ out.logits, out.embeddings  # class scores and the L2-normalized embedding
 
 
 def _objective(cfg: TrainConfig) -> str:
-    t, head = cfg.training, cfg.head
-    metric_kwargs = ", ".join(f"{k}={v}" for k, v in t.metric_loss_kwargs().items())
-    ce_kwargs = ", ".join(f"{k}={v}" for k, v in t.classification_loss_kwargs().items())
-    head_kwargs = ", ".join(f"{k}={v}" for k, v in head.head_kwargs().items())
+    cls, metric, head = cfg.loss.classification, cfg.loss.metric, cfg.head
+
+    def settings(options: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v}" for k, v in options.items())
+
     return (
-        f"`loss = {t.classification_loss_weight} * {t.classification_loss} "
-        f"+ {t.metric_loss_weight} * {t.metric_loss}`\n\n"
-        f"- classification loss: `{t.classification_loss}` ({ce_kwargs}) on rows with `classifier_mask = 1`, "
-        f"through a `{head.type}` head ({head_kwargs})\n"
-        f"- metric loss: `{t.metric_loss}` ({metric_kwargs}) on the L2-normalized embeddings of rows with "
+        f"`loss = {cls.weight} * {cls.type} + {metric.weight} * {metric.type}`\n\n"
+        f"- classification loss: `{cls.type}` ({settings(cls.options)}) on rows with `classifier_mask = 1`, "
+        f"through a `{head.type}` head ({settings(head.head_kwargs())})\n"
+        f"- metric loss: `{metric.type}` ({settings(metric.options)}) on the L2-normalized embeddings of rows with "
         f"`metric_mask = 1`\n"
         f"- encoder `{cfg.model_name}`, `{cfg.model.pooling}` pooling, projection "
         f"{cfg.model.projection_dim or 'none'}"
@@ -97,7 +97,7 @@ def build_model_card(
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-classification",
-        tags=[*CARD_TAGS, f"head-{cfg.head.type}", cfg.training.metric_loss],
+        tags=[*CARD_TAGS, f"head-{cfg.head.type}", cfg.loss.metric.type],
         base_model=base_model,
     )
     labels = [id2label[i] for i in sorted(id2label)]

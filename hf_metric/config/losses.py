@@ -1,0 +1,126 @@
+"""The `loss:` section: which classification and metric losses train the model, their weights and settings.
+
+    loss:
+      classification: {type: ce, weight: 1.0, label_smoothing: 0.0}     # ce | focal | a registered loss
+      metric: {type: supcon, weight: 0.2, temperature: 0.1}            # supcon | triplet | multi_similarity | ...
+
+    total = classification.weight * classification loss + metric.weight * metric loss
+
+Each part's keys besides `type` and `weight` are the chosen loss class's own keyword arguments, checked against
+its constructor (`components.check_options`). The flat keys of older configs (`training.metric_loss_weight`,
+`training.supcon_temperature`, ...) still work: `legacy_loss_keys` moves them here with a FutureWarning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import ConfigError
+from .components import check_options
+from .schema import check, deprecated
+
+
+@dataclass
+class _LossPart:
+    type: str
+    weight: float
+    options: dict[str, Any] = field(default_factory=dict)
+
+    PREFIX: ClassVar[str] = ""
+    REGISTRY: ClassVar[str] = ""
+
+    def registry(self) -> dict[str, type]:
+        from ..model import losses
+
+        return getattr(losses, self.REGISTRY)
+
+    def validate(self) -> None:
+        check(self.weight >= 0, f"{self.PREFIX}weight", f"must be >= 0, got {self.weight}")
+        registry = self.registry()
+        if self.type not in registry:
+            raise ConfigError(f"{self.PREFIX}type: unknown {registry.kind} {self.type!r}; known: {sorted(registry)}")
+        self.options = check_options(registry[self.type], self.options, self.PREFIX, extra_names=("type", "weight"))
+
+
+@dataclass
+class ClassificationLossPart(_LossPart):
+    """`loss.classification`: over rows with classifier_mask = 1 and a real label, on the head's logits."""
+
+    type: str = "ce"
+    weight: float = 1.0
+
+    PREFIX: ClassVar[str] = "loss.classification."
+    REGISTRY: ClassVar[str] = "CLASSIFICATION_LOSSES"
+
+
+@dataclass
+class MetricLossPart(_LossPart):
+    """`loss.metric`: over rows with metric_mask = 1 and a real label, on the L2-normalised embeddings."""
+
+    type: str = "supcon"
+    weight: float = 0.2
+
+    PREFIX: ClassVar[str] = "loss.metric."
+    REGISTRY: ClassVar[str] = "METRIC_LOSSES"
+
+
+@dataclass
+class LossSection:
+    classification: ClassificationLossPart = field(default_factory=ClassificationLossPart)
+    metric: MetricLossPart = field(default_factory=MetricLossPart)
+
+    def validate(self) -> None:
+        self.classification.validate()
+        self.metric.validate()
+        check(
+            self.classification.weight > 0 or self.metric.weight > 0,
+            "loss.metric.weight",
+            "and loss.classification.weight are both 0: nothing to train",
+        )
+
+
+LEGACY_LOSS_KEYS: dict[str, tuple[str, str, str | None]] = {
+    "classification_loss": ("classification", "type", None),
+    "classification_loss_weight": ("classification", "weight", None),
+    "label_smoothing": ("classification", "label_smoothing", "ce"),
+    "focal_gamma": ("classification", "gamma", "focal"),
+    "focal_alpha": ("classification", "alpha", "focal"),
+    "metric_loss": ("metric", "type", None),
+    "metric_loss_weight": ("metric", "weight", None),
+    "supcon_temperature": ("metric", "temperature", "supcon"),
+    "triplet_margin": ("metric", "margin", "triplet"),
+    "ms_alpha": ("metric", "alpha", "multi_similarity"),
+    "ms_beta": ("metric", "beta", "multi_similarity"),
+    "ms_base": ("metric", "base", "multi_similarity"),
+}
+"""Old flat `training.<key>` -> (loss part, new key, the loss type it applied to; None: any)."""
+
+
+def legacy_loss_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` (the parsed YAML) with the old flat loss keys of `training` moved into `loss`, each with a
+    FutureWarning naming its new key. A key that applied only to another loss type (the old example config listed
+    them all) is dropped, as the old code ignored it; a key given both ways is an error."""
+    training = raw.get("training")
+    if not isinstance(training, dict) or not any(k in training for k in LEGACY_LOSS_KEYS):
+        return raw
+    raw, training = dict(raw), dict(training)
+    loss = raw.get("loss") if isinstance(raw.get("loss"), dict) else {}
+    loss = {part: dict(loss.get(part) or {}) for part in ("classification", "metric")} | {
+        k: v for k, v in loss.items() if k not in ("classification", "metric")
+    }
+    defaults = {"classification": ClassificationLossPart.type, "metric": MetricLossPart.type}
+    moved = {k: training.pop(k) for k in list(training) if k in LEGACY_LOSS_KEYS}
+    for old, value in moved.items():
+        part, new, applies_to = LEGACY_LOSS_KEYS[old]
+        deprecated(f"training.{old}", f"loss.{part}.{new}")
+        chosen = loss[part].get("type", moved.get(f"{part}_loss", defaults[part]))
+        if applies_to is not None and chosen != applies_to:
+            if old == "label_smoothing" and value:
+                raise ConfigError("training.label_smoothing: applies to classification_loss 'ce' only")
+            continue
+        if new in loss[part]:
+            raise ConfigError(f"training.{old}: given together with loss.{part}.{new}; keep the new key")
+        loss[part][new] = value
+    raw["training"], raw["loss"] = training, loss
+    return raw

@@ -1,0 +1,24 @@
+"""The names of the metrics `MetricEvaluator` returns: the one list `checkpointing.save_best_by` is checked
+against. A leaf module (no imports), so the config can check a name without loading the evaluation code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+LOSS_METRICS = ("loss", "ce_loss")
+"""Plus the metric loss's part, `<type>_loss` (e.g. `supcon_loss`)."""
+CLASSIFICATION_METRICS = ("accuracy", "f1", "top5_accuracy")
+KNN_METRICS = ("knn_accuracy", "knn_f1")
+REFERENCE_METRICS = (
+    "bank_intra_class_cosine",
+    "bank_inter_class_cosine",
+    "bank_mean_margin",
+    "bank_positive_margin_fraction",
+)
+"""The reference statistics worth choosing a checkpoint by (others, such as `bank_size`, are bookkeeping)."""
+
+
+def metric_names(metric_part: str = "supcon_loss", recall_ks: Sequence[int] = (1, 5, 10)) -> tuple[str, ...]:
+    """The metrics (without the `eval_` prefix) a `MetricEvaluator` returns and a checkpoint can be chosen by."""
+    recalls = tuple(f"recall@{k}" for k in recall_ks)
+    return (*LOSS_METRICS, metric_part, *CLASSIFICATION_METRICS, *recalls, *KNN_METRICS, *REFERENCE_METRICS)
