@@ -28,6 +28,7 @@ UPLOADED = {
     "registry.py",
     "knn_fusion.py",
     "neighbors.py",
+    "topk_merge.py",
     "tokenizer.json",
     "tokenizer_config.json",
 }

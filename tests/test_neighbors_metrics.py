@@ -26,17 +26,8 @@ from hf_metric.evaluation.metrics import (
     queries_without_bank_label,
     recall_at_k,
 )
-from hf_metric.model.neighbors import (
-    GROUP,
-    _block_topk,
-    _key_indices,
-    _key_values,
-    _keys,
-    _merge_block,
-    _padded,
-    balanced_spans,
-    topk_neighbors,
-)
+from hf_metric.model.neighbors import _padded, balanced_spans, topk_neighbors
+from hf_metric.model.topk_merge import GROUP, _block_topk, _key_indices, _key_values, _keys, _merge_block
 
 # --- naive references (float64, full matrices) -------------------------------------------------------------
 

@@ -92,6 +92,7 @@ def test_a_fresh_process_without_hf_metric_loads_with_trust_remote_code(tmp_path
             "registry.py",
             "knn_fusion.py",
             "neighbors.py",
+            "topk_merge.py",
         }
         needed = {Path(p).name for p in get_relative_import_files(str(folder / "modeling.py"))}
         assert needed <= code
