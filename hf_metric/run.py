@@ -65,7 +65,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
     featurizer = featurizer_for(model_path, TEXT_COLUMN, cfg.training.max_seq_length)
     with args.main_process_first(desc="prepare data"):
         data = prepare_datasets(cfg.data, featurizer, cfg.training.seed)
-    t, mv, loss = cfg.training, cfg.metric_validation, cfg.loss
+    t, mv = cfg.training, cfg.metric_validation
     class_margins = None
     if cfg.head.group_margin is not None:
         if data.class_groups is None:
@@ -86,12 +86,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         head_type=cfg.head.type,
         head_kwargs=cfg.head.head_kwargs(),
         class_margins=class_margins,
-        classification_loss=loss.classification.type,
-        classification_loss_kwargs=loss.classification.options,
-        classification_loss_weight=loss.classification.weight,
-        metric_loss=loss.metric.type,
-        metric_loss_kwargs=loss.metric.options,
-        metric_loss_weight=loss.metric.weight,
+        **cfg.loss.model_config(),
     )
     trainer = MetricClassifierTrainer(
         model=model,

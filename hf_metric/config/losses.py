@@ -70,6 +70,15 @@ class LossSection:
     classification: ClassificationLossPart = field(default_factory=ClassificationLossPart)
     metric: MetricLossPart = field(default_factory=MetricLossPart)
 
+    def model_config(self) -> dict[str, Any]:
+        """The `MetricClassifierConfig` fields that rebuild this objective inside a saved model."""
+        out: dict[str, Any] = {}
+        for name, part in (("classification", self.classification), ("metric", self.metric)):
+            out.update(
+                {f"{name}_loss": part.type, f"{name}_loss_kwargs": part.options, f"{name}_loss_weight": part.weight}
+            )
+        return out
+
     def validate(self) -> None:
         self.classification.validate()
         self.metric.validate()
