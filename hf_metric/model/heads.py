@@ -8,9 +8,10 @@ Every head registered here is a `Head` and takes a `temperature` (default 1): lo
 the softmax. `build_head` also wraps heads registered from elsewhere that know nothing of temperature.
 
 Every head computes its logits in float32 even under fp16/bf16 autocast (`precision.py`): a scale of 64 times a
-half-precision cosine is too coarse for the margin to mean anything, and ArcFace weights trained with Adam in fp16 turn to NaN. Their class weights are a raw
-`nn.Parameter` of shape `(num_labels * sub_centers, in_features)`, initialised in `reset_parameters`, so the
-model's `_init_weights` (which re-initialises every `nn.Linear`) leaves them alone.
+half-precision cosine is too coarse for the margin to mean anything, and ArcFace weights trained with Adam in
+fp16 turn to NaN. The margin heads' class weights are a raw `nn.Parameter` of shape
+`(num_labels * sub_centers, in_features)`, initialised in `reset_parameters`, so the model's `_init_weights`
+(which re-initialises every `nn.Linear`) leaves them alone.
 """
 
 from __future__ import annotations
