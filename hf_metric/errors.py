@@ -15,3 +15,10 @@ class ConfigError(HfMetricUserError, ValueError):
 
 class DataError(HfMetricUserError, ValueError):
     """A Parquet file is missing a column, or a row holds a value the trainer cannot use."""
+
+
+class TrainingDivergedError(HfMetricUserError, RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient norm; the run stopped, and its last
+    good checkpoint is kept (`training.max_nonfinite_steps`)."""
+
+    exit_code = 3

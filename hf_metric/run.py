@@ -107,6 +107,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         head_lr_multiplier=cfg.optimizer.head_lr_multiplier,
         layerwise_lr_decay=cfg.optimizer.layerwise_lr_decay,
         collapse_check_steps=t.collapse_every,
+        max_nonfinite_steps=t.max_nonfinite_steps,
     )
     if cfg.neptune.mode != "disabled":
         from .training.tracking import NeptuneTracker
@@ -158,15 +159,22 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     pushed to the Hub if configured) and return the final metrics."""
     from .atomic import write_json_atomic
     from .evaluation.report import write_report
+    from .training.checkpoints import check_checkpoint_matches, check_checkpoints_dir, check_free_space
 
+    _check_precision(cfg)
     resume = _resume_checkpoint(cfg)
-    trainer, data = build_run(cfg)
     out_dir = cfg.checkpointing.checkpoints_dir
+    check_checkpoints_dir(out_dir)
+    trainer, data = build_run(cfg)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    check_free_space(out_dir, model)
+    if resume is not None:
+        check_checkpoint_matches(resume, model)
     if trainer.is_world_process_zero():
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "resolved_config.yaml"), "w", encoding="utf-8") as fh:
             fh.write(cfg.to_yaml())
-    trainer.train(resume_from_checkpoint=resume)
+    _train_refusing_pickles(trainer, resume)
     metrics = trainer.evaluate()
     if cfg.model.knn_fusion_weight > 0:
         metrics.update(add_knn_reference(trainer, cfg))
@@ -180,6 +188,22 @@ def train(cfg: TrainConfig) -> dict[str, float]:
         print(f"Report: {report}", flush=True)
         _finish_trackers(trainer, report, best_dir)
     return metrics
+
+
+def _train_refusing_pickles(trainer, resume: str | None) -> None:
+    """`trainer.train`; the Trainer loads a checkpoint's optimizer, scheduler and RNG state with
+    `torch.load(weights_only=True)`, which refuses pickles that would run code: say so in one line."""
+    import pickle
+
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except pickle.UnpicklingError as err:
+        if resume is None:
+            raise
+        reason = str(err).strip().splitlines()[0]
+        raise ConfigError(
+            f"training.resume_from: {resume} holds a pickle that is not plain tensors; refused ({reason})"
+        ) from None
 
 
 def _finish_trackers(trainer, report_path: str, best_dir: str) -> None:

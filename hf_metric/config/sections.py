@@ -140,6 +140,7 @@ class TrainingSection:
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=lambda: ["none"])
     collapse_check_steps: int | None = None
+    max_nonfinite_steps: int = 10
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
@@ -165,6 +166,7 @@ class TrainingSection:
             "training.collapse_check_steps",
             "must be >= 1 or null (null: every logging_steps)",
         )
+        _check(self.max_nonfinite_steps >= 1, "training.max_nonfinite_steps", "must be >= 1")
         _check(
             "neptune" not in self.report_to,
             "training.report_to",

@@ -7,16 +7,15 @@ cosines, so a saved model predicts without labels. The margin goes on the target
 Every head registered here is a `Head` and takes a `temperature` (default 1): logits are divided by it before
 the softmax. `build_head` also wraps heads registered from elsewhere that know nothing of temperature.
 
-The angular-margin heads (`cosine`, `arcface`, `subcenter_arcface`, `cosface`, `circle`) compute in float32
-even under fp16/bf16 autocast: a scale of 64 times a half-precision cosine is too coarse for the margin to mean
-anything, and ArcFace weights trained with Adam in fp16 turn to NaN. Their class weights are a raw
-`nn.Parameter` of shape `(num_labels * sub_centers, in_features)`, initialised in `reset_parameters`, so the
-model's `_init_weights` (which re-initialises every `nn.Linear`) leaves them alone.
+Every head computes its logits in float32 even under fp16/bf16 autocast (`precision.py`): a scale of 64 times a
+half-precision cosine is too coarse for the margin to mean anything, and ArcFace weights trained with Adam in
+fp16 turn to NaN. The margin heads' class weights are a raw `nn.Parameter` of shape
+`(num_labels * sub_centers, in_features)`, initialised in `reset_parameters`, so the model's `_init_weights`
+(which re-initialises every `nn.Linear`) leaves them alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -24,23 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import compute_dtype as _compute_dtype
+from .precision import no_autocast as _no_autocast
 from .registry import Registry
 
 _COS_EPS = 1e-6
 """Cosines are clamped to [-1 + eps, 1 - eps] before taking angles, so that sin(theta) = sqrt(1 - cos^2) and its
 gradient stay finite at theta = 0 and pi (in float32 1 - 1e-6 is still distinct from 1)."""
-
-
-def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
-    """float32 for half-precision inputs, float64 stays float64 (so tests can check against float64 references)."""
-    return torch.promote_types(tensor.dtype, torch.float32)
-
-
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Locally disable autocast on `device` (where autocast exists at all)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _row_margin(margin: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -86,7 +75,8 @@ class Head(nn.Module):
 
 
 class LinearHead(Head):
-    """The usual affine classifier on the raw pooled output. `labels` and `margin` are ignored."""
+    """The usual affine classifier on the raw pooled output, in float32 under autocast (a few hundred
+    multiply-adds per row; the logits feed a softmax). `labels` and `margin` are ignored."""
 
     def __init__(self, in_features: int, num_labels: int, temperature: float = 1.0) -> None:
         super().__init__(temperature)
@@ -98,7 +88,12 @@ class LinearHead(Head):
         labels: torch.Tensor | None = None,
         margin: float | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.linear(embeddings)
+        dtype = _compute_dtype(embeddings)
+        bias = self.linear.bias
+        with _no_autocast(embeddings.device):
+            return F.linear(
+                embeddings.to(dtype), self.linear.weight.to(dtype), None if bias is None else bias.to(dtype)
+            )
 
 
 class CosineLinear(Head):

@@ -11,6 +11,11 @@ classifier mask: `loss.per_row(logits, labels, mask)`.
 Metric losses (`build_metric_loss`): `supcon`, `triplet`, `multi_similarity`; they take embeddings, labels and
 the metric mask: `loss.per_anchor(embeddings, labels, mask, candidates=None, self_index=None)`, and count their
 anchors with `loss.num_anchors(labels, mask)` (the number of valid rows `per_anchor` would return).
+
+Rows labelled -100 (or any label < 0) and rows with mask 0 never count, neither as anchors nor as candidates:
+-100 is no class. Every loss computes in float32 with autocast off (`precision.float32_math`; float64 inputs
+stay float64) and returns float32 for half-precision inputs, so fp16/bf16 training gives the float32 loss and
+finite gradients (zero-distance pairs and batches without positives or negatives included).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import compute_dtype, float32_math
 from .registry import Registry
 
 Candidates = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -43,6 +49,7 @@ def _valid_rows(labels: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.
     return valid, torch.where(valid, labels, torch.zeros_like(labels))
 
 
+@float32_math
 def masked_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +60,8 @@ def masked_cross_entropy(
     2016) mixes the one-hot target with the uniform distribution, as in `F.cross_entropy`.
     """
     valid, safe_labels = _valid_rows(labels, mask)
-    per_row = F.cross_entropy(logits.float(), safe_labels, reduction="none", label_smoothing=label_smoothing)
+    logits = logits.to(compute_dtype(logits))
+    per_row = F.cross_entropy(logits, safe_labels, reduction="none", label_smoothing=label_smoothing)
     return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
 
 
@@ -111,11 +119,12 @@ class FocalLoss(ClassificationLoss):
         # Not persistent: a loss option, not model state; a buffer still follows `.to(device)`.
         self.register_buffer("alpha", alpha_t, persistent=False)
 
+    @float32_math
     def per_row(
         self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         valid, safe = _valid_rows(labels, mask)
-        log_pt = F.log_softmax(logits.float(), dim=-1).gather(1, safe[:, None]).squeeze(1)
+        log_pt = F.log_softmax(logits.to(compute_dtype(logits)), dim=-1).gather(1, safe[:, None]).squeeze(1)
         per_row = -log_pt
         if self.gamma != 0:
             # 1 - p_t via expm1 is exact for p_t near 1; the clamp keeps (1 - p_t)^gamma's gradient finite there.
@@ -155,16 +164,16 @@ def _pairs(
 ) -> _Pairs:
     """Cosines of L2-normalised anchors against candidates (the anchors themselves by default), with the pairs.
 
-    Rows with `mask == 0` (anchors) or a false candidate mask are in no pair. The pair (i, self_index[i]) is the
-    anchor with itself and never counts.
+    Rows with a label < 0 (-100: no label), `mask == 0` (anchors) or a false candidate mask are in no pair. The
+    pair (i, self_index[i]) is the anchor with itself and never counts.
     """
-    anchor_valid = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask.bool()
+    anchor_valid = labels >= 0 if mask is None else (labels >= 0) & mask.bool()
     if candidates is None:
         cand_emb, cand_labels, cand_valid = embeddings, labels, anchor_valid
         self_index = torch.arange(len(labels), device=labels.device)
     else:
         cand_emb, cand_labels, cand_mask = candidates
-        cand_valid = torch.ones_like(cand_labels, dtype=torch.bool) if cand_mask is None else cand_mask.bool()
+        cand_valid = cand_labels >= 0 if cand_mask is None else (cand_labels >= 0) & cand_mask.bool()
         if self_index is None:
             self_index = torch.full_like(labels, -1)
     dtype = torch.promote_types(embeddings.dtype, torch.float32)
@@ -178,7 +187,7 @@ def _pairs(
 
 def _label_pairs(labels: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """In-batch (positive, negative) pair masks from labels and mask alone (for `num_anchors`)."""
-    valid = torch.ones_like(labels, dtype=torch.bool) if mask is None else mask.bool()
+    valid = labels >= 0 if mask is None else (labels >= 0) & mask.bool()
     allowed = valid[:, None] & valid[None, :]
     allowed.fill_diagonal_(False)
     same = labels[:, None] == labels[None, :]
@@ -253,6 +262,7 @@ class SupConLoss(MetricLoss):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
+    @float32_math
     def per_anchor(
         self,
         embeddings: torch.Tensor,
@@ -319,6 +329,7 @@ class TripletMarginLoss(MetricLoss):
         eps = 1e-12
         return torch.where(squared > eps, squared.clamp(min=eps).sqrt(), torch.zeros_like(squared))
 
+    @float32_math
     def per_anchor(
         self,
         embeddings: torch.Tensor,
@@ -379,6 +390,7 @@ class MultiSimilarityLoss(MetricLoss):
         x = torch.where(keep, x, torch.full_like(x, float("-inf")))
         return torch.logsumexp(torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1), dim=1)
 
+    @float32_math
     def per_anchor(
         self,
         embeddings: torch.Tensor,

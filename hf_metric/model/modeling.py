@@ -8,7 +8,7 @@ The classifier sees the raw pooled output; the metric loss sees the normalized e
 a projection (as in SupCon/SimCLR) so that the two objectives do not fight over one space.
 
 `save_pretrained` copies this file and the files it imports relatively (every module of `hf_metric/model/`:
-configuration, pooling, heads, losses, objective, registry, and for kNN fusion `knn_fusion.py` with
+configuration, pooling, heads, losses, objective, precision, registry, and for kNN fusion `knn_fusion.py` with
 `neighbors.py`) next to the weights and records them in the config's `auto_map`, so a saved folder loads with
 `from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed. Keep the relative imports to
 this folder's small, self-contained files: anything imported relatively is copied too.
@@ -31,6 +31,7 @@ from .configuration import MetricClassifierConfig
 from .heads import CosineLinear, build_head
 from .objective import TrainingObjective
 from .pooling import pool
+from .precision import no_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +205,8 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             margin = self.class_margins.to(pooled.device)[head_labels.clamp(min=0)]
         logits = self.head(self.dropout(pooled), head_labels, **({"margin": margin} if margin is not None else {}))
         projected = self.projection(pooled) if self.projection is not None else pooled
-        embeddings = F.normalize(projected.float(), dim=-1)
+        with no_autocast(projected.device):
+            embeddings = F.normalize(projected.float(), dim=-1)
         classifier_logits = None
         if not self.training and self.config.knn_fusion_weight > 0 and self.config.knn_reference_size > 0:
             classifier_logits, logits = logits, self._fused_logits(logits, embeddings)

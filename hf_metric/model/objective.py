@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .losses import Candidates, build_classification_loss, build_metric_loss, masked_mean
+from .precision import float32_math
 
 CLASSIFICATION_PART = "ce_loss"
 """Logged name of the classification part (whatever the classification loss type)."""
@@ -85,6 +86,7 @@ class TrainingObjective(nn.Module):
         """Anchors the metric part averages over (the loss's own `num_anchors` on the rows in the loss)."""
         return self.metric.num_anchors(labels, rows_in(labels, metric_mask).to(torch.int64))
 
+    @float32_math  # registered losses too compute in float32 under autocast
     def forward(
         self,
         logits: torch.Tensor,

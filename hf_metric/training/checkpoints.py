@@ -3,14 +3,18 @@ interrupted save never leaves a half-written `checkpoint-N` for `resume_from: la
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import uuid
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..atomic import atomic_directory, replace_directory
+from ..errors import ConfigError
 
 STAGING_DIR = ".staging"
+WEIGHTS_FILE = "model.safetensors"
 
 
 class AtomicCheckpointsMixin:
@@ -69,3 +73,66 @@ class AtomicCheckpointsMixin:
             return
         with atomic_directory(path) as tmp:
             self.save_model(tmp)
+
+
+def check_checkpoints_dir(folder: str) -> None:
+    """Fail before training, in one line, when `checkpointing.checkpoints_dir` cannot be created or written."""
+    probe = os.path.join(folder, f".write-test-{uuid.uuid4().hex}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "wb") as fh:
+            fh.write(b"0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise ConfigError(f"checkpointing.checkpoints_dir: cannot write to {folder}: {err.strerror or err}") from None
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
+
+
+def check_free_space(folder: str, model, copies: int = 2) -> None:
+    """Fail before training when `folder` has no room for `copies` checkpoints: weights plus AdamW's two moments
+    (4 bytes each per parameter), so a run does not die at its first save hours later."""
+    per_checkpoint = 3 * sum(p.numel() * 4 for p in model.parameters())
+    free = shutil.disk_usage(folder).free
+    if free < copies * per_checkpoint:
+        raise ConfigError(
+            f"checkpointing.checkpoints_dir: {folder} has {free / 2**20:.0f} MiB free, a checkpoint needs about "
+            f"{per_checkpoint / 2**20:.0f} MiB ({copies} at least)"
+        )
+
+
+def check_checkpoint_matches(checkpoint: str, model) -> None:
+    """Fail in one line when `checkpoint` was not written by a run of this config: other labels, another head or
+    backbone (tensor shapes), or pickled weights only (hf_metric loads weights from safetensors only)."""
+    from safetensors import safe_open
+
+    where = f"training.resume_from: {checkpoint}"
+    config_file, weights = os.path.join(checkpoint, "config.json"), os.path.join(checkpoint, WEIGHTS_FILE)
+    if not os.path.isfile(weights):
+        raise ConfigError(f"{where} has no {WEIGHTS_FILE} (hf_metric resumes from safetensors weights only)")
+    try:
+        with open(config_file, encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}: unreadable config.json ({err})") from None
+    labels = {int(k): v for k, v in (saved.get("id2label") or {}).items()}
+    if labels != dict(model.config.id2label):
+        raise ConfigError(
+            f"{where} was trained on other labels ({len(labels)} classes, e.g. {sorted(labels.values())[:3]}; this "
+            f"data has {model.config.num_labels}, e.g. {sorted(model.config.id2label.values())[:3]})"
+        )
+    for key in ("head_type", "pooling", "projection_dim"):
+        if saved.get(key) != getattr(model.config, key):
+            raise ConfigError(f"{where} has {key} {saved.get(key)!r}, this config {getattr(model.config, key)!r}")
+    with safe_open(weights, framework="pt") as fh:
+        shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("knn_reference_")}
+    differ = [k for k in expected if shapes.get(k) != expected[k]]
+    if differ:
+        key = differ[0]
+        raise ConfigError(
+            f"{where} holds another model: {len(differ)} tensors differ, e.g. {key} "
+            f"{shapes.get(key, 'missing')} vs {expected[key]} here"
+        )

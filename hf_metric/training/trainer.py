@@ -11,7 +11,9 @@ It overrides only what a Trainer subclass must own, and delegates the rest:
 - `log`, `evaluate` and `evaluation_loop`: the loss parts in the training log, the training-batch collapse watch
   (`collapse.CollapseWatch`), every validation metric and picture from `evaluation.MetricEvaluator` (retrieval
   against `bank.EmbeddingBank`, the recent training steps' embeddings), the pictures handed to the trackers;
-- checkpoints: atomic (`checkpoints.AtomicCheckpointsMixin`), with the bank saved inside and restored on resume.
+- checkpoints: atomic (`checkpoints.AtomicCheckpointsMixin`), with the bank saved inside and restored on resume;
+- steps with a non-finite loss or gradient norm are skipped, too many in a row stop the run
+  (`guard.NonFiniteGuardMixin`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .bank import EmbeddingBank
 from .checkpoints import AtomicCheckpointsMixin
 from .collapse import CollapseWatch
 from .distributed import CROSS_PROCESS_MODES, cross_process_candidates, gather_rows
+from .guard import NonFiniteGuardMixin
 from .optim import parameter_groups
 from .samplers import ClassBalancedBatchSampler
 
@@ -48,7 +51,7 @@ class WindowCounts:
     metric_anchors: torch.Tensor
 
 
-class MetricClassifierTrainer(AtomicCheckpointsMixin, Trainer):
+class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Trainer):
     """Trainer for `MetricClassifierModel` (its `objective`: masked classification loss + metric loss).
 
     Args:
@@ -60,6 +63,7 @@ class MetricClassifierTrainer(AtomicCheckpointsMixin, Trainer):
         head_lr_multiplier, layerwise_lr_decay: per-parameter learning rates (`hf_metric.training.optim`).
         collapse_check_steps: every this many optimizer steps, the collapse watch looks at the training batch
             (logged as `batch_*` with the next training log); None: never.
+        max_nonfinite_steps: consecutive non-finite steps (skipped) that stop training; None: never stop.
         Everything else as `transformers.Trainer`. Pass `TrainingArguments(label_names=["labels",
         "classifier_mask", "metric_mask"], remove_unused_columns=False)` so evaluation sees the masks
         (`hf_metric.training.arguments.build_training_arguments` does).
@@ -77,6 +81,7 @@ class MetricClassifierTrainer(AtomicCheckpointsMixin, Trainer):
         head_lr_multiplier: float = 1.0,
         layerwise_lr_decay: float = 1.0,
         collapse_check_steps: int | None = None,
+        max_nonfinite_steps: int | None = 10,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -92,6 +97,7 @@ class MetricClassifierTrainer(AtomicCheckpointsMixin, Trainer):
         rows_per_step = self._train_batch_size * self.args.gradient_accumulation_steps * self.accelerator.num_processes
         self.bank = EmbeddingBank(bank_steps, model.config.embedding_dim, max_rows_per_step=rows_per_step)
         self.collapse_watch = CollapseWatch(collapse_check_steps, self.is_world_process_zero())
+        self.max_nonfinite_steps = max_nonfinite_steps
         self.latest_plots: dict[str, str] = {}  # name -> PNG path of the latest evaluation's pictures
         self._pending_images: dict[str, str] = {}
         self._part_sums: torch.Tensor | None = None  # (classification, metric) window means summed since the last log
