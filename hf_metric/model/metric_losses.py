@@ -1,0 +1,277 @@
+"""Metric losses on L2-normalised embeddings: `loss.per_anchor(embeddings, labels, mask, candidates=None,
+self_index=None) -> (per_row, valid)`, and `loss.num_anchors(labels, mask)`, the number of valid rows
+`per_anchor` would return (the trainer normalises over a gradient-accumulation window with it).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .masking import Candidates, masked_mean
+from .precision import float32_math
+
+
+class _Pairs(NamedTuple):
+    """Anchor x candidate cosine similarities and which pairs count."""
+
+    sim: torch.Tensor  # (anchors, candidates), float32 (or float64) cosines
+    allowed: torch.Tensor  # both rows in the loss, and not the same row
+    positive: torch.Tensor  # allowed and same label
+    negative: torch.Tensor  # allowed and different label
+
+
+def _pairs(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None,
+    candidates: Candidates | None,
+    self_index: torch.Tensor | None,
+) -> _Pairs:
+    """Cosines of L2-normalised anchors against candidates (the anchors themselves by default), with the pairs.
+
+    Rows with a label < 0 (-100: no label), `mask == 0` (anchors) or a false candidate mask are in no pair. The
+    pair (i, self_index[i]) is the anchor with itself and never counts.
+    """
+    anchor_valid = labels >= 0 if mask is None else (labels >= 0) & mask.bool()
+    if candidates is None:
+        cand_emb, cand_labels, cand_valid = embeddings, labels, anchor_valid
+        self_index = torch.arange(len(labels), device=labels.device)
+    else:
+        cand_emb, cand_labels, cand_mask = candidates
+        cand_valid = cand_labels >= 0 if cand_mask is None else (cand_labels >= 0) & cand_mask.bool()
+        if self_index is None:
+            self_index = torch.full_like(labels, -1)
+    dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    z = F.normalize(embeddings.to(dtype), dim=-1)
+    zc = F.normalize(cand_emb.to(dtype), dim=-1)
+    not_self = torch.arange(zc.shape[0], device=z.device)[None, :] != self_index[:, None]
+    allowed = anchor_valid[:, None] & cand_valid[None, :] & not_self
+    same = labels[:, None] == cand_labels[None, :]
+    return _Pairs(z @ zc.T, allowed, allowed & same, allowed & ~same)
+
+
+def _label_pairs(labels: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-batch (positive, negative) pair masks from labels and mask alone (for `num_anchors`)."""
+    valid = labels >= 0 if mask is None else (labels >= 0) & mask.bool()
+    allowed = valid[:, None] & valid[None, :]
+    allowed.fill_diagonal_(False)
+    same = labels[:, None] == labels[None, :]
+    return allowed & same, allowed & ~same
+
+
+class MetricLoss(nn.Module):
+    """Base of metric losses: subclasses implement `per_anchor(embeddings, labels, mask, candidates=None,
+    self_index=None) -> (per_row, valid)`; `pairs(...)` gives them the cosines and positive/negative pair masks.
+
+    `num_anchors` must count the rows `per_anchor` marks valid, from labels and mask alone (the trainer uses it
+    to normalise over a gradient-accumulation window before any forward pass); the default counts rows with at
+    least one positive, override it when your anchors need something else.
+    """
+
+    @staticmethod
+    def num_anchors(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        positive, _ = _label_pairs(labels, mask)
+        return positive.any(dim=1).sum()
+
+    @staticmethod
+    def pairs(
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        candidates: Candidates | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> _Pairs:
+        return _pairs(embeddings, labels, mask, candidates, self_index)
+
+    def per_anchor(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        candidates: Candidates | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return masked_mean(*self.per_anchor(embeddings, labels, mask))
+
+
+class SupConLoss(MetricLoss):
+    r"""Supervised contrastive loss (Khosla et al., 2020, "Supervised Contrastive Learning", eq. 2, L_out).
+
+    For each anchor i with at least one positive:
+
+    .. math::
+        \ell_i = -\frac{1}{|P(i)|} \sum_{p \in P(i)} \log
+            \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{a \in A(i)} \exp(z_i \cdot z_a / \tau)}
+
+    where z are L2-normalized embeddings, A(i) all candidate rows but i itself, and P(i) the candidates with
+    the label of i. Rows with `mask == 0` are neither anchors nor candidates, so they get no gradient. Anchors
+    with no positive are skipped; a batch without any positive pair gives 0. It needs batches with several
+    rows per class: use P x K batches (`ClassBalancedBatchSampler`).
+
+    Candidates default to the anchors themselves; pass `candidates` (e.g. embeddings gathered from every
+    process) with `self_index` (the position of each anchor among the candidates, -1 for none) to contrast
+    local anchors against a larger set.
+
+    Example::
+
+        loss_fn = SupConLoss(temperature=0.1)
+        loss = loss_fn(F.normalize(emb, dim=-1), labels)
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    @float32_math
+    def per_anchor(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        candidates: Candidates | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-anchor loss and which anchors count (in-loss rows with at least one positive)."""
+        pairs = _pairs(embeddings, labels, mask, candidates, self_index)
+        sim = pairs.sim / self.temperature
+        # Rows with no candidate at all get a finite dummy row, so that logsumexp never sees only -inf.
+        has_candidate = pairs.allowed.any(dim=1, keepdim=True)
+        logits = torch.where(pairs.allowed, sim, torch.full_like(sim, float("-inf")))
+        logits = torch.where(has_candidate, logits, torch.zeros_like(sim))
+        log_prob = sim - torch.logsumexp(logits, dim=1, keepdim=True)
+        n_pos = pairs.positive.sum(dim=1)
+        pos_sum = torch.where(pairs.positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+        valid = n_pos > 0
+        per_row = -pos_sum / n_pos.clamp(min=1)
+        return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
+
+
+class TripletMarginLoss(MetricLoss):
+    r"""Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss for Person
+    Re-Identification", eq. 5).
+
+    For each anchor a, its hardest positive (the farthest row with its label) and hardest negative (the nearest
+    row with another label):
+
+    .. math:: \ell_a = \big[\max_{p \in P(a)} d(a, p) - \min_{n \in N(a)} d(a, n) + \text{margin}\big]_+
+
+    on L2-normalised embeddings, with `distance="euclidean"` (default; ||z_a - z_b||, in [0, 2], as
+    pytorch-metric-learning's default `LpDistance(normalize_embeddings=True)`) or `"cosine"` (1 - cos, in
+    [0, 2]). `soft=True` uses the paper's soft margin log(1 + exp(.)) instead of the hinge. An anchor counts if it
+    is in the loss (`mask`) and has at least one positive and one negative; the mean is over those anchors,
+    including the ones already satisfied with zero loss (as in the paper; pml's `TripletMarginLoss` averages
+    only the non-zero ones by default). The margin is 0.2 (FaceNet's on normalised embeddings); pml's is 0.05.
+
+    `candidates`/`self_index` work as in `SupConLoss`: positives and negatives are mined among the candidates.
+    """
+
+    DISTANCES = ("euclidean", "cosine")
+
+    def __init__(self, margin: float = 0.2, distance: str = "euclidean", soft: bool = False) -> None:
+        super().__init__()
+        if distance not in self.DISTANCES:
+            raise ValueError(f"distance must be one of {self.DISTANCES}, got {distance!r}")
+        self.margin = float(margin)
+        self.distance = distance
+        self.soft = soft
+
+    @staticmethod
+    def num_anchors(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """In-loss rows with at least one in-loss positive and one in-loss negative."""
+        positive, negative = _label_pairs(labels, mask)
+        return (positive.any(dim=1) & negative.any(dim=1)).sum()
+
+    def distances(self, sim: torch.Tensor) -> torch.Tensor:
+        """Distance matrix from cosines of unit vectors; the euclidean one has a finite gradient at 0."""
+        if self.distance == "cosine":
+            return 1 - sim
+        squared = (2 - 2 * sim).clamp(min=0)
+        eps = 1e-12
+        return torch.where(squared > eps, squared.clamp(min=eps).sqrt(), torch.zeros_like(squared))
+
+    @float32_math
+    def per_anchor(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        candidates: Candidates | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-anchor loss and which anchors count (in-loss rows with a positive and a negative)."""
+        pairs = _pairs(embeddings, labels, mask, candidates, self_index)
+        dist = self.distances(pairs.sim)
+        has_pos, has_neg = pairs.positive.any(dim=1), pairs.negative.any(dim=1)
+        # Out-of-set entries get a value that can never be chosen; rows with none are zeroed below.
+        hardest_pos = torch.where(pairs.positive, dist, torch.full_like(dist, -1.0)).amax(dim=1)
+        hardest_neg = torch.where(pairs.negative, dist, torch.full_like(dist, 3.0)).amin(dim=1)
+        violation = hardest_pos - hardest_neg + self.margin
+        per_row = F.softplus(violation) if self.soft else F.relu(violation)
+        valid = has_pos & has_neg
+        return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
+
+
+class MultiSimilarityLoss(MetricLoss):
+    r"""Multi-similarity loss (Wang et al. 2019, "Multi-Similarity Loss with General Pair Weighting for Deep
+    Metric Learning", eq. 8), over all pairs (without the paper's pair miner), as pytorch-metric-learning's
+    `MultiSimilarityLoss`.
+
+    With S_ik the cosine between anchor i and candidate k, P(i) its positives and N(i) its negatives:
+
+    .. math::
+        \ell_i = \frac{1}{\alpha} \log\Big[1 + \sum_{k \in P(i)} e^{-\alpha (S_{ik} - \lambda)}\Big]
+               + \frac{1}{\beta} \log\Big[1 + \sum_{k \in N(i)} e^{\beta (S_{ik} - \lambda)}\Big]
+
+    (lambda = `base`). The soft-max weighting makes the hardest pairs of each anchor dominate the gradient.
+    An anchor counts if it is in the loss and has at least one positive or one negative (an empty sum gives a
+    zero term); pml's mean is over every row, which is the same when every row has a pair.
+    Defaults alpha = 2, beta = 50, base = 0.5 are pml's (the paper uses alpha = 2, beta = 50, lambda = 1).
+
+    `candidates`/`self_index` work as in `SupConLoss`.
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5) -> None:
+        super().__init__()
+        if alpha <= 0 or beta <= 0:
+            raise ValueError(f"alpha and beta must be > 0, got {alpha}, {beta}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.base = float(base)
+
+    @staticmethod
+    def num_anchors(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """In-loss rows with at least one other in-loss row (a positive or a negative)."""
+        positive, negative = _label_pairs(labels, mask)
+        return (positive.any(dim=1) | negative.any(dim=1)).sum()
+
+    @staticmethod
+    def _log1p_sum_exp(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """log(1 + sum_{keep} exp(x)) per row, stably; 0 for rows with nothing kept."""
+        x = torch.where(keep, x, torch.full_like(x, float("-inf")))
+        return torch.logsumexp(torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1), dim=1)
+
+    @float32_math
+    def per_anchor(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        candidates: Candidates | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-anchor loss and which anchors count (in-loss rows with at least one pair)."""
+        pairs = _pairs(embeddings, labels, mask, candidates, self_index)
+        pos_term = self._log1p_sum_exp(-self.alpha * (pairs.sim - self.base), pairs.positive) / self.alpha
+        neg_term = self._log1p_sum_exp(self.beta * (pairs.sim - self.base), pairs.negative) / self.beta
+        valid = pairs.allowed.any(dim=1)
+        per_row = pos_term + neg_term
+        return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
