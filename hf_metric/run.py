@@ -107,6 +107,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         head_lr_multiplier=cfg.optimizer.head_lr_multiplier,
         layerwise_lr_decay=cfg.optimizer.layerwise_lr_decay,
         collapse_check_steps=t.collapse_every,
+        bank_negatives=(t.bank_negatives.size, t.bank_negatives.start_step) if t.bank_negatives else None,
         max_nonfinite_steps=t.max_nonfinite_steps,
     )
     if cfg.neptune.mode != "disabled":

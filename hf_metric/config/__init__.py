@@ -61,6 +61,15 @@ class TrainConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate()
+        memory, t = self.training.bank_negatives, self.training
+        if memory is not None:
+            held = self.metric_validation.keep_last_n_emb_steps * t.batch_size * t.gradient_accumulation_steps
+            _check(
+                memory.size <= held,
+                "training.bank_negatives.size",
+                f"({memory.size}) exceeds the rows the bank holds (metric_validation.keep_last_n_emb_steps x "
+                f"batch_size x gradient_accumulation_steps = {held}); raise keep_last_n_emb_steps",
+            )
         logged = metric_names(f"{self.loss.metric.type}_loss", self.metric_validation.recall_at_k)
         name = self.checkpointing.save_best_by.removeprefix("eval_")
         _check(

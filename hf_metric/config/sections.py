@@ -124,6 +124,19 @@ class DataSection:
 
 
 @dataclass
+class BankNegativesSection:
+    """Cross-batch memory (XBM): the embedding bank's newest `size` rows join the metric loss as extra positives
+    and negatives (detached) from optimizer step `start_step` on; before it the embeddings drift too fast."""
+
+    size: int = 1024
+    start_step: int = 100
+
+    def validate(self) -> None:
+        _check(self.size >= 1, "training.bank_negatives.size", "must be >= 1")
+        _check(self.start_step >= 0, "training.bank_negatives.start_step", "must be >= 0")
+
+
+@dataclass
 class TrainingSection:
     batch_size: int = 32
     num_epochs: float = 5.0
@@ -141,6 +154,7 @@ class TrainingSection:
     report_to: list[str] = field(default_factory=lambda: ["none"])
     collapse_check_steps: int | None = None
     max_nonfinite_steps: int = 10
+    bank_negatives: BankNegativesSection | None = None
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
@@ -167,6 +181,8 @@ class TrainingSection:
             "must be >= 1 or null (null: every logging_steps)",
         )
         _check(self.max_nonfinite_steps >= 1, "training.max_nonfinite_steps", "must be >= 1")
+        if self.bank_negatives is not None:
+            self.bank_negatives.validate()
         _check(
             "neptune" not in self.report_to,
             "training.report_to",

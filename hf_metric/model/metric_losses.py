@@ -54,12 +54,19 @@ def _pairs(
     return _Pairs(z @ zc.T, allowed, allowed & same, allowed & ~same)
 
 
-def _label_pairs(labels: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """In-batch (positive, negative) pair masks from labels and mask alone (for `num_anchors`)."""
+def _label_pairs(
+    labels: torch.Tensor, mask: torch.Tensor | None, extra_labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) pair masks of the batch's rows against the batch's rows and `extra_labels` (candidates
+    that are never anchors, e.g. a memory of past batches), from labels and mask alone (for `num_anchors`)."""
     valid = labels >= 0 if mask is None else (labels >= 0) & mask.bool()
-    allowed = valid[:, None] & valid[None, :]
-    allowed.fill_diagonal_(False)
-    same = labels[:, None] == labels[None, :]
+    cand_labels, cand_valid = labels, valid
+    if extra_labels is not None:
+        cand_labels = torch.cat([labels, extra_labels.to(labels.device)])
+        cand_valid = torch.cat([valid, cand_labels[len(labels) :] >= 0])
+    allowed = valid[:, None] & cand_valid[None, :]
+    allowed[:, : len(labels)].fill_diagonal_(False)
+    same = labels[:, None] == cand_labels[None, :]
     return allowed & same, allowed & ~same
 
 
@@ -68,13 +75,16 @@ class MetricLoss(nn.Module):
     self_index=None) -> (per_row, valid)`; `pairs(...)` gives them the cosines and positive/negative pair masks.
 
     `num_anchors` must count the rows `per_anchor` marks valid, from labels and mask alone (the trainer uses it
-    to normalise over a gradient-accumulation window before any forward pass); the default counts rows with at
-    least one positive, override it when your anchors need something else.
+    to normalise over a gradient-accumulation window before any forward pass), also when `extra_labels` (the
+    labels of extra candidates, such as the memory of `training.bank_negatives`) are given; the default counts
+    rows with at least one positive, override it when your anchors need something else.
     """
 
     @staticmethod
-    def num_anchors(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        positive, _ = _label_pairs(labels, mask)
+    def num_anchors(
+        labels: torch.Tensor, mask: torch.Tensor | None = None, extra_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        positive, _ = _label_pairs(labels, mask, extra_labels)
         return positive.any(dim=1).sum()
 
     @staticmethod
@@ -185,9 +195,11 @@ class TripletMarginLoss(MetricLoss):
         self.soft = soft
 
     @staticmethod
-    def num_anchors(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def num_anchors(
+        labels: torch.Tensor, mask: torch.Tensor | None = None, extra_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """In-loss rows with at least one in-loss positive and one in-loss negative."""
-        positive, negative = _label_pairs(labels, mask)
+        positive, negative = _label_pairs(labels, mask, extra_labels)
         return (positive.any(dim=1) & negative.any(dim=1)).sum()
 
     def distances(self, sim: torch.Tensor) -> torch.Tensor:
@@ -248,9 +260,11 @@ class MultiSimilarityLoss(MetricLoss):
         self.base = float(base)
 
     @staticmethod
-    def num_anchors(labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def num_anchors(
+        labels: torch.Tensor, mask: torch.Tensor | None = None, extra_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """In-loss rows with at least one other in-loss row (a positive or a negative)."""
-        positive, negative = _label_pairs(labels, mask)
+        positive, negative = _label_pairs(labels, mask, extra_labels)
         return (positive.any(dim=1) | negative.any(dim=1)).sum()
 
     @staticmethod

@@ -82,9 +82,15 @@ class TrainingObjective(nn.Module):
         """Rows the classification part averages over."""
         return rows_in(labels, classifier_mask).sum()
 
-    def metric_count(self, labels: torch.Tensor, metric_mask: torch.Tensor | None) -> torch.Tensor:
-        """Anchors the metric part averages over (the loss's own `num_anchors` on the rows in the loss)."""
-        return self.metric.num_anchors(labels, rows_in(labels, metric_mask).to(torch.int64))
+    def metric_count(
+        self, labels: torch.Tensor, metric_mask: torch.Tensor | None, memory_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Anchors the metric part averages over (the loss's own `num_anchors` on the rows in the loss; with a
+        memory of past embeddings, an anchor may find its pairs there too)."""
+        keep = rows_in(labels, metric_mask).to(torch.int64)
+        if memory_labels is None:
+            return self.metric.num_anchors(labels, keep)
+        return self.metric.num_anchors(labels, keep, memory_labels)
 
     @float32_math  # registered losses too compute in float32 under autocast
     def forward(
@@ -97,10 +103,13 @@ class TrainingObjective(nn.Module):
         denominators: tuple[torch.Tensor, torch.Tensor] | None = None,
         candidates: Candidates | None = None,
         self_index: torch.Tensor | None = None,
+        memory: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> ObjectiveOutput:
         """The loss of one batch. Each part is its sum over this batch's valid rows divided by `denominators`
         (classification rows, metric anchors), by default this batch's own counts (a plain batch mean).
-        `candidates`/`self_index`: compare this batch's anchors with more rows (e.g. from every process)."""
+        `candidates`/`self_index`: compare this batch's anchors with more rows (e.g. from every process).
+        `memory`: detached `(embeddings, labels)` of past batches, extra candidates (positives and negatives) for
+        the metric loss, as in cross-batch memory (XBM, Wang et al. 2020); never anchors, no gradient."""
         zero = logits.new_zeros((), dtype=torch.float32)
         classification = metric = zero
         if self.classification_weight > 0:
@@ -108,6 +117,10 @@ class TrainingObjective(nn.Module):
             classification = _part(rows, valid, None if denominators is None else denominators[0])
         if self.metric_weight > 0:
             keep = rows_in(labels, metric_mask).to(torch.int64)
+            if memory is not None:
+                if candidates is None:
+                    candidates, self_index = (embeddings, labels, keep), torch.arange(len(labels), device=labels.device)
+                candidates = _with_memory(candidates, memory)
             if candidates is not None:
                 cand_emb, cand_labels, cand_mask = candidates
                 candidates = (cand_emb, cand_labels, rows_in(cand_labels, cand_mask).to(torch.int64))
@@ -148,6 +161,17 @@ class TrainingObjective(nn.Module):
             CLASSIFICATION_PART: classification,
             self.metric_part: metric,
         }
+
+
+def _with_memory(candidates: Candidates, memory: tuple[torch.Tensor, torch.Tensor]) -> Candidates:
+    """Candidates followed by the memory rows (detached; every labelled memory row is in the loss)."""
+    emb, labels, mask = candidates
+    mem_emb, mem_labels = memory
+    mem_emb = mem_emb.detach().to(emb.device, emb.dtype)
+    mem_labels = mem_labels.to(labels.device)
+    mask = torch.ones_like(labels) if mask is None else mask.to(torch.int64)
+    mem_mask = torch.ones_like(mem_labels, dtype=torch.int64)
+    return torch.cat([emb, mem_emb]), torch.cat([labels, mem_labels]), torch.cat([mask, mem_mask])
 
 
 def _part(rows: torch.Tensor, valid: torch.Tensor, denominator: torch.Tensor | None) -> torch.Tensor:

@@ -130,6 +130,12 @@ class EmbeddingBank:
         """The labels of `embeddings()`, in the same order (int64)."""
         return self._labels.index_select(0, self._row_index())
 
+    def recent(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The newest `rows` rows (all when the bank holds fewer): `(embeddings, labels)`, e.g. the memory of
+        `training.bank_negatives`."""
+        index = self._row_index()[-rows:]
+        return self._emb.index_select(0, index), self._labels.index_select(0, index)
+
     def steps(self) -> list[int]:
         """The step ids held, oldest first."""
         return [self._slot_step[s] for s in self._slots_oldest_first()]

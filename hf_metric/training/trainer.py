@@ -49,6 +49,8 @@ class WindowCounts:
 
     ce_rows: torch.Tensor
     metric_anchors: torch.Tensor
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None
+    """`training.bank_negatives`: the bank's newest rows when the window began, extra metric-loss candidates."""
 
 
 class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Trainer):
@@ -82,6 +84,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         layerwise_lr_decay: float = 1.0,
         collapse_check_steps: int | None = None,
         max_nonfinite_steps: int | None = 10,
+        bank_negatives: tuple[int, int] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
@@ -98,6 +101,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         self.bank = EmbeddingBank(bank_steps, model.config.embedding_dim, max_rows_per_step=rows_per_step)
         self.collapse_watch = CollapseWatch(collapse_check_steps, self.is_world_process_zero())
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.bank_negatives = bank_negatives  # (rows, first step) of the cross-batch memory, or None
         self.latest_plots: dict[str, str] = {}  # name -> PNG path of the latest evaluation's pictures
         self._pending_images: dict[str, str] = {}
         self._part_sums: torch.Tensor | None = None  # (classification, metric) window means summed since the last log
@@ -135,8 +139,19 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
             ce_rows = self.accelerator.reduce(ce_rows, reduction="sum")
         # Anchors are counted on the global micro-batch: under several processes an anchor's positives may sit on
         # another process, and the metric loss sees them (`distributed.cross_process_candidates`).
-        anchors = sum(objective.metric_count(*self._global_rows(b, "metric_mask")).float() for b in batch_samples)
-        return batch_samples, WindowCounts(ce_rows, torch.as_tensor(anchors, device=device))
+        memory = self._memory()
+        memory_labels = memory[1] if memory is not None else None
+        rows = [self._global_rows(b, "metric_mask") for b in batch_samples]
+        anchors = sum(objective.metric_count(labels, mask, memory_labels).float() for labels, mask in rows)
+        return batch_samples, WindowCounts(ce_rows, torch.as_tensor(anchors, device=device), memory)
+
+    def _memory(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cross-batch memory for this step: the bank's newest rows, once `bank_negatives`' first step has
+        passed (embeddings of a model many steps older only mislead the loss: XBM's warm-up)."""
+        if self.bank_negatives is None or self.state.global_step < self.bank_negatives[1] or not len(self.bank):
+            return None
+        embeddings, labels = self.bank.recent(self.bank_negatives[0])
+        return embeddings.float(), labels
 
     # ---- optimizer -------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):
@@ -167,7 +182,15 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         scale = float(self.accelerator.num_processes)  # DDP averages gradients over processes
         denominators = (window.ce_rows / scale, window.metric_anchors / scale)
         parts = self.objective(
-            outputs.logits, outputs.embeddings, labels, ce_mask, metric_mask, denominators, candidates, self_index
+            outputs.logits,
+            outputs.embeddings,
+            labels,
+            ce_mask,
+            metric_mask,
+            denominators,
+            candidates,
+            self_index,
+            window.memory,
         )
         # this process's share of each window mean; the shares of all processes add up to it
         shares = torch.stack([parts.classification.detach().float(), parts.metric.detach().float()]) / scale
