@@ -184,3 +184,54 @@ def accuracy_recall_plot(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+@dataclass
+class OpenSetSettings:
+    """A model's rejection rule for the evaluator: its score and threshold (None: none) and the statistics
+    the score was calibrated with (None: fitted from the evaluation's reference rows each time)."""
+
+    score: str | None = None
+    threshold: float | None = None
+    statistics: OpenSetStatistics | None = None
+    energy_temperature: float = 1.0
+
+    @classmethod
+    def from_model(cls, model) -> OpenSetSettings:
+        """The rule stored in a `MetricClassifierModel` (`set_open_set`)."""
+        c = model.config
+        reference = model.knn_reference_embeddings.detach().float().cpu().numpy() if c.knn_reference_size else None
+        stats = OpenSetStatistics(reference, fusion_stats=c.open_set_fusion_stats)
+        if c.open_set_mahalanobis:
+            stats.means = model.open_set_means.detach().float().cpu().numpy()
+            stats.precision = model.open_set_precision.detach().float().cpu().numpy()
+        return cls(c.open_set_score, c.open_set_threshold, stats, c.open_set_energy_temperature)
+
+
+def evaluate_open_set(
+    logits: np.ndarray,
+    embeddings: np.ndarray | None,
+    labels: np.ndarray,
+    settings: OpenSetSettings | None = None,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+    head_logits: np.ndarray | None = None,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(metrics, scores) of one labelled set: `oos_auroc_*`/`oos_fpr95_*` per score when it has out-of-scope
+    rows, and the operating point of the settings' threshold when there is one (NaN entries left out)."""
+    settings = settings or OpenSetSettings()
+    stats = settings.statistics
+    if stats is None or (stats.reference is None and stats.means is None):
+        fitted = OpenSetStatistics()
+        if reference is not None and embeddings is not None and len(reference[1]) > 1:
+            fitted = OpenSetStatistics.fit(reference[0], reference[1], np.asarray(logits).shape[1])
+        stats = OpenSetStatistics(fitted.reference, fitted.means, fitted.precision, stats and stats.fusion_stats)
+    else:
+        stats = OpenSetStatistics(stats.reference, stats.means, stats.precision, stats.fusion_stats)
+    scores = all_scores(logits, embeddings, stats, labels, head_logits, settings.energy_temperature)
+    metrics: dict[str, float] = {}
+    if (np.asarray(labels) == OUT_OF_SCOPE_ID).any():
+        metrics.update(threshold_free_metrics(scores, labels))
+    if settings.threshold is not None and settings.score in scores:
+        predicted = predict_with_rejection(logits, scores[settings.score], settings.threshold)
+        metrics.update(operating_point(predicted, labels))
+    return {k: v for k, v in metrics.items() if not np.isnan(v)}, scores
