@@ -37,9 +37,9 @@ def test_out_of_scope_rows_get_no_class(tmp_path):
 
 def test_open_set_config_is_checked(tmp_path, make_config):
     path = write_parquet(tmp_path / "d.parquet", synthetic_rows(5))
-    with pytest.raises(ConfigError, match="open_set.target"):
+    with pytest.raises(ConfigError, match=r"open_set\.target"):
         load_config(make_config(path, open_set={"enabled": True, "target": 0.9}))
-    with pytest.raises(ConfigError, match="open_set.score"):
+    with pytest.raises(ConfigError, match=r"open_set\.score"):
         load_config(make_config(path, open_set={"score": "entropy"}))
 
 
