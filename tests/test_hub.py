@@ -28,6 +28,7 @@ UPLOADED = {
     "registry.py",
     "knn_fusion.py",
     "neighbors.py",
+    "open_set_scores.py",
     "tokenizer.json",
     "tokenizer_config.json",
 }
