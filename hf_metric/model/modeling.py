@@ -9,9 +9,10 @@ a projection (as in SupCon/SimCLR) so that the two objectives do not fight over 
 
 `save_pretrained` copies this file and the files it imports relatively (every module of `hf_metric/model/`:
 configuration, pooling, heads, losses, objective, registry, for kNN fusion `knn_fusion.py` with
-`neighbors.py`, and for open-set rejection `open_set_scores.py`) next to the weights and records them in the config's `auto_map`, so a saved folder loads with
-`from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed. Keep the relative imports to
-this folder's small, self-contained files: anything imported relatively is copied too.
+`neighbors.py`, and for open-set rejection `open_set_scores.py`) next to the weights and records them in the
+config's `auto_map`, so a saved folder loads with `from_pretrained(path, trust_remote_code=True)` where
+hf_metric is not installed. Keep the relative imports to this folder's small, self-contained files: anything
+imported relatively is copied too.
 """
 
 from __future__ import annotations
