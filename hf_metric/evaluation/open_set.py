@@ -29,6 +29,7 @@ from ..model.open_set_scores import (
     fit_mahalanobis,
     fuse,
     fusion_statistics,
+    is_out_of_scope,
 )
 
 
@@ -113,8 +114,7 @@ def predict_with_rejection(logits: np.ndarray, scores: np.ndarray, threshold: fl
     predicted = np.asarray(logits).argmax(axis=-1)
     if threshold is None:
         return predicted
-    rejected = np.asarray(scores, dtype=np.float32) < np.float32(threshold)  # float32, as the model compares
-    return np.where(rejected, OUT_OF_SCOPE_ID, predicted)
+    return np.where(is_out_of_scope(scores, threshold).numpy(), OUT_OF_SCOPE_ID, predicted)
 
 
 def operating_point(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -151,6 +151,15 @@ def fuse(scores: Mapping[str, Array], stats: Mapping[str, list[float]]) -> torch
     return torch.stack(parts).mean(dim=0).float()
 
 
+def is_out_of_scope(scores: Array, threshold: float | None) -> torch.Tensor:
+    """(N,) bool: the score is below `threshold`, compared in float32 as it was calibrated (candidate
+    thresholds are float32 scores); all False when `threshold` is None (no rejection)."""
+    s = _tensor(scores)
+    if threshold is None:
+        return torch.zeros(s.shape, dtype=torch.bool)
+    return s < torch.tensor(threshold, dtype=torch.float32, device=s.device)
+
+
 def components(score: str, fusion_stats: Mapping[str, list[float]] | None) -> tuple[str, ...]:
     """The base scores that `score` needs."""
     if score not in SCORE_NAMES:

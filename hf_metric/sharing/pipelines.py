@@ -32,6 +32,7 @@ from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline, TextClassificationPipeline
 
 from ..evaluation.metrics import knn_predict
+from ..model.open_set_scores import is_out_of_scope
 from ..training.bank import BANK_FORMAT
 
 EMBEDDING_TASK = "metric-embedding"
@@ -47,8 +48,8 @@ def open_set_answer(answer: dict[str, Any], config: Any, scores: torch.Tensor | 
     threshold = getattr(config, "open_set_threshold", None)
     if threshold is None or scores is None:
         return answer
-    score = scores.reshape(-1)[0].float()
-    rejected = bool(score < torch.tensor(threshold, dtype=torch.float32))  # float32, as calibrated
+    score = scores.reshape(-1)[:1].float().cpu()
+    rejected = bool(is_out_of_scope(score, threshold)[0])
     if rejected:
         answer = {"label": config.out_of_scope_label, "score": float(score)}
     return {**answer, "open_set_score": float(score), "is_out_of_scope": rejected}
