@@ -132,3 +132,18 @@ def test_evaluator_leaves_other_metrics_alone_and_reports_open_set():
         assert 0.0 <= metrics[f"oos_auroc_{name}"] <= 1.0 and 0.0 <= metrics[f"oos_fpr95_{name}"] <= 1.0
     ruled = MetricEvaluator(open_set=OpenSetSettings("msp", 0.5))(with_oos, ref).metrics
     assert {"in_scope_accuracy", "oos_recall", "oos_precision", "open_set_accuracy"} <= set(ruled)
+
+
+def test_evaluator_draws_the_open_set_curve(tmp_path):
+    from hf_metric.evaluation.evaluator import PlotSettings
+
+    rng = np.random.default_rng(1)
+    labels = np.concatenate([rng.integers(0, 3, 30), np.full(10, OUT_OF_SCOPE_ID)])
+    logits = rng.normal(size=(40, 3))
+    emb = rng.normal(size=(40, 4)).astype(np.float32)
+    every = np.ones(40, bool)
+    evaluator = MetricEvaluator(plots=PlotSettings(str(tmp_path)), open_set=OpenSetSettings("energy", 0.0))
+    result = evaluator(EvalPredictions(logits, emb, labels, every, every), (emb[:30], labels[:30]), plot_tag="t")
+    assert result.plots["open_set_curve"] == str(tmp_path / "open_set_curve_t.png")
+    assert (tmp_path / "open_set_curve_t.png").stat().st_size > 0
+    assert "in_scope_accuracy" in result.metrics
