@@ -121,9 +121,9 @@ FUSED_METRICS = ("loss", "accuracy", "f1", "top5_accuracy")
 """Metrics of the kNN-fused classifier reported next to the head's own (prefix `eval_fused_`)."""
 
 
-def add_knn_reference(trainer, cfg: TrainConfig) -> dict[str, float]:
+def store_training_reference(trainer, cfg: TrainConfig) -> None:
     """Store the trained model's embeddings of (at most `knn_reference_max_rows`, seeded) training rows in the
-    model for kNN fusion, and return the fused classifier's validation metrics."""
+    model (kNN fusion, the kNN pipeline and the open-set scores use them)."""
     import numpy as np
 
     dataset = trainer.train_dataset
@@ -133,8 +133,31 @@ def add_knn_reference(trainer, cfg: TrainConfig) -> dict[str, float]:
         dataset = dataset.select(np.sort(rng.choice(len(dataset), size=limit, replace=False)))
     embeddings, labels = trainer.embed_dataset(dataset)
     trainer.accelerator.unwrap_model(trainer.model).set_knn_reference(embeddings, labels)
+
+
+def add_knn_reference(trainer, cfg: TrainConfig) -> dict[str, float]:
+    """Store the training reference for kNN fusion and return the fused classifier's validation metrics."""
+    store_training_reference(trainer, cfg)
     fused = trainer.evaluate(metric_key_prefix="eval_fused")
     return {f"eval_fused_{k}": fused[f"eval_fused_{k}"] for k in FUSED_METRICS if f"eval_fused_{k}" in fused}
+
+
+def add_open_set(trainer, cfg: TrainConfig) -> dict[str, float]:
+    """Calibrate the open-set rejection on the validation split (`open_set` section) and store the rule in the
+    model; returns the calibration's metrics (`eval_open_set_*`, `eval_oos_*`)."""
+    from .training.open_set import calibrate_model, dataset_outputs
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if model.config.knn_reference_size == 0:
+        store_training_reference(trainer, cfg)
+    outputs = dataset_outputs(trainer, trainer.eval_dataset)
+    reference = (model.knn_reference_embeddings, model.knn_reference_labels)
+    calibration, metrics = calibrate_model(model, outputs, reference, cfg.open_set)
+    print(
+        f"Open set: score {calibration.score}, threshold {calibration.threshold:.6g} ({calibration.criterion})",
+        flush=True,
+    )
+    return {f"eval_{k}": v for k, v in metrics.items()}
 
 
 def finish_best_model(
@@ -179,6 +202,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     metrics = trainer.evaluate()
     if cfg.model.knn_fusion_weight > 0:
         metrics.update(add_knn_reference(trainer, cfg))
+    if cfg.open_set.enabled:
+        metrics.update(add_open_set(trainer, cfg))
     best_dir = os.path.join(out_dir, "best")
     trainer.save_final_model(best_dir)
     if trainer.is_world_process_zero():

@@ -33,6 +33,7 @@ UPLOADED = {
     "knn_fusion.py",
     "neighbors.py",
     "topk_merge.py",
+    "open_set_scores.py",
     "tokenizer.json",
     "tokenizer_config.json",
 }

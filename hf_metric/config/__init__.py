@@ -27,6 +27,7 @@ from .sections import (
     HeadSection,
     MetricValidationSection,
     ModelSection,
+    OpenSetSection,
     OptimizerSection,
     SchedulerSection,
     TrainingSection,
@@ -54,6 +55,7 @@ class TrainConfig:
     metric_validation: MetricValidationSection = field(default_factory=MetricValidationSection)
     neptune: NeptuneSection = field(default_factory=NeptuneSection)
     hub: HubSection = field(default_factory=HubSection)
+    open_set: OpenSetSection = field(default_factory=OpenSetSection)
 
     def validate(self) -> None:
         _check(bool(self.model_name), "model_name", "is required")
@@ -147,6 +149,7 @@ __all__ = [
     "MetricValidationSection",
     "ModelSection",
     "NeptuneSection",
+    "OpenSetSection",
     "OptimizerSection",
     "SchedulerSection",
     "TrainConfig",

@@ -108,9 +108,12 @@ class DataSection:
     num_workers: int = 0
     upsample: int | None = None
     downsample: int | None = None
+    out_of_scope_label: str | None = None
+    """Rows with this label belong to no class: they only validate (open-set calibration and metrics)."""
 
     def validate(self) -> None:
         _check(bool(self.parquet_path), "data.parquet_path", "is required")
+        _check(self.out_of_scope_label != "", "data.out_of_scope_label", "must be a non-empty label or null")
         _check(0.0 < self.val_ratio < 1.0, "data.val_ratio", f"must be in (0, 1), got {self.val_ratio}")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(self.upsample is None or self.upsample > 0, "data.upsample", "must be > 0 or null")
@@ -278,3 +281,26 @@ class MetricValidationSection:
             _check(
                 available("umap"), "metric_validation.embedding_map", "umap needs `pip install umap-learn` (or: pca)"
             )
+
+
+@dataclass
+class OpenSetSection:
+    """Open-set rejection, calibrated on the validation split at the end of training (see
+    `hf_metric.evaluation.open_set_calibration`); the rule is saved in the model's config."""
+
+    enabled: bool = False
+    score: Literal["auto", "msp", "energy", "knn", "mahalanobis", "fused"] = "auto"
+    criterion: Literal["auto", "accuracy", "in_scope_recall", "fpr", "accuracy_drop"] = "auto"
+    target: float | None = None
+    mahalanobis_ridge: float = 1e-3
+    energy_temperature: float = 1.0
+
+    def validate(self) -> None:
+        _check(self.target is None or 0.0 <= self.target <= 1.0, "open_set.target", "must be in [0, 1] or null")
+        _check(
+            self.target is None or self.criterion not in ("auto", "accuracy"),
+            "open_set.target",
+            "needs criterion in_scope_recall, fpr or accuracy_drop",
+        )
+        _check(self.mahalanobis_ridge >= 0, "open_set.mahalanobis_ridge", "must be >= 0")
+        _check(self.energy_temperature > 0, "open_set.energy_temperature", "must be > 0")

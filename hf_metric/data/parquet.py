@@ -24,6 +24,8 @@ TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"
 GROUP_COLUMN = "group"
 MASK_COLUMNS = ("metric_mask", "classifier_mask")
+OUT_OF_SCOPE_ID = -1
+"""Label id of out-of-scope rows (`data.out_of_scope_label`); the same as `hf_metric.model.open_set_scores`."""
 """Columns (besides the featurizer's) that the model's forward receives."""
 
 
@@ -52,8 +54,11 @@ def _fail(path: str, column: str, row: int, problem: str) -> DataError:
     return DataError(f"{path}: column '{column}', row {row}: {problem}")
 
 
-def read_labeled_parquet(path: str | Path) -> LabeledTable:
-    """Read and validate one Parquet file; raise `DataError` on the first problem found."""
+def read_labeled_parquet(path: str | Path, out_of_scope_label: str | None = None) -> LabeledTable:
+    """Read and validate one Parquet file; raise `DataError` on the first problem found.
+
+    Rows labelled `out_of_scope_label` (compared as text) belong to no class: they get the label id
+    `OUT_OF_SCOPE_ID` (-1), which every loss part skips, and serve the open-set evaluation."""
     path = str(path)
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
@@ -110,9 +115,20 @@ def read_labeled_parquet(path: str | Path) -> LabeledTable:
     raw_labels = label.to_numpy(zero_copy_only=False)
     if is_str:
         raw_labels = np.array([s.strip() for s in raw_labels], dtype=object)
-    classes = sorted(set(raw_labels.tolist()))
+    oos = np.zeros(len(raw_labels), dtype=bool)
+    if out_of_scope_label is not None:
+        oos = np.array([str(v) == out_of_scope_label for v in raw_labels.tolist()], dtype=bool)
+        if oos.all():
+            raise DataError(
+                f"{path}: column '{LABEL_COLUMN}': every row has the out-of-scope label {out_of_scope_label!r}"
+            )
+    classes = sorted(set(raw_labels[~oos].tolist()))
     label2id = {c: i for i, c in enumerate(classes)}
-    encoded = np.fromiter((label2id[v] for v in raw_labels.tolist()), dtype=np.int64, count=len(raw_labels))
+    encoded = np.fromiter(
+        (OUT_OF_SCOPE_ID if o else label2id[v] for v, o in zip(raw_labels.tolist(), oos, strict=True)),
+        dtype=np.int64,
+        count=len(raw_labels),
+    )
     out = pa.table(
         {
             TEXT_COLUMN: text.take(keep_idx),
@@ -126,7 +142,7 @@ def read_labeled_parquet(path: str | Path) -> LabeledTable:
         groups = table.column(GROUP_COLUMN).take(keep_idx).cast(pa.string()).to_pylist()
         class_groups = {i: set() for i in range(len(classes))}
         for label_id, group in zip(encoded.tolist(), groups, strict=True):
-            if group is not None:
+            if group is not None and label_id != OUT_OF_SCOPE_ID:
                 class_groups[label_id].add(group)
     return LabeledTable(out, {i: str(c) for c, i in label2id.items()}, dropped, path, class_groups)
 

@@ -7,7 +7,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .parquet import read_labeled_parquet
+import numpy as np
+
+from .parquet import OUT_OF_SCOPE_ID, read_labeled_parquet
 from .splits import resample_per_class, stratified_split
 
 logger = logging.getLogger(__name__)
@@ -28,9 +30,13 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
     """Validate, split, resample and featurize the configured Parquet file."""
     import datasets
 
-    labeled = read_labeled_parquet(data_cfg.parquet_path)
+    labeled = read_labeled_parquet(data_cfg.parquet_path, getattr(data_cfg, "out_of_scope_label", None))
     labels = labeled.labels
     train_idx, val_idx = stratified_split(labels, data_cfg.val_ratio, seed)
+    oos_train = labels[train_idx] == OUT_OF_SCOPE_ID
+    if oos_train.any():  # out-of-scope rows only validate (calibrate the rejection), never train a class
+        val_idx = np.sort(np.concatenate([val_idx, train_idx[oos_train]]))
+        train_idx = train_idx[~oos_train]
     train_idx = resample_per_class(train_idx, labels, data_cfg.upsample, data_cfg.downsample, seed)
     full = datasets.Dataset(labeled.table)
     train = featurizer.prepare(full.select(train_idx), train=True)
@@ -45,5 +51,7 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
         "classifier_rows": int(labeled.table.column("classifier_mask").to_numpy().sum()),
         "metric_rows": int(labeled.table.column("metric_mask").to_numpy().sum()),
     }
+    if (labels == OUT_OF_SCOPE_ID).any():
+        summary["out_of_scope_rows"] = int((labels == OUT_OF_SCOPE_ID).sum())
     logger.info("data: %s", summary)
     return PreparedData(train, val, labeled.id2label, summary, labeled.class_groups)

@@ -9,19 +9,23 @@ training) and the user (a held-out file after training). It computes
 - retrieval metrics against a reference set of labelled embeddings (the trainer's bank of recent training
   steps, or a model's stored training rows): Recall@K for rows with metric_mask = 1, kNN accuracy/F1 for rows with
   classifier_mask = 1, and the reference's own statistics (`bank_*`);
-- the pictures (`plots.evaluation_plots`).
+- the pictures (`plots.evaluation_plots`);
+- open-set metrics (`open_set.evaluate_open_set`) when the set has out-of-scope rows (label id -1) or the model
+  has a rejection threshold; out-of-scope rows are left out of every other metric.
 
 `metric_names` lists what it returns; it is the list `checkpointing.save_best_by` is checked against.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from ..model.open_set_scores import OUT_OF_SCOPE_ID
 from .metrics import (
     bank_statistics,
     classification_metrics,
@@ -59,6 +63,8 @@ class EvalPredictions:
     labels: np.ndarray
     classifier_rows: np.ndarray
     metric_rows: np.ndarray
+    head_logits: np.ndarray | None = None
+    """The head's own logits when `logits` are kNN-fused (for the energy score); None: `logits`."""
 
     @classmethod
     def from_loop(cls, predictions, label_ids) -> EvalPredictions:
@@ -94,6 +100,8 @@ class MetricEvaluator:
         plots: where to draw the pictures (None: no pictures).
         class_names: id -> name, for the pictures.
         class_counts: training rows per class id, so the per-class F1 picture marks the rare classes.
+        open_set: the model's rejection rule (`open_set.OpenSetSettings`); None: threshold-free open-set
+            metrics only, and only for sets with out-of-scope rows.
     """
 
     def __init__(
@@ -103,12 +111,14 @@ class MetricEvaluator:
         plots: PlotSettings | None = None,
         class_names: Mapping[int, str] | None = None,
         class_counts: Mapping[int, int] | None = None,
+        open_set=None,
     ) -> None:
         self.objective = objective
         self.retrieval = retrieval or RetrievalSettings()
         self.plots = plots
         self.class_names = class_names
         self.class_counts = class_counts
+        self.open_set = open_set
 
     def metric_names(self) -> tuple[str, ...]:
         metric_part = self.objective.metric_part if self.objective is not None else "supcon_loss"
@@ -123,6 +133,10 @@ class MetricEvaluator:
         """Metrics of `predictions`; retrieval metrics need a non-empty `reference` (embeddings, labels); pictures
         are drawn when this evaluator has plot settings and a `plot_tag` names them (e.g. `step200`)."""
         p = predictions
+        oos = p.labels == OUT_OF_SCOPE_ID
+        with_threshold = self.open_set is not None and self.open_set.threshold is not None
+        if oos.any():  # out-of-scope rows belong to no class: only the open-set metrics use them
+            p = replace(p, classifier_rows=p.classifier_rows & ~oos, metric_rows=p.metric_rows & ~oos)
         ce = p.classifier_rows
         metrics: dict[str, float] = {}
         if self.objective is not None and p.embeddings is not None:
@@ -133,10 +147,45 @@ class MetricEvaluator:
         metrics.update(watch)
         if p.embeddings is not None and reference is not None and len(reference[1]) > 0:
             metrics.update(self.retrieval_metrics(p, *reference))
+        scores = None
+        if oos.any() or with_threshold:
+            open_set, scores = self.open_set_metrics(predictions, reference)
+            metrics.update(open_set)
         result = EvaluationResult(metrics, collapsed_rows=int(ce.sum()) if collapsed else None)
         if self.plots is not None and plot_tag is not None:
             result.plots = self.draw(p, plot_tag)
+            if scores is not None and oos.any():
+                result.plots.update(self.draw_open_set(predictions, scores, plot_tag))
         return result
+
+    def open_set_metrics(self, p: EvalPredictions, reference) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Open-set metrics of the rows with classifier_mask = 1 or the out-of-scope label, and every score."""
+        from .open_set import evaluate_open_set
+
+        rows = p.classifier_rows | (p.labels == OUT_OF_SCOPE_ID)
+        ref = None
+        if reference is not None:
+            ref_emb = reference[0].detach().float().cpu().numpy() if torch.is_tensor(reference[0]) else reference[0]
+            ref = (np.asarray(ref_emb), np.asarray(reference[1]))
+        return evaluate_open_set(
+            p.logits[rows],
+            p.embeddings[rows] if p.embeddings is not None else None,
+            p.labels[rows],
+            self.open_set,
+            ref,
+            p.head_logits[rows] if p.head_logits is not None else None,
+        )
+
+    def draw_open_set(self, p: EvalPredictions, scores: dict[str, np.ndarray], tag: str) -> dict[str, str]:
+        """The accuracy / OOS-recall curve of every score (`open_set_curve_<tag>.png`)."""
+        from .open_set import accuracy_recall_plot
+        from .plots import save_png
+
+        rows = p.classifier_rows | (p.labels == OUT_OF_SCOPE_ID)
+        s = self.open_set
+        point = (s.score, s.threshold) if s is not None and s.threshold is not None else None
+        fig = accuracy_recall_plot(scores, p.logits[rows], p.labels[rows], point)
+        return {"open_set_curve": save_png(fig, os.path.join(self.plots.out_dir, f"open_set_curve_{tag}.png"))}
 
     def losses(self, p: EvalPredictions) -> dict[str, float]:
         """The objective's loss and parts over the whole set at once (same numbers for any batch size)."""

@@ -28,6 +28,11 @@ PLOT_CAPTIONS = {
         "Margins",
         "Nearest same-class minus nearest other-class cosine per row: mass right of 0 is good.",
     ),
+    "open_set_curve": (
+        "Open set: accuracy vs out-of-scope recall",
+        "Each threshold of each score: in-scope accuracy (rejections count wrong) against the share of "
+        "out-of-scope rows rejected; up and right is good.",
+    ),
 }
 """Heading and one-line explanation of each picture in the report."""
 

@@ -31,11 +31,18 @@ class MetricClassifierConfig(PreTrainedConfig):
         knn_fusion_weight, knn_fusion_k, knn_fusion_temperature: at inference, with a stored kNN reference
             (`set_knn_reference`), `logits` become log((1 - w) * softmax(head) + w * p_knn) (`hf_metric.knn_fusion`).
         knn_reference_size: rows of the stored reference (0: none); set by `set_knn_reference`.
+        out_of_scope_label: the label returned for rejected rows.
+        open_set_score, open_set_threshold: open-set rejection (`open_set_scores.py`): rows whose score (higher =
+            in-scope) is below the threshold are out of scope. `None` (the default): no rejection.
+        open_set_fusion_stats: per component of the `fused` score, the [mean, std] it is z-normalised with.
+        open_set_energy_temperature: temperature of the `energy` score.
+        open_set_mahalanobis: the model stores class means and a shared precision for the `mahalanobis` score
+            (set by `set_open_set`).
     """
 
     model_type = "hf_metric_classifier"
     sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}  # noqa: RUF012
-    keys_to_ignore_at_inference = ["ce_loss", "metric_loss", "classifier_logits"]  # noqa: RUF012
+    keys_to_ignore_at_inference = ["ce_loss", "metric_loss", "classifier_logits", "open_set_scores"]  # noqa: RUF012
 
     encoder_config: dict | PreTrainedConfig | None = None
     pooling: str = "mean"
@@ -55,6 +62,12 @@ class MetricClassifierConfig(PreTrainedConfig):
     knn_fusion_k: int = 10
     knn_fusion_temperature: float = 0.05
     knn_reference_size: int = 0
+    out_of_scope_label: str = "oos"
+    open_set_score: str | None = None
+    open_set_threshold: float | None = None
+    open_set_fusion_stats: dict | None = None
+    open_set_energy_temperature: float = 1.0
+    open_set_mahalanobis: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -62,6 +75,8 @@ class MetricClassifierConfig(PreTrainedConfig):
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
         if not 0.0 <= self.knn_fusion_weight <= 1.0:
             raise ValueError(f"knn_fusion_weight must be in [0, 1], got {self.knn_fusion_weight}")
+        if (self.open_set_score is None) != (self.open_set_threshold is None):
+            raise ValueError("open_set_score and open_set_threshold are set together (both None: no rejection)")
 
     @property
     def embedding_dim(self) -> int:

@@ -8,10 +8,11 @@ The classifier sees the raw pooled output; the metric loss sees the normalized e
 a projection (as in SupCon/SimCLR) so that the two objectives do not fight over one space.
 
 `save_pretrained` copies this file and the files it imports relatively (every module of `hf_metric/model/`:
-configuration, pooling, heads, losses, objective, precision, registry, and for kNN fusion `knn_fusion.py` with
-`neighbors.py`) next to the weights and records them in the config's `auto_map`, so a saved folder loads with
-`from_pretrained(path, trust_remote_code=True)` where hf_metric is not installed. Keep the relative imports to
-this folder's small, self-contained files: anything imported relatively is copied too.
+configuration, pooling, heads, losses, objective, precision, registry, for kNN fusion `knn_fusion.py` with
+`neighbors.py`, and for open-set rejection `open_set_scores.py`) next to the weights and records them in the
+config's `auto_map`, so a saved folder loads with `from_pretrained(path, trust_remote_code=True)` where
+hf_metric is not installed. Keep the relative imports to this folder's small, self-contained files: anything
+imported relatively is copied too.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class MetricClassifierOutput(ModelOutput):
         ce_loss: the classification part (mean over rows with classifier_mask = 1).
         metric_loss: the metric-learning part (mean over anchors with metric_mask = 1 and a positive).
         classifier_logits: the head's own logits, when `logits` hold the kNN-fused log-probabilities.
+        open_set_scores: `(batch,)` the configured open-set score (higher = in-scope), at inference when the
+            model has a rejection threshold (`set_open_set`); rows below `config.open_set_threshold` are out of
+            scope.
     """
 
     loss: torch.FloatTensor | None = None
@@ -55,6 +59,7 @@ class MetricClassifierOutput(ModelOutput):
     ce_loss: torch.FloatTensor | None = None
     metric_loss: torch.FloatTensor | None = None
     classifier_logits: torch.FloatTensor | None = None
+    open_set_scores: torch.FloatTensor | None = None
 
 
 def _load_encoder(config: PreTrainedConfig | str, pooling: str, **kwargs: Any) -> PreTrainedModel:
@@ -118,6 +123,7 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         else:
             self.class_margins = None
         self._register_knn_reference(config.knn_reference_size)
+        self._register_open_set_statistics(config.open_set_mahalanobis)
         self.post_init()
 
     def _register_knn_reference(self, rows: int) -> None:
@@ -140,6 +146,65 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         self.knn_reference_embeddings.copy_(F.normalize(embeddings.float(), dim=-1))
         self.knn_reference_labels.copy_(labels.long())
         self.to(device)
+
+    def _register_open_set_statistics(self, mahalanobis: bool) -> None:
+        """Buffers (saved with the weights) for the Mahalanobis score: class means and the shared precision."""
+        classes, dim = (self.config.num_labels, self.config.embedding_dim) if mahalanobis else (0, 0)
+        self.register_buffer("open_set_means", torch.zeros(classes, dim))
+        self.register_buffer("open_set_precision", torch.zeros(dim, dim))
+
+    def set_open_set(
+        self,
+        score: str | None,
+        threshold: float | None,
+        fusion_stats: dict[str, list[float]] | None = None,
+        means: torch.Tensor | None = None,
+        precision: torch.Tensor | None = None,
+    ) -> None:
+        """Reject rows whose `score` (see `open_set_scores.py`) is below `threshold` at inference; `None` for
+        both removes the rejection. The Mahalanobis score needs `means` and `precision` (`fit_mahalanobis`),
+        the kNN score a stored kNN reference, the fused score its `fusion_stats`."""
+        from .open_set_scores import components
+
+        if (score is None) != (threshold is None):
+            raise ValueError("score and threshold are set together (both None: no rejection)")
+        needed = components(score, fusion_stats) if score is not None else ()
+        if "knn" in needed and self.config.knn_reference_size == 0:
+            raise ValueError("the kNN open-set score needs a stored kNN reference (call set_knn_reference first)")
+        mahalanobis = "mahalanobis" in needed
+        if mahalanobis and (means is None or precision is None):
+            raise ValueError("the Mahalanobis open-set score needs class means and a precision matrix")
+        device = self.open_set_means.device
+        self._register_open_set_statistics(mahalanobis)
+        if mahalanobis:
+            self.open_set_means.copy_(means)
+            self.open_set_precision.copy_(precision)
+        self.to(device)
+        self.config.open_set_mahalanobis = mahalanobis
+        self.config.open_set_score = score
+        self.config.open_set_threshold = None if threshold is None else float(threshold)
+        self.config.open_set_fusion_stats = dict(fusion_stats) if score == "fused" else None
+
+    def open_set_scores(self, logits: torch.Tensor, head_logits: torch.Tensor, embeddings: torch.Tensor):
+        """(batch,) the configured open-set score: msp from `logits` (the prediction, kNN-fused or not),
+        energy from the head's own logits, knn / mahalanobis from the embeddings."""
+        from .open_set_scores import base_scores, components, fuse, max_softmax
+
+        c = self.config
+        needed = components(c.open_set_score, c.open_set_fusion_stats)
+        scores = base_scores(
+            head_logits,
+            embeddings,
+            self.knn_reference_embeddings if "knn" in needed else None,
+            self.open_set_means if c.open_set_mahalanobis else None,
+            self.open_set_precision if c.open_set_mahalanobis else None,
+            names=needed,
+            energy_temperature=c.open_set_energy_temperature,
+        )
+        if "msp" in needed:
+            scores["msp"] = max_softmax(logits)
+        out = fuse(scores, c.open_set_fusion_stats) if c.open_set_score == "fused" else scores[c.open_set_score]
+        return out.to(logits.device)
 
     def _fused_logits(self, logits: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         from .knn_fusion import fuse_probabilities, knn_class_probabilities
@@ -210,6 +275,10 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         classifier_logits = None
         if not self.training and self.config.knn_fusion_weight > 0 and self.config.knn_reference_size > 0:
             classifier_logits, logits = logits, self._fused_logits(logits, embeddings)
+        open_set_scores = None
+        if not self.training and self.config.open_set_threshold is not None:
+            head_logits = classifier_logits if classifier_logits is not None else logits
+            open_set_scores = self.open_set_scores(logits.detach(), head_logits.detach(), embeddings.detach())
 
         loss = ce_loss = metric_loss = None
         if labels is not None and return_loss is not False:
@@ -228,6 +297,7 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             ce_loss=ce_loss,
             metric_loss=metric_loss,
             classifier_logits=classifier_logits,
+            open_set_scores=open_set_scores,
         )
         return output if return_dict is not False else output.to_tuple()
 

@@ -10,6 +10,13 @@
   reference set (texts with labels, a saved reference, or a training checkpoint's embedding bank), with
   `hf_metric.metrics.knn_predict`. A reference saved as `knn_reference.safetensors` in the model folder is
   loaded with the model, so the classifier travels with it (and works for classes the head never saw).
+- `pipeline("open-set-classification", model=path)` (or `pipeline("text-classification", model=path,
+  pipeline_class=OpenSetClassificationPipeline)`): text classification that answers the model's
+  `out_of_scope_label` for rows whose open-set score is below the model's threshold (`set_open_set`).
+
+With a threshold in the model, both classification pipelines add `open_set_score` and `is_out_of_scope` to each
+answer, and a rejected row gets `{"label": <out_of_scope_label>, "score": <its open-set score>}`; a model
+without a threshold answers exactly as before.
 """
 
 from __future__ import annotations
@@ -22,16 +29,45 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import AutoModel
-from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline
+from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline, TextClassificationPipeline
 
 from ..evaluation.metrics import knn_predict
+from ..model.open_set_scores import is_out_of_scope
 from ..training.bank import BANK_FORMAT
 
 EMBEDDING_TASK = "metric-embedding"
 KNN_TASK = "knn-classification"
+OPEN_SET_TASK = "open-set-classification"
 KNN_REFERENCE_FILE = "knn_reference.safetensors"
 KNN_REFERENCE_FORMAT = "hf_metric.KnnReference/1"
 """Written into the safetensors metadata of a kNN reference; `EmbeddingBank` files are accepted too."""
+
+
+def open_set_answer(answer: dict[str, Any], config: Any, scores: torch.Tensor | None) -> dict[str, Any]:
+    """`answer` ({"label", "score"}) with the open-set decision of the model's threshold (unchanged without)."""
+    threshold = getattr(config, "open_set_threshold", None)
+    if threshold is None or scores is None:
+        return answer
+    score = scores.reshape(-1)[:1].float().cpu()
+    rejected = bool(is_out_of_scope(score, threshold)[0])
+    if rejected:
+        answer = {"label": config.out_of_scope_label, "score": float(score)}
+    return {**answer, "open_set_score": float(score), "is_out_of_scope": rejected}
+
+
+class OpenSetClassificationPipeline(TextClassificationPipeline):
+    """`text-classification` that rejects out-of-scope texts when the model has an open-set threshold (module
+    doc); with `top_k=None` a rejected row's list starts with the out-of-scope answer."""
+
+    def postprocess(self, model_outputs: Any, *args: Any, **kwargs: Any) -> Any:
+        answer = super().postprocess(model_outputs, *args, **kwargs)
+        scores = model_outputs.get("open_set_scores") if hasattr(model_outputs, "get") else None
+        if getattr(self.model.config, "open_set_threshold", None) is None or scores is None:
+            return answer
+        if isinstance(answer, dict):
+            return open_set_answer(answer, self.model.config, scores)
+        decided = open_set_answer(dict(answer[0]), self.model.config, scores)
+        return [decided, *answer] if decided["is_out_of_scope"] else answer
 
 
 class MetricEmbeddingPipeline(FeatureExtractionPipeline):
@@ -68,6 +104,12 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
     fusion (`model.knn_fusion_weight`); or set it later with `fit` / `load_reference`.
     `k` and `distance` ("cos" or "l2") are call options; their defaults come from the reference file.
     """
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.model(**model_inputs)
+        if out.open_set_scores is None:
+            return {"embeddings": out.embeddings}
+        return {"embeddings": out.embeddings, "open_set_scores": out.open_set_scores}
 
     def __init__(self, *args: Any, reference: str | os.PathLike | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -161,11 +203,17 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
         embeddings, labels = self._reference()
         query = model_outputs["embeddings"].float().cpu()
         predicted, share = knn_predict(query, embeddings, labels, k or self.k, distance or self.distance)
-        return {"label": predicted[0].item(), "score": float(share[0])}
+        answer = {"label": predicted[0].item(), "score": float(share[0])}
+        return open_set_answer(answer, self.model.config, model_outputs.get("open_set_scores"))
 
 
 def register_pipelines() -> None:
-    """Make the two tasks known to `transformers.pipeline` (called on `import hf_metric`)."""
-    for task, cls in ((EMBEDDING_TASK, MetricEmbeddingPipeline), (KNN_TASK, KnnClassificationPipeline)):
+    """Make the three tasks known to `transformers.pipeline` (called on `import hf_metric`)."""
+    tasks = (
+        (EMBEDDING_TASK, MetricEmbeddingPipeline),
+        (KNN_TASK, KnnClassificationPipeline),
+        (OPEN_SET_TASK, OpenSetClassificationPipeline),
+    )
+    for task, cls in tasks:
         if PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl") is not cls:
             PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=cls, pt_model=AutoModel, type="text")
