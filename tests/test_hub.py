@@ -23,6 +23,7 @@ UPLOADED = {
     "configuration.py",
     "pooling.py",
     "heads.py",
+    "precision.py",
     "losses.py",
     "objective.py",
     "registry.py",

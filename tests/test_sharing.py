@@ -89,6 +89,7 @@ def test_a_fresh_process_without_hf_metric_loads_with_trust_remote_code(tmp_path
             "heads.py",
             "losses.py",
             "objective.py",
+            "precision.py",
             "registry.py",
             "knn_fusion.py",
             "neighbors.py",
