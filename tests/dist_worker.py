@@ -2,6 +2,7 @@
 
 dist_worker.py supcon OUT_JSON MODE        cross-process SupCon loss and gradients
 dist_worker.py train OUT_DIR CONFIG        one SGD step of the real trainer, then an evaluation
+dist_worker.py pk OUT_DIR CONFIG [CKPT]    P x K batches with gradient accumulation 2 (resumed from CKPT)
 """
 
 import json
@@ -67,8 +68,50 @@ def train(out_dir: str, config: str) -> None:
         torch.save(delta, os.path.join(out_dir, "delta.pt"))
 
 
+def _row_key(input_ids, attention_mask, label) -> list:
+    """A row's identity: its tokens without padding, and its label."""
+    return [[int(t) for t, m in zip(input_ids, attention_mask, strict=True) if m], int(label)]
+
+
+def pk(out_dir: str, config: str, checkpoint: str | None = None) -> None:
+    """Record every micro-batch each process trains on (rows and optimizer step), and the sampler's own order."""
+    from hf_metric.config import load_config
+    from hf_metric.run import build_trainer
+
+    trainer = build_trainer(load_config(config), gradient_accumulation_steps=2, report_to=[])
+    seen = []
+    original = trainer.training_step
+
+    def training_step(model, inputs, num_items_in_batch=None):
+        rows = zip(
+            inputs["input_ids"].tolist(), inputs["attention_mask"].tolist(), inputs["labels"].tolist(), strict=True
+        )
+        seen.append({"step": trainer.state.global_step + 1, "rows": [_row_key(*r) for r in rows]})
+        return original(model, inputs, num_items_in_batch)
+
+    trainer.training_step = training_step
+    trainer.train(resume_from_checkpoint=checkpoint)
+    sampler = trainer._get_train_sampler()
+    data = trainer.train_dataset
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        epochs.append([_row_key(data[i]["input_ids"], data[i]["attention_mask"], data[i]["labels"]) for i in sampler])
+    result = {
+        "seen": seen,
+        "sampler_epochs": epochs,
+        "batch_size": sampler.batch_size,
+        "num_batches": sampler.num_batches,
+        "all_rows": [_row_key(r["input_ids"], r["attention_mask"], r["labels"]) for r in data],
+    }
+    with open(os.path.join(out_dir, f"pk_rank{trainer.accelerator.process_index}.json"), "w") as fh:
+        json.dump(result, fh)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "supcon":
         supcon(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "pk":
+        pk(*sys.argv[2:])
     else:
         train(sys.argv[2], sys.argv[3])

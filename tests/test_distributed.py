@@ -4,12 +4,13 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_parquet
+from conftest import synthetic_rows, write_parquet
 from dist_worker import B, supcon_inputs
 from test_training import _masked_rows, _sequential_trainer
 
@@ -86,3 +87,47 @@ def test_training_step_and_evaluation_match_a_single_process(tmp_path, make_conf
         if key.endswith(timing):
             continue
         assert np.isclose(ranks[0]["metrics"][key], value, rtol=1e-4, atol=1e-5), (key, ranks[0]["metrics"][key], value)
+
+
+def _keys(rows) -> Counter:
+    return Counter((tuple(tokens), label) for tokens, label in rows)
+
+
+@pytest.mark.slow
+def test_pk_batches_on_2_processes_with_accumulation_2_cover_every_row_and_survive_resume(tmp_path, make_config):
+    """Per optimizer step the 2 processes x 2 micro-batches are exactly the sampler's next 4 P x K batches: every
+    row at least once per epoch, each micro-batch P x K; a run resumed mid-epoch gets the same batches."""
+    rows = synthetic_rows(20)  # 15 train rows per class: 8 groups of K=2 each -> 8 batches of 4 classes x 2
+    config = make_config(
+        write_parquet(tmp_path / "pk.parquet", rows),
+        training={"num_epochs": 2, "batch_size": 8, "samples_per_class": 2, "logging_steps": 1},
+        checkpointing={"save_every_n_batches": 1, "save_total_limit": 10},
+        metric_validation={"plots": False},
+    )
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    full.mkdir()
+    resumed.mkdir()
+    _torchrun("pk", str(full), str(config))
+    ranks = [json.loads((full / f"pk_rank{r}.json").read_text()) for r in (0, 1)]
+    info = ranks[0]
+    n, size = info["num_batches"], info["batch_size"]
+    assert n % 4 == 0 and size == 8  # 2 processes x 2 micro-batches per step: no padding batches
+    steps_per_epoch = n // 4
+    for epoch, order in enumerate(info["sampler_epochs"]):
+        assert set(_keys(order)) == set(_keys(info["all_rows"]))  # every row, every epoch
+        for s in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + s + 1
+            micro = [b["rows"] for r in ranks for b in r["seen"] if b["step"] == step]
+            assert len(micro) == 4
+            for batch in micro:  # P x K: 4 classes x 2 rows
+                assert sorted(Counter(label for _, label in batch).values()) == [2, 2, 2, 2]
+            expected = order[s * 4 * size : (s + 1) * 4 * size]
+            assert sum((_keys(b) for b in micro), Counter()) == _keys(expected), step
+
+    checkpoint = tmp_path / "ckpt" / "checkpoint-1"
+    assert checkpoint.is_dir()
+    _torchrun("pk", str(resumed), str(config), str(checkpoint))
+    again = [json.loads((resumed / f"pk_rank{r}.json").read_text()) for r in (0, 1)]
+    for rank, (a, b) in enumerate(zip(ranks, again, strict=True)):
+        after = [x for x in a["seen"] if x["step"] > 1]
+        assert after and after == b["seen"], rank

@@ -23,6 +23,7 @@ UPLOADED = {
     "configuration.py",
     "pooling.py",
     "heads.py",
+    "precision.py",
     "losses.py",
     "classification_losses.py",
     "metric_losses.py",

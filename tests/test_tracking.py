@@ -22,6 +22,7 @@ from hf_metric.run import build_trainer, train
 from hf_metric.training.tracking import NeptuneTracker, offline_run_dirs, read_offline_run
 
 FAKE_TOKEN = "hfm-FAKE-neptune-token-7f3e9c2a51d84b06"
+FAKE_HF_TOKEN = "hf_FAKEhubtoken9c1d7e44a0b2f3"
 
 
 def _tiny_config(tiny_model_dir: str, root: Path, **sections) -> dict:
@@ -52,6 +53,8 @@ def tracked_run(tmp_path_factory, tiny_model_dir):
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NEPTUNE_API_TOKEN", FAKE_TOKEN)
+        mp.setenv("HF_TOKEN", FAKE_HF_TOKEN)
+        mp.setenv("HUGGING_FACE_HUB_TOKEN", FAKE_HF_TOKEN)
         mp.setenv("NEPTUNE_DATA_DIRECTORY", str(root / "neptune"))
         for lg in loggers:
             lg.addHandler(handler)
@@ -131,9 +134,11 @@ def test_the_api_token_is_never_written_or_logged(tracked_run):
     root = tracked_run["root"]
     written = [p for p in root.rglob("*") if p.is_file()]
     assert any("neptune" in p.parts for p in written) and any(p.name == "report.md" for p in written)
-    assert files_containing(root, FAKE_TOKEN) == []
+    for token in (FAKE_TOKEN, FAKE_HF_TOKEN):  # logs, resolved config, report, model card, checkpoints, Neptune
+        assert files_containing(root, token) == []
+        assert token not in tracked_run["logs"]
     assert "Report:" in tracked_run["logs"]  # the capture works: the run's own output is there
-    assert FAKE_TOKEN not in tracked_run["logs"]
+    assert (root / "ckpt" / "best" / "README.md").is_file() and (root / "ckpt" / "resolved_config.yaml").is_file()
     # the check itself can fail: a file holding the token is found
     planted = root / "planted" / "leak.txt"
     planted.parent.mkdir()
