@@ -42,7 +42,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "baseline": {
         "head": {"type": "linear", "scale": None},
         "model": {"knn_fusion_weight": 0.0},
-        "training": {"metric_loss_weight": 0.0},
+        "loss": {"metric": {"weight": 0.0}},
     },
     "recipe": {},
 }

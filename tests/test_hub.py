@@ -28,7 +28,6 @@ UPLOADED = {
     "classification_losses.py",
     "metric_losses.py",
     "masking.py",
-    "precision.py",
     "objective.py",
     "registry.py",
     "knn_fusion.py",

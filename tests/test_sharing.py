@@ -93,7 +93,6 @@ def test_a_fresh_process_without_hf_metric_loads_with_trust_remote_code(tmp_path
             "masking.py",
             "precision.py",
             "objective.py",
-            "precision.py",
             "registry.py",
             "knn_fusion.py",
             "neighbors.py",
