@@ -9,6 +9,8 @@ training) and the user (a held-out file after training). It computes
 - retrieval metrics against a reference set of labelled embeddings (the trainer's bank of recent training
   steps, or a model's stored training rows): Recall@K for rows with metric_mask = 1, kNN accuracy/F1 for rows with
   classifier_mask = 1, and the reference's own statistics (`bank_*`);
+- with a class -> group mapping, the error analysis by group (`groups.group_analysis`: within-group accuracy by
+  number of candidates, per-group accuracy, where the errors are, how close they are) and its picture;
 - the pictures (`plots.evaluation_plots`).
 
 `metric_names` lists what it returns; it is the list `checkpointing.save_best_by` is checked against.
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .groups import GroupAnalysis, class_group_names, group_analysis
 from .metrics import (
     bank_statistics,
     classification_metrics,
@@ -40,6 +43,8 @@ REFERENCE_METRICS = (
     "bank_positive_margin_fraction",
 )
 """The reference statistics worth selecting a checkpoint by (the others, such as `bank_size`, are bookkeeping)."""
+GROUP_METRICS = ("within_group_accuracy", "group_accuracy_min", "group_accuracy_macro")
+"""Group-analysis numbers worth selecting a checkpoint by (returned when the evaluator knows the groups)."""
 
 
 def metric_names(metric_part: str = "supcon_loss", recall_ks: Sequence[int] = (1, 5, 10)) -> tuple[str, ...]:
@@ -98,6 +103,8 @@ class EvaluationResult:
     plots: dict[str, str] = field(default_factory=dict)
     collapsed_rows: int | None = None
     """Rows of a collapsed prediction set (None: no collapse); the caller decides how to warn."""
+    group_analysis: GroupAnalysis | None = None
+    """The error analysis by group (None: the evaluator knows no groups)."""
 
 
 class MetricEvaluator:
@@ -109,6 +116,9 @@ class MetricEvaluator:
         plots: where to draw the pictures (None: no pictures).
         class_names: id -> name, for the pictures.
         class_counts: training rows per class id, so the per-class F1 picture marks the rare classes.
+        class_groups: class id -> group (a name or a set of names, as `PreparedData.class_groups`); given, every
+            evaluation adds the error analysis by group (`groups.group_analysis`).
+        always_fail_min_rows: a class counts as "always failing" with at least this many rows, none right.
     """
 
     def __init__(
@@ -118,16 +128,21 @@ class MetricEvaluator:
         plots: PlotSettings | None = None,
         class_names: Mapping[int, str] | None = None,
         class_counts: Mapping[int, int] | None = None,
+        class_groups: Mapping[int, object] | None = None,
+        always_fail_min_rows: int = 5,
     ) -> None:
         self.objective = objective
         self.retrieval = retrieval or RetrievalSettings()
         self.plots = plots
         self.class_names = class_names
         self.class_counts = class_counts
+        self.class_groups = class_groups
+        self.always_fail_min_rows = always_fail_min_rows
 
     def metric_names(self) -> tuple[str, ...]:
         metric_part = self.objective.metric_part if self.objective is not None else "supcon_loss"
-        return metric_names(metric_part, self.retrieval.recall_at_k)
+        names = metric_names(metric_part, self.retrieval.recall_at_k)
+        return names + GROUP_METRICS if self.class_groups is not None else names
 
     def __call__(
         self,
@@ -148,9 +163,15 @@ class MetricEvaluator:
         metrics.update(watch)
         if p.embeddings is not None and reference is not None and len(reference[1]) > 0:
             metrics.update(self.retrieval_metrics(p, *reference))
+        analysis = None
+        if self.class_groups is not None and ce.any():
+            names = class_group_names(self.class_groups, p.logits.shape[1])
+            analysis = group_analysis(p.logits[ce], p.labels[ce], names, self.always_fail_min_rows)
+            metrics.update(analysis.metrics)
         result = EvaluationResult(metrics, collapsed_rows=int(ce.sum()) if collapsed else None)
+        result.group_analysis = analysis
         if self.plots is not None and plot_tag is not None:
-            result.plots = self.draw(p, plot_tag)
+            result.plots = self.draw(p, plot_tag, analysis)
         return result
 
     def losses(self, p: EvalPredictions) -> dict[str, float]:
@@ -179,12 +200,14 @@ class MetricEvaluator:
         out.update({f"bank_{k}": float(v) for k, v in bank_statistics(ref_emb, ref_labels).items()})
         return out
 
-    def draw(self, p: EvalPredictions, tag: str) -> dict[str, str]:
+    def draw(self, p: EvalPredictions, tag: str, analysis: GroupAnalysis | None = None) -> dict[str, str]:
         """The pictures of this evaluation into `plots.out_dir`, named with `tag`; name -> PNG path."""
-        from .plots import evaluation_plots
+        import os
+
+        from .plots import evaluation_plots, save_png, top2_margin_histogram
 
         labelled, ce = p.labels >= 0, p.classifier_rows
-        return evaluation_plots(
+        plots = evaluation_plots(
             self.plots.out_dir,
             tag,
             p.embeddings[labelled] if p.embeddings is not None else None,
@@ -195,3 +218,8 @@ class MetricEvaluator:
             class_counts=self.class_counts,
             method=self.plots.embedding_map,
         )
+        if analysis is not None and len(analysis.margins):
+            name = "top2_margin_histogram"
+            fig = top2_margin_histogram(analysis.margins, analysis.errors)
+            plots[name] = save_png(fig, os.path.join(self.plots.out_dir, f"{name}_{tag}.png"))
+        return plots
