@@ -42,6 +42,26 @@ def _check_precision(cfg: TrainConfig) -> None:
         raise ConfigError("training.mixed_precision: fp16 needs a GPU; use bf16 (or no) on CPU")
 
 
+def _group_sampling(cfg: TrainConfig, data):
+    """`training.sampler: group_pk` (and its curriculum) from the data's groups; None for the other samplers."""
+    from .evaluation.groups import class_group_names
+    from .training.curriculum import CurriculumSettings, HardGroupCurriculum
+    from .training.group_sampler import GroupSampling
+
+    t = cfg.training
+    if t.sampler != "group_pk":
+        return None
+    if data.class_groups is None:
+        raise ConfigError(f"training.sampler: group_pk needs a 'group' column in {cfg.data.parquet_path}")
+    names = class_group_names(data.class_groups, len(data.id2label))
+    m = t.hard_group_mining
+    curriculum = None
+    if m is not None:
+        curriculum = HardGroupCurriculum(CurriculumSettings(m.start_epoch, m.max_oversample, m.min_weight))
+    groups = {c: g for c, g in enumerate(names) if g is not None}
+    return GroupSampling(groups, t.groups_per_batch, t.group_mix, curriculum)
+
+
 def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     """Everything up to `trainer.train()`: tokenizer, data, model and the configured trainer."""
     return build_run(cfg, **argument_overrides)[0]
@@ -100,18 +120,21 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         eval_dataset=data.val,
         processing_class=featurizer.processor,
         data_collator=featurizer.collator(),
-        samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
+        samples_per_class=t.samples_per_class if t.sampler in ("pk", "group_pk") else None,
         evaluator=MetricEvaluator(
             model.objective,
             RetrievalSettings(tuple(mv.recall_at_k), mv.distance, mv.knn_k),
             PlotSettings(os.path.join(args.output_dir, PLOTS_DIR), mv.embedding_map) if mv.plots else None,
             class_names=model.config.id2label,
+            class_groups=data.class_groups,
+            always_fail_min_rows=mv.always_fail_min_rows,
         ),
         bank_steps=mv.keep_last_n_emb_steps,
         distributed_metric_loss=t.distributed_metric_loss,
         head_lr_multiplier=cfg.optimizer.head_lr_multiplier,
         layerwise_lr_decay=cfg.optimizer.layerwise_lr_decay,
         collapse_check_steps=t.collapse_every,
+        group_sampling=_group_sampling(cfg, data),
     )
     if cfg.neptune.mode != "disabled":
         from .training.tracking import NeptuneTracker
@@ -179,12 +202,32 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     trainer.save_final_model(best_dir)
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
-        report = write_report(out_dir, metrics, trainer.latest_plots, cfg.to_yaml())
+        sections = _group_sections(trainer, out_dir)
+        report = write_report(out_dir, metrics, trainer.latest_plots, cfg.to_yaml(), sections)
         print("\nFinal validation metrics (best checkpoint):\n" + format_metrics_table(metrics), flush=True)
         finish_best_model(trainer, cfg, best_dir, metrics, data.summary)
         print(f"Report: {report}", flush=True)
         _finish_trackers(trainer, report, best_dir)
     return metrics
+
+
+def _group_sections(trainer, out_dir: str) -> list[str]:
+    """The final error analysis by group: `group_analysis.json` (its tables) and a report.md section."""
+    from .atomic import write_json_atomic
+    from .evaluation.groups import analysis_markdown
+
+    analysis = trainer.latest_group_analysis
+    if analysis is None:
+        return []
+    id2label = trainer.accelerator.unwrap_model(trainer.model).config.id2label
+    tables = {
+        "metrics": analysis.metrics,
+        "per_group": {g: {"accuracy": a, "rows": n, "errors": e} for g, (a, n, e) in analysis.per_group.items()},
+        "always_failing_classes": [id2label[c] for c in analysis.failing_classes],
+        "confused_pairs": [[id2label[a], id2label[b], n, same] for a, b, n, same in analysis.pairs],
+    }
+    write_json_atomic(os.path.join(out_dir, "group_analysis.json"), tables)
+    return [analysis_markdown(analysis, id2label)]
 
 
 def _finish_trackers(trainer, report_path: str, best_dir: str) -> None:

@@ -22,6 +22,7 @@ from .sections import (
     CheckpointingSection,
     DataSection,
     GroupMarginSection,
+    HardGroupMiningSection,
     HeadSection,
     MetricValidationSection,
     ModelSection,
@@ -46,6 +47,9 @@ SELECTABLE_METRICS = (
     "knn_f1",
     "bank_intra_class_cosine",
     "bank_mean_margin",
+    "within_group_accuracy",
+    "group_accuracy_min",
+    "group_accuracy_macro",
 )
 """Logged evaluation metrics (without the `eval_` prefix) that `save_best_by` may name, besides `recall@K`."""
 
@@ -128,6 +132,7 @@ __all__ = [
     "CheckpointingSection",
     "DataSection",
     "GroupMarginSection",
+    "HardGroupMiningSection",
     "HeadSection",
     "HubSection",
     "MetricValidationSection",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -168,3 +169,28 @@ class GroupPKSampler(Sampler[int]):
                 chosen.append(cls)
                 batch.append(rows)
             yield from (int(i) for i in np.concatenate(batch))
+
+
+@dataclass
+class GroupSampling:
+    """What the trainer needs for `training.sampler: group_pk`: the groups, the batch mix and the curriculum."""
+
+    class_groups: Mapping[int, str]
+    groups_per_batch: int = 2
+    group_mix: float = 0.25
+    curriculum: GroupWeights | None = None
+
+    def sampler(
+        self, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int, num_replicas: int
+    ) -> GroupPKSampler:
+        return GroupPKSampler(
+            labels,
+            self.class_groups,
+            batch_size,
+            samples_per_class,
+            self.groups_per_batch,
+            self.group_mix,
+            seed,
+            num_replicas,
+            self.curriculum,
+        )
