@@ -62,6 +62,15 @@ def _group_sampling(cfg: TrainConfig, data):
     return GroupSampling(groups, t.groups_per_batch, t.group_mix, curriculum)
 
 
+def _class_group_ids(data) -> list[int]:
+    """Group index of each class id (-1: none), for the pair-wise same-group margin."""
+    from .evaluation.groups import class_group_names
+
+    names = class_group_names(data.class_groups, len(data.id2label))
+    index = {g: i for i, g in enumerate(sorted({n for n in names if n is not None}))}
+    return [index.get(n, -1) for n in names]
+
+
 def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     """Everything up to `trainer.train()`: tokenizer, data, model and the configured trainer."""
     return build_run(cfg, **argument_overrides)[0]
@@ -92,6 +101,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
             raise ConfigError(f"head.group_margin: {cfg.data.parquet_path} has no 'group' column")
         margins = cfg.head.group_margin
         class_margins = group_class_margins(data.class_groups, margins.same, margins.default)
+    group_ids = _class_group_ids(data) if cfg.head.group_margin and cfg.head.group_margin.same_group_pair else None
     set_seed(t.seed)  # the new head and projection start from the same weights in every run
     model = MetricClassifierModel.from_backbone(
         model_path,
@@ -106,6 +116,8 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         head_type=cfg.head.type,
         head_kwargs=cfg.head.head_kwargs(),
         class_margins=class_margins,
+        class_group_ids=group_ids,
+        same_group_pair_margin=cfg.head.group_margin.same_group_pair if group_ids else 0.0,
         classification_loss=t.classification_loss,
         classification_loss_kwargs=t.classification_loss_kwargs(),
         classification_loss_weight=t.classification_loss_weight,

@@ -85,3 +85,21 @@ def test_hard_group_mining_needs_the_group_sampler(tmp_path, make_config):
     data = write_parquet(tmp_path / "d.parquet", _grouped_rows())
     with pytest.raises(ConfigError, match="group_pk"):
         load_config(make_config(data, training={"hard_group_mining": {"start_epoch": 1}}))
+
+
+def test_same_group_pair_margin_reaches_the_model(tmp_path, make_config):
+    from hf_metric.run import build_trainer
+
+    data = write_parquet(tmp_path / "g.parquet", _grouped_rows())
+    head = {"type": "cosface", "group_margin": {"same": 0.4, "default": 0.3, "same_group_pair": 0.1}}
+    trainer = build_trainer(load_config(make_config(data, head=head)))
+    config = trainer.model.config
+    names = [config.id2label[i] for i in range(4)]  # account, billing, card, delivery
+    ids = config.class_group_ids
+    assert config.same_group_pair_margin == 0.1
+    assert [ids[names.index(a)] == ids[names.index(b)] for a, b in (("billing", "card"), ("account", "card"))] == [
+        True,
+        False,
+    ]
+    with pytest.raises(ConfigError, match="same_group_pair"):
+        load_config(make_config(data, head={**head, "type": "circle"}))

@@ -31,6 +31,8 @@ class MetricClassifierConfig(PreTrainedConfig):
         knn_fusion_weight, knn_fusion_k, knn_fusion_temperature: at inference, with a stored kNN reference
             (`set_knn_reference`), `logits` become log((1 - w) * softmax(head) + w * p_knn) (`hf_metric.knn_fusion`).
         knn_reference_size: rows of the stored reference (0: none); set by `set_knn_reference`.
+        class_group_ids, same_group_pair_margin: group index of each class (-1: none) and the extra cosine margin
+            a target-margin head puts, in training, on the classes of the row's own group (0: off).
     """
 
     model_type = "hf_metric_classifier"
@@ -55,6 +57,8 @@ class MetricClassifierConfig(PreTrainedConfig):
     knn_fusion_k: int = 10
     knn_fusion_temperature: float = 0.05
     knn_reference_size: int = 0
+    class_group_ids: list[int] | None = None
+    same_group_pair_margin: float = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
