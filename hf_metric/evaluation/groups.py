@@ -31,20 +31,30 @@ def class_group_names(class_groups: Mapping[int, object], num_classes: int) -> n
     return out
 
 
-def _group_members(class_group: np.ndarray) -> dict[str, np.ndarray]:
+def _group_index(class_group: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Sorted group names and each class's index among them (-1: no group)."""
     names = sorted({g for g in class_group if g is not None})
-    return {g: np.flatnonzero(class_group == g) for g in names}
+    index = {g: i for i, g in enumerate(names)}
+    return names, np.array([index.get(g, -1) if g is not None else -1 for g in class_group], dtype=np.int64)
+
+
+def _rows_by_group(row_gid: np.ndarray, num_groups: int) -> list[np.ndarray]:
+    """Row indices of each group index, in one sort (many groups stay fast)."""
+    order = np.argsort(row_gid, kind="stable")
+    bounds = np.searchsorted(row_gid[order], np.arange(num_groups + 1))
+    return [order[bounds[g] : bounds[g + 1]] for g in range(num_groups)]
 
 
 def within_group_predictions(logits: np.ndarray, labels: np.ndarray, class_group: np.ndarray) -> np.ndarray:
     """Per row, the best-scoring class among the classes of the true class's group (-1 for rows without a group):
     the "pick the individual among the candidates at its address" decision."""
     logits = np.asarray(logits)
+    names, gid = _group_index(class_group)
+    members = _rows_by_group(gid, len(names))
     out = np.full(len(labels), -1)
-    for members in _group_members(class_group).values():
-        rows = np.flatnonzero(np.isin(labels, members))
+    for g, rows in enumerate(_rows_by_group(gid[labels], len(names))):
         if len(rows):
-            out[rows] = members[np.asarray(logits[np.ix_(rows, members)]).argmax(axis=1)]
+            out[rows] = members[g][logits[np.ix_(rows, members[g])].argmax(axis=1)]
     return out
 
 
@@ -54,8 +64,9 @@ def candidate_bucket_accuracy(
     """Within-group accuracy by number of candidates in the group (`CANDIDATE_BUCKETS`): name -> (accuracy,
     rows); `all` covers every row whose group has at least 2 classes. Buckets without rows are left out."""
     within = within_group_predictions(logits, labels, class_group)
-    sizes = {g: len(m) for g, m in _group_members(class_group).items()}
-    row_size = np.array([sizes.get(class_group[y], 0) for y in labels])
+    names, gid = _group_index(class_group)
+    sizes = np.append(np.bincount(gid[gid >= 0], minlength=len(names)), 0)  # index -1: no group, size 0
+    row_size = sizes[gid[labels]]
     out: dict[str, tuple[float, int]] = {}
     for low, high, name in (*CANDIDATE_BUCKETS, (2, None, "all")):
         rows = (row_size >= low) & (row_size <= (high if high is not None else np.inf))
@@ -66,13 +77,16 @@ def candidate_bucket_accuracy(
 
 def per_group_accuracy(predictions: np.ndarray, labels: np.ndarray, class_group: np.ndarray) -> dict[str, tuple]:
     """Group -> (accuracy, rows, errors) of the full (all-class) prediction, over rows whose class is in it."""
-    row_group = class_group[labels]
-    out = {}
-    for g in sorted({x for x in row_group if x is not None}):
-        rows = row_group == g
-        correct = int((predictions[rows] == labels[rows]).sum())
-        out[g] = (correct / int(rows.sum()), int(rows.sum()), int(rows.sum()) - correct)
-    return out
+    names, gid = _group_index(class_group)
+    row_gid = gid[labels]
+    grouped = row_gid >= 0
+    rows = np.bincount(row_gid[grouped], minlength=len(names))
+    correct = np.bincount(row_gid[grouped], weights=predictions[grouped] == labels[grouped], minlength=len(names))
+    return {
+        g: (float(correct[i]) / int(rows[i]), int(rows[i]), int(rows[i] - round(correct[i])))
+        for i, g in enumerate(names)
+        if rows[i]
+    }
 
 
 def worst_groups_error_share(predictions: np.ndarray, labels: np.ndarray, class_group: np.ndarray, top: int = 10):
@@ -101,13 +115,20 @@ def correct_class_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return 1 + (logits > true[:, None]).sum(axis=1)
 
 
-def top2_margins(logits: np.ndarray) -> np.ndarray:
-    """Softmax probability of the top class minus that of the runner-up, per row (in [0, 1])."""
-    x = np.asarray(logits, dtype=np.float64)
-    p = np.exp(x - x.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    top = np.sort(p, axis=1)[:, -2:] if p.shape[1] > 1 else np.concatenate([np.zeros_like(p), p], axis=1)
-    return top[:, 1] - top[:, 0]
+def top2_margins(logits: np.ndarray, chunk_size: int = 4096) -> np.ndarray:
+    """Softmax probability of the top class minus that of the runner-up, per row (in [0, 1]); in chunks of rows,
+    so a large validation set with many classes needs no float64 copy of all logits."""
+    logits = np.asarray(logits)
+    out = np.empty(len(logits))
+    if logits.shape[1] == 1:
+        out[:] = 1.0
+        return out
+    for start in range(0, len(logits), chunk_size):
+        x = np.asarray(logits[start : start + chunk_size], dtype=np.float64)
+        x = x - x.max(axis=1, keepdims=True)
+        top2 = np.partition(x, -2, axis=1)[:, -2:]
+        out[start : start + len(x)] = (np.exp(top2[:, 1]) - np.exp(top2[:, 0])) / np.exp(x).sum(axis=1)
+    return out
 
 
 def within_group_error_share(predictions: np.ndarray, labels: np.ndarray, class_group: np.ndarray) -> float:

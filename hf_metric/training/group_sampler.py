@@ -82,7 +82,8 @@ class GroupPKSampler(Sampler[int]):
         self.class_rows = [np.flatnonzero(self.labels == c) for c in self.classes]
         names = [str(class_groups.get(int(c), f"<class {int(c)}>")) for c in self.classes]
         self.groups = sorted(set(names))
-        self.class_group = np.array([self.groups.index(n) for n in names])
+        index = {g: i for i, g in enumerate(self.groups)}
+        self.class_group = np.array([index[n] for n in names])
         self.chunks_per_class = np.array([math.ceil(len(rows) / self.k) for rows in self.class_rows])
         batches = max(math.ceil(self.chunks_per_class.sum() / self.p), int(self.chunks_per_class.max()))
         self.num_batches = math.ceil(batches / num_replicas) * num_replicas
