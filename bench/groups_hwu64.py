@@ -32,9 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
 from docs_section import write_section
-from quality import EXAMPLE_CONFIG, SEED, VAL_RATIO, deep_update, encode
+from quality import SEED, VAL_RATIO, deep_update, encode, train_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_PK = {"training": {"sampler": "group_pk", "groups_per_batch": 2, "group_mix": 0.25}}
@@ -87,7 +86,8 @@ def load_split(data_dir: Path, protocol: str, workdir: Path, limit: int | None) 
         eval_texts = np.array(test.column("text").to_pylist(), dtype=object)
         eval_labels = np.array(test.column("label").to_pylist(), dtype=object)
         groups.update(zip(eval_labels.tolist(), test.column("group").to_pylist(), strict=True))
-    return {"parquet": parquet, "eval_texts": eval_texts, "eval_labels": eval_labels, "groups": groups}
+    split = {"parquet": parquet, "eval_texts": eval_texts, "eval_labels": eval_labels, "groups": groups}
+    return {**split, "protocol": protocol}
 
 
 def score(model, tokenizer, split: dict[str, Any]) -> dict[str, float]:
@@ -107,26 +107,9 @@ def score(model, tokenizer, split: dict[str, Any]) -> dict[str, float]:
 
 
 def run_variant(split: dict[str, Any], name: str, args: argparse.Namespace, workdir: Path) -> tuple[dict, float]:
-    from transformers import AutoTokenizer
-
-    from hf_metric.config import config_from_dict
-    from hf_metric.model.modeling import MetricClassifierModel
-    from hf_metric.run import train
-
-    raw = deep_update(yaml.safe_load(EXAMPLE_CONFIG.read_text()), VARIANTS[name])
-    raw["data"]["parquet_path"] = str(split["parquet"])
-    raw["data"]["val_ratio"] = VAL_RATIO
-    raw["training"]["seed"] = SEED
-    raw["metric_validation"]["plots"] = False
-    if args.epochs is not None:
-        raw["training"]["num_epochs"] = args.epochs
-    out_dir = workdir / name
-    raw["checkpointing"]["checkpoints_dir"] = str(out_dir)
-    start = time.perf_counter()
-    train(config_from_dict(raw))
-    seconds = time.perf_counter() - start
-    model = MetricClassifierModel.from_pretrained(out_dir / "best")
-    return score(model, AutoTokenizer.from_pretrained(out_dir / "best"), split), seconds
+    overrides = deep_update(VARIANTS[name], {"metric_validation": {"plots": False}})
+    model, tokenizer, seconds = train_variant(split, overrides, args.epochs, workdir, name)
+    return score(model, tokenizer, split), seconds
 
 
 def write_docs(results: Path, docs: Path) -> None:
