@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 from ..atomic import write_atomic
 from .metrics import nearest_margins, per_class_f1
 
-PLOT_NAMES = ("embedding_map", "confusion_matrix", "per_class_f1", "margin_histogram", "top2_margin_histogram")
-"""The pictures of one evaluation, in the order the report shows them."""
+PLOT_NAMES = ("embedding_map", "confusion_matrix", "per_class_f1", "margin_histogram")
+"""The pictures of every evaluation, in the order the report shows them (with a `group` column the evaluator adds
+`top2_margin_histogram`, shown after them)."""
 
 MAX_LABEL_CHARS = 28
 """Class names longer than this are shortened on axes and in legends."""
