@@ -103,3 +103,15 @@ def test_same_group_pair_margin_reaches_the_model(tmp_path, make_config):
     ]
     with pytest.raises(ConfigError, match="same_group_pair"):
         load_config(make_config(data, head={**head, "type": "circle"}))
+
+
+def test_group_pk_with_gradient_accumulation_steps_over_every_batch(tmp_path, make_config):
+    from hf_metric.run import build_trainer
+
+    data = write_parquet(tmp_path / "g.parquet", _grouped_rows(per_class=20))
+    training = {"sampler": "group_pk", "gradient_accumulation_steps": 2, "num_epochs": 1, "group_mix": 0.5}
+    trainer = build_trainer(load_config(make_config(data, training=training)), report_to=[])
+    batches = len(trainer.get_train_dataloader())
+    assert batches == trainer._get_train_sampler().num_batches >= 3
+    trainer.train()
+    assert trainer.state.global_step == -(-batches // 2)  # every micro-batch used, the last window may be short
