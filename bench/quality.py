@@ -219,6 +219,12 @@ def run_baseline(split: dict[str, Any], epochs: float, workdir: Path) -> tuple[d
 def run_hf_metric(
     split: dict[str, Any], overrides: dict[str, Any], epochs: float | None, workdir: Path, name: str
 ) -> tuple[dict[str, float], float]:
+    model, tokenizer, seconds = train_variant(split, overrides, epochs, workdir, name)
+    return score(model, tokenizer, split, split.get("arrays_dir") and split["arrays_dir"] / f"{name}.npz"), seconds
+
+
+def train_variant(split: dict[str, Any], overrides: dict[str, Any], epochs: float | None, workdir: Path, name: str):
+    """Train the example config with `overrides` on `split["parquet"]`: (best model, its tokenizer, train seconds)."""
     from transformers import AutoTokenizer
 
     from hf_metric.config import config_from_dict
@@ -238,8 +244,7 @@ def run_hf_metric(
     train(config_from_dict(raw))
     seconds = time.perf_counter() - start
     model = MetricClassifierModel.from_pretrained(out_dir / "best")
-    tokenizer = AutoTokenizer.from_pretrained(out_dir / "best")
-    return score(model, tokenizer, split, split.get("arrays_dir") and split["arrays_dir"] / f"{name}.npz"), seconds
+    return model, AutoTokenizer.from_pretrained(out_dir / "best"), seconds
 
 
 # ------------------------------------------------------------------------------------------------------ docs

@@ -42,6 +42,44 @@ def _check_precision(cfg: TrainConfig) -> None:
         raise ConfigError("training.mixed_precision: fp16 needs a GPU; use bf16 (or no) on CPU")
 
 
+def _group_sampling(cfg: TrainConfig, data):
+    """`training.sampler: group_pk` (and its curriculum) from the data's groups; None for the other samplers."""
+    from .evaluation.groups import class_group_names
+    from .training.curriculum import CurriculumSettings, HardGroupCurriculum
+    from .training.group_sampler import GroupSampling
+
+    t = cfg.training
+    if t.sampler != "group_pk":
+        return None
+    if data.class_groups is None:
+        raise ConfigError(f"training.sampler: group_pk needs a 'group' column in {cfg.data.parquet_path}")
+    names = class_group_names(data.class_groups, len(data.id2label))
+    m = t.hard_group_mining
+    curriculum = None
+    if m is not None:
+        curriculum = HardGroupCurriculum(CurriculumSettings(m.start_epoch, m.max_oversample, m.min_weight))
+    groups = {c: g for c, g in enumerate(names) if g is not None}
+    return GroupSampling(groups, t.groups_per_batch, t.group_mix, curriculum)
+
+
+def _check_group_metric(cfg: TrainConfig, data) -> None:
+    """`save_best_by` may name a group metric only when the data has groups to analyse."""
+    from .evaluation.names import GROUP_METRICS
+
+    name = cfg.checkpointing.save_best_by.removeprefix("eval_")
+    if name in GROUP_METRICS and data.class_groups is None:
+        raise ConfigError(f"checkpointing.save_best_by: {name} needs a 'group' column in {cfg.data.parquet_path}")
+
+
+def _class_group_ids(data) -> list[int]:
+    """Group index of each class id (-1: none), for the pair-wise same-group margin."""
+    from .evaluation.groups import class_group_names
+
+    names = class_group_names(data.class_groups, len(data.id2label))
+    index = {g: i for i, g in enumerate(sorted({n for n in names if n is not None}))}
+    return [index.get(n, -1) for n in names]
+
+
 def build_trainer(cfg: TrainConfig, **argument_overrides: Any):
     """Everything up to `trainer.train()`: tokenizer, data, model and the configured trainer."""
     return build_run(cfg, **argument_overrides)[0]
@@ -66,12 +104,14 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
     with args.main_process_first(desc="prepare data"):
         data = prepare_datasets(cfg.data, featurizer, cfg.training.seed)
     t, mv = cfg.training, cfg.metric_validation
+    _check_group_metric(cfg, data)
     class_margins = None
     if cfg.head.group_margin is not None:
         if data.class_groups is None:
             raise ConfigError(f"head.group_margin: {cfg.data.parquet_path} has no 'group' column")
         margins = cfg.head.group_margin
         class_margins = group_class_margins(data.class_groups, margins.same, margins.default)
+    group_ids = _class_group_ids(data) if cfg.head.group_margin and cfg.head.group_margin.same_group_pair else None
     set_seed(t.seed)  # the new head and projection start from the same weights in every run
     model = MetricClassifierModel.from_backbone(
         model_path,
@@ -87,6 +127,8 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         head_kwargs=cfg.head.head_kwargs(),
         class_margins=class_margins,
         **cfg.loss.model_config(),
+        class_group_ids=group_ids,
+        same_group_pair_margin=cfg.head.group_margin.same_group_pair if group_ids else 0.0,
     )
     trainer = MetricClassifierTrainer(
         model=model,
@@ -95,12 +137,15 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         eval_dataset=data.val,
         processing_class=featurizer.processor,
         data_collator=featurizer.collator(),
-        samples_per_class=t.samples_per_class if t.sampler == "pk" else None,
+        samples_per_class=t.samples_per_class if t.sampler in ("pk", "group_pk") else None,
         evaluator=MetricEvaluator(
             model.objective,
             RetrievalSettings(tuple(mv.recall_at_k), mv.distance, mv.knn_k),
             PlotSettings(os.path.join(args.output_dir, PLOTS_DIR), mv.embedding_map) if mv.plots else None,
             class_names=model.config.id2label,
+            class_counts=data.train_class_counts(),
+            class_groups=data.class_groups,
+            always_fail_min_rows=mv.always_fail_min_rows,
         ),
         bank_steps=mv.keep_last_n_emb_steps,
         distributed_metric_loss=t.distributed_metric_loss,
@@ -109,6 +154,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         collapse_check_steps=t.collapse_every,
         bank_negatives=(t.bank_negatives.size, t.bank_negatives.start_step) if t.bank_negatives else None,
         max_nonfinite_steps=t.max_nonfinite_steps,
+        group_sampling=_group_sampling(cfg, data),
     )
     if cfg.neptune.mode != "disabled":
         from .training.tracking import NeptuneTracker
@@ -131,7 +177,12 @@ def store_training_reference(trainer, cfg: TrainConfig) -> None:
     if len(dataset) > limit:
         rng = np.random.default_rng(cfg.training.seed)
         dataset = dataset.select(np.sort(rng.choice(len(dataset), size=limit, replace=False)))
-    embeddings, labels = trainer.embed_dataset(dataset)
+    import torch
+
+    from .training.outputs import dataset_outputs
+
+    outputs = dataset_outputs(trainer, dataset)
+    embeddings, labels = torch.from_numpy(outputs["embeddings"]), torch.from_numpy(outputs["labels"])
     trainer.accelerator.unwrap_model(trainer.model).set_knn_reference(embeddings, labels)
 
 
@@ -145,7 +196,8 @@ def add_knn_reference(trainer, cfg: TrainConfig) -> dict[str, float]:
 def add_open_set(trainer, cfg: TrainConfig) -> dict[str, float]:
     """Calibrate the open-set rejection on the validation split (`open_set` section) and store the rule in the
     model; returns the calibration's metrics (`eval_open_set_*`, `eval_oos_*`)."""
-    from .training.open_set import calibrate_model, dataset_outputs
+    from .training.open_set import calibrate_model
+    from .training.outputs import dataset_outputs
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if model.config.knn_reference_size == 0:
@@ -208,7 +260,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     trainer.save_final_model(best_dir)
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
-        report = write_report(out_dir, metrics, trainer.latest_plots, cfg.to_yaml())
+        sections = _group_sections(trainer, out_dir)
+        report = write_report(out_dir, metrics, trainer.latest_plots, cfg.to_yaml(), sections)
         print("\nFinal validation metrics (best checkpoint):\n" + format_metrics_table(metrics), flush=True)
         finish_best_model(trainer, cfg, best_dir, metrics, data.summary)
         print(f"Report: {report}", flush=True)
@@ -230,6 +283,25 @@ def _train_refusing_pickles(trainer, resume: str | None) -> None:
         raise ConfigError(
             f"training.resume_from: {resume} holds a pickle that is not plain tensors; refused ({reason})"
         ) from None
+
+
+def _group_sections(trainer, out_dir: str) -> list[str]:
+    """The final error analysis by group: `group_analysis.json` (its tables) and a report.md section."""
+    from .atomic import write_json_atomic
+    from .evaluation.groups import analysis_markdown
+
+    analysis = trainer.latest_group_analysis
+    if analysis is None:
+        return []
+    id2label = trainer.accelerator.unwrap_model(trainer.model).config.id2label
+    tables = {
+        "metrics": analysis.metrics,
+        "per_group": {g: {"accuracy": a, "rows": n, "errors": e} for g, (a, n, e) in analysis.per_group.items()},
+        "always_failing_classes": [id2label[c] for c in analysis.failing_classes],
+        "confused_pairs": [[id2label[a], id2label[b], n, same] for a, b, n, same in analysis.pairs],
+    }
+    write_json_atomic(os.path.join(out_dir, "group_analysis.json"), tables)
+    return [analysis_markdown(analysis, id2label)]
 
 
 def _finish_trackers(trainer, report_path: str, best_dir: str) -> None:

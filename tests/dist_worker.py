@@ -3,6 +3,7 @@
 dist_worker.py supcon OUT_JSON MODE        cross-process SupCon loss and gradients
 dist_worker.py train OUT_DIR CONFIG        one SGD step of the real trainer, then an evaluation
 dist_worker.py pk OUT_DIR CONFIG [CKPT]    P x K batches with gradient accumulation 2 (resumed from CKPT)
+dist_worker.py group_sampler OUT_DIR       the rows accelerate's prepared DataLoader gives each process
 """
 
 import json
@@ -108,10 +109,34 @@ def pk(out_dir: str, config: str, checkpoint: str | None = None) -> None:
         json.dump(result, fh)
 
 
+def group_sampler_data():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(30), rng.integers(3, 20, size=30)))
+    return labels, {c: f"g{c % 7}" for c in range(30)}, 16, 4
+
+
+def group_sampler(out_dir: str) -> None:
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from hf_metric.training.group_sampler import GroupPKSampler
+
+    accelerator = Accelerator(cpu=True)
+    labels, groups, batch_size, k = group_sampler_data()
+    sampler = GroupPKSampler(labels, groups, batch_size, k, seed=7, num_replicas=accelerator.num_processes)
+    loader = accelerator.prepare(DataLoader(list(range(len(labels))), batch_size=batch_size, sampler=sampler))
+    rows = [int(i) for batch in loader for i in batch]
+    torch.save(rows, os.path.join(out_dir, f"rank{accelerator.process_index}.pt"))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "supcon":
         supcon(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "pk":
         pk(*sys.argv[2:])
+    elif sys.argv[1] == "group_sampler":
+        group_sampler(sys.argv[2])
     else:
         train(sys.argv[2], sys.argv[3])

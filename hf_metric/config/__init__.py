@@ -24,6 +24,7 @@ from .sections import (
     CheckpointingSection,
     DataSection,
     GroupMarginSection,
+    HardGroupMiningSection,
     HeadSection,
     MetricValidationSection,
     ModelSection,
@@ -72,7 +73,8 @@ class TrainConfig:
                 f"({memory.size}) exceeds the rows the bank holds (metric_validation.keep_last_n_emb_steps x "
                 f"batch_size x gradient_accumulation_steps = {held}); raise keep_last_n_emb_steps",
             )
-        logged = metric_names(f"{self.loss.metric.type}_loss", self.metric_validation.recall_at_k)
+        # the group metrics need a `group` column, which only the data can tell (checked when the run starts)
+        logged = metric_names(f"{self.loss.metric.type}_loss", self.metric_validation.recall_at_k, groups=True)
         name = self.checkpointing.save_best_by.removeprefix("eval_")
         _check(
             name in (*SAVE_BEST_BY_ALIASES, *logged),
@@ -143,6 +145,7 @@ __all__ = [
     "CheckpointingSection",
     "DataSection",
     "GroupMarginSection",
+    "HardGroupMiningSection",
     "HeadSection",
     "HubSection",
     "LossSection",

@@ -38,13 +38,17 @@ class GroupMarginSection:
 
     same: float = 0.7
     default: float = 0.5
+    same_group_pair: float = 0.0
+    """Pair-wise: an extra cosine margin against the classes of the row's own group (0: off)."""
 
     def validate(self) -> None:
         _check(self.same >= 0 and self.default >= 0, "head.group_margin", "margins must be >= 0")
+        _check(0 <= self.same_group_pair < 1, "head.group_margin.same_group_pair", "must be in [0, 1)")
 
 
 MARGIN_HEADS = ("arcface", "subcenter_arcface", "cosface", "circle")
 SCALED_HEADS = ("cosine", *MARGIN_HEADS)
+PAIR_MARGIN_HEADS = ("arcface", "subcenter_arcface", "cosface")
 
 
 @dataclass
@@ -88,6 +92,11 @@ class HeadSection:
         if self.group_margin is not None:
             _check(self.type in MARGIN_HEADS, "head.group_margin", f"needs a margin head ({', '.join(MARGIN_HEADS)})")
             self.group_margin.validate()
+            _check(
+                not self.group_margin.same_group_pair or self.type in PAIR_MARGIN_HEADS,
+                "head.group_margin.same_group_pair",
+                f"needs a target-margin head ({', '.join(PAIR_MARGIN_HEADS)})",
+            )
 
     def head_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of the chosen head (circle calls its scale `gamma` and its margin `m`)."""
@@ -140,6 +149,21 @@ class BankNegativesSection:
 
 
 @dataclass
+class HardGroupMiningSection:
+    """Hard-group curriculum (`hf_metric.training.curriculum`): groups drawn in proportion to their validation
+    error from epoch `start_epoch` (0-based), weights clipped to [min_weight, max_oversample] x the mean."""
+
+    start_epoch: int = 1
+    max_oversample: float = 3.0
+    min_weight: float = 0.25
+
+    def validate(self) -> None:
+        _check(self.start_epoch >= 0, "training.hard_group_mining.start_epoch", "must be >= 0")
+        _check(self.max_oversample >= 1, "training.hard_group_mining.max_oversample", "must be >= 1")
+        _check(0 < self.min_weight <= 1, "training.hard_group_mining.min_weight", "must be in (0, 1]")
+
+
+@dataclass
 class TrainingSection:
     batch_size: int = 32
     num_epochs: float = 5.0
@@ -150,7 +174,7 @@ class TrainingSection:
     gradient_clip_val: float | None = 1.0
     seed: int = 42
     resume_from: str | None = None
-    sampler: Literal["pk", "random"] = "pk"
+    sampler: Literal["pk", "random", "group_pk"] = "pk"
     samples_per_class: int = 4
     distributed_metric_loss: Literal["global", "local_anchors"] = "global"
     logging_steps: int = 10
@@ -158,6 +182,9 @@ class TrainingSection:
     collapse_check_steps: int | None = None
     max_nonfinite_steps: int = 10
     bank_negatives: BankNegativesSection | None = None
+    group_mix: float = 0.25
+    groups_per_batch: int = 2
+    hard_group_mining: HardGroupMiningSection | None = None
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
@@ -170,13 +197,14 @@ class TrainingSection:
             "must be > 0 or null",
         )
         _check(self.samples_per_class >= 1, "training.samples_per_class", "must be >= 1")
-        if self.sampler == "pk":
+        if self.sampler in ("pk", "group_pk"):
             _check(
                 self.batch_size % self.samples_per_class == 0,
                 "training.batch_size",
                 f"({self.batch_size}) must be a multiple of training.samples_per_class "
                 f"({self.samples_per_class}) for P x K batches",
             )
+        self._validate_groups()
         _check(self.logging_steps >= 1, "training.logging_steps", "must be >= 1")
         _check(
             self.collapse_check_steps is None or self.collapse_check_steps >= 1,
@@ -191,6 +219,13 @@ class TrainingSection:
             "training.report_to",
             "neptune is configured in the neptune: section (transformers' NeptuneCallback is deprecated)",
         )
+
+    def _validate_groups(self) -> None:
+        _check(0.0 <= self.group_mix <= 1.0, "training.group_mix", "must be in [0, 1]")
+        _check(self.groups_per_batch >= 1, "training.groups_per_batch", "must be >= 1")
+        if self.hard_group_mining is not None:
+            _check(self.sampler == "group_pk", "training.hard_group_mining", "needs training.sampler: group_pk")
+            self.hard_group_mining.validate()
 
     def resolved_report_to(self) -> list[str]:
         """`report_to` for `TrainingArguments`: "all" is expanded here without neptune, which hf_metric logs to
@@ -271,12 +306,14 @@ class MetricValidationSection:
     keep_last_n_emb_steps: int = 50
     plots: bool = True
     embedding_map: Literal["pca", "umap"] = "pca"
+    always_fail_min_rows: int = 5
 
     def validate(self) -> None:
         _check(len(self.recall_at_k) > 0, "metric_validation.recall_at_k", "must list at least one K")
         _check(all(k > 0 for k in self.recall_at_k), "metric_validation.recall_at_k", "every K must be > 0")
         _check(self.knn_k > 0, "metric_validation.knn_k", "must be > 0")
         _check(self.keep_last_n_emb_steps > 0, "metric_validation.keep_last_n_emb_steps", "must be > 0")
+        _check(self.always_fail_min_rows >= 1, "metric_validation.always_fail_min_rows", "must be >= 1")
         if self.plots and self.embedding_map == "umap":
             _check(
                 available("umap"), "metric_validation.embedding_map", "umap needs `pip install umap-learn` (or: pca)"

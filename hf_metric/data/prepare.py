@@ -25,6 +25,11 @@ class PreparedData:
     summary: dict[str, Any] = field(default_factory=dict)
     class_groups: dict[int, set[str]] | None = None
 
+    def train_class_counts(self) -> dict[int, int]:
+        """Training rows per class id (the per-class F1 picture marks the classes rare in training)."""
+        ids, counts = np.unique(np.asarray(self.train["labels"]), return_counts=True)
+        return {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i >= 0}
+
 
 def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
     """Validate, split, resample and featurize the configured Parquet file."""

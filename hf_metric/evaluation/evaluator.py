@@ -9,9 +9,11 @@ training) and the user (a held-out file after training). It computes
 - retrieval metrics against a reference set of labelled embeddings (the trainer's bank of recent training
   steps, or a model's stored training rows): Recall@K for rows with metric_mask = 1, kNN accuracy/F1 for rows with
   classifier_mask = 1, and the reference's own statistics (`bank_*`);
-- the pictures (`plots.evaluation_plots`);
+- with a class -> group mapping, the error analysis by group (`groups.group_analysis`: within-group accuracy by
+  number of candidates, per-group accuracy, where the errors are, how close they are) and its picture;
 - open-set metrics (`open_set.evaluate_open_set`) when the set has out-of-scope rows (label id -1) or the model
-  has a rejection threshold; out-of-scope rows are left out of every other metric.
+  has a rejection threshold; out-of-scope rows are left out of every other metric;
+- the pictures (`plots.evaluation_plots`).
 
 `metric_names` lists what it returns; it is the list `checkpointing.save_best_by` is checked against.
 """
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from ..model.open_set_scores import OUT_OF_SCOPE_ID
+from .groups import GroupAnalysis, class_group_names, group_analysis
 from .metrics import (
     bank_statistics,
     classification_metrics,
@@ -89,6 +92,8 @@ class EvaluationResult:
     plots: dict[str, str] = field(default_factory=dict)
     collapsed_rows: int | None = None
     """Rows of a collapsed prediction set (None: no collapse); the caller decides how to warn."""
+    group_analysis: GroupAnalysis | None = None
+    """The error analysis by group (None: the evaluator knows no groups)."""
 
 
 class MetricEvaluator:
@@ -102,6 +107,9 @@ class MetricEvaluator:
         class_counts: training rows per class id, so the per-class F1 picture marks the rare classes.
         open_set: the model's rejection rule (`open_set.OpenSetSettings`); None: threshold-free open-set
             metrics only, and only for sets with out-of-scope rows.
+        class_groups: class id -> group (a name or a set of names, as `PreparedData.class_groups`); given, every
+            evaluation adds the error analysis by group (`groups.group_analysis`).
+        always_fail_min_rows: a class counts as "always failing" with at least this many rows, none right.
     """
 
     def __init__(
@@ -112,6 +120,8 @@ class MetricEvaluator:
         class_names: Mapping[int, str] | None = None,
         class_counts: Mapping[int, int] | None = None,
         open_set=None,
+        class_groups: Mapping[int, object] | None = None,
+        always_fail_min_rows: int = 5,
     ) -> None:
         self.objective = objective
         self.retrieval = retrieval or RetrievalSettings()
@@ -119,10 +129,12 @@ class MetricEvaluator:
         self.class_names = class_names
         self.class_counts = class_counts
         self.open_set = open_set
+        self.class_groups = class_groups
+        self.always_fail_min_rows = always_fail_min_rows
 
     def metric_names(self) -> tuple[str, ...]:
         metric_part = self.objective.metric_part if self.objective is not None else "supcon_loss"
-        return metric_names(metric_part, self.retrieval.recall_at_k)
+        return metric_names(metric_part, self.retrieval.recall_at_k, groups=self.class_groups is not None)
 
     def __call__(
         self,
@@ -151,9 +163,15 @@ class MetricEvaluator:
         if oos.any() or with_threshold:
             open_set, scores = self.open_set_metrics(predictions, reference)
             metrics.update(open_set)
+        analysis = None
+        if self.class_groups is not None and ce.any():
+            names = class_group_names(self.class_groups, p.logits.shape[1])
+            analysis = group_analysis(p.logits[ce], p.labels[ce], names, self.always_fail_min_rows)
+            metrics.update(analysis.metrics)
         result = EvaluationResult(metrics, collapsed_rows=int(ce.sum()) if collapsed else None)
+        result.group_analysis = analysis
         if self.plots is not None and plot_tag is not None:
-            result.plots = self.draw(p, plot_tag)
+            result.plots = self.draw(p, plot_tag, analysis)
             if scores is not None and oos.any():
                 result.plots.update(self.draw_open_set(predictions, scores, plot_tag))
         return result
@@ -213,12 +231,14 @@ class MetricEvaluator:
         out.update({f"bank_{k}": float(v) for k, v in bank_statistics(ref_emb, ref_labels).items()})
         return out
 
-    def draw(self, p: EvalPredictions, tag: str) -> dict[str, str]:
+    def draw(self, p: EvalPredictions, tag: str, analysis: GroupAnalysis | None = None) -> dict[str, str]:
         """The pictures of this evaluation into `plots.out_dir`, named with `tag`; name -> PNG path."""
-        from .plots import evaluation_plots
+        import os
+
+        from .plots import evaluation_plots, save_png, top2_margin_histogram
 
         labelled, ce = p.labels >= 0, p.classifier_rows
-        return evaluation_plots(
+        plots = evaluation_plots(
             self.plots.out_dir,
             tag,
             p.embeddings[labelled] if p.embeddings is not None else None,
@@ -229,3 +249,8 @@ class MetricEvaluator:
             class_counts=self.class_counts,
             method=self.plots.embedding_map,
         )
+        if analysis is not None and len(analysis.margins):
+            name = "top2_margin_histogram"
+            fig = top2_margin_histogram(analysis.margins, analysis.errors)
+            plots[name] = save_png(fig, os.path.join(self.plots.out_dir, f"{name}_{tag}.png"))
+        return plots

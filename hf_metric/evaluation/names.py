@@ -18,7 +18,15 @@ REFERENCE_METRICS = (
 """The reference statistics worth choosing a checkpoint by (others, such as `bank_size`, are bookkeeping)."""
 
 
-def metric_names(metric_part: str = "supcon_loss", recall_ks: Sequence[int] = (1, 5, 10)) -> tuple[str, ...]:
-    """The metrics (without the `eval_` prefix) a `MetricEvaluator` returns and a checkpoint can be chosen by."""
+GROUP_METRICS = ("within_group_accuracy", "group_accuracy_min", "group_accuracy_macro")
+"""Group-analysis numbers worth choosing a checkpoint by (returned when the data has a `group` column)."""
+
+
+def metric_names(
+    metric_part: str = "supcon_loss", recall_ks: Sequence[int] = (1, 5, 10), groups: bool = False
+) -> tuple[str, ...]:
+    """The metrics (without the `eval_` prefix) a `MetricEvaluator` returns and a checkpoint can be chosen by
+    (`groups`: with the error analysis by group)."""
     recalls = tuple(f"recall@{k}" for k in recall_ks)
-    return (*LOSS_METRICS, metric_part, *CLASSIFICATION_METRICS, *recalls, *KNN_METRICS, *REFERENCE_METRICS)
+    names = (*LOSS_METRICS, metric_part, *CLASSIFICATION_METRICS, *recalls, *KNN_METRICS, *REFERENCE_METRICS)
+    return (*names, *GROUP_METRICS) if groups else names

@@ -19,7 +19,8 @@ from ..atomic import write_atomic
 from .metrics import nearest_margins, per_class_f1
 
 PLOT_NAMES = ("embedding_map", "confusion_matrix", "per_class_f1", "margin_histogram")
-"""The pictures of one evaluation, in the order the report shows them."""
+"""The pictures of every evaluation, in the order the report shows them (with a `group` column the evaluator adds
+`top2_margin_histogram`, shown after them)."""
 
 MAX_LABEL_CHARS = 28
 """Class names longer than this are shortened on axes and in legends."""
@@ -201,6 +202,27 @@ def margin_histogram(embeddings: np.ndarray, labels: np.ndarray, bins: int = 50)
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("nearest same-class cosine - nearest other-class cosine")
     ax.set_ylabel("rows")
+    fig.tight_layout()
+    return fig
+
+
+def top2_margin_histogram(margins: np.ndarray, errors: np.ndarray, threshold: float = 0.005, bins: int = 40) -> Figure:
+    """Histogram of the top-1 minus top-2 softmax probability (`groups.top2_margins`), errors and correct rows
+    apart: errors piled up at 0 are near-ties that a sharper model (or a re-ranker) could flip."""
+    margins, errors = np.asarray(margins, dtype=float), np.asarray(errors, dtype=bool)
+    fig = Figure(figsize=(9, 5), dpi=100)
+    ax = fig.add_subplot()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for rows, color, label in ((~errors, "tab:blue", "correct"), (errors, "tab:red", "errors")):
+        if rows.any():
+            ax.hist(margins[rows], bins=edges, color=color, alpha=0.6, label=f"{label} ({int(rows.sum())})")
+    share = (margins[errors] < threshold).mean() if errors.any() else 0.0
+    ax.set_title(f"Top-1 minus top-2 probability: {share:.1%} of errors below {threshold:g}", fontsize=11)
+    ax.set_xlabel("p(top-1) - p(top-2)")
+    ax.set_ylabel("rows")
+    ax.set_yscale("log")
+    if len(margins):
+        ax.legend()
     fig.tight_layout()
     return fig
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ..atomic import write_text_atomic
 from .plots import PLOT_NAMES
@@ -38,11 +38,18 @@ PLOT_CAPTIONS = {
 
 
 def report_markdown(
-    out_dir: str, metrics: Mapping[str, object], plots: Mapping[str, str], config_yaml: str, title: str = ""
+    out_dir: str,
+    metrics: Mapping[str, object],
+    plots: Mapping[str, str],
+    config_yaml: str,
+    title: str = "",
+    sections: Sequence[str] = (),
 ) -> str:
-    """The report's Markdown; picture links are relative to `out_dir`, so the folder can be moved or zipped."""
+    """The report's Markdown; picture links are relative to `out_dir`, so the folder can be moved or zipped.
+    `sections`: further Markdown sections (e.g. the error analysis by group), after the metrics."""
     lines = [f"# Training report{': ' + title if title else ''}", ""]
     lines += ["## Final validation metrics (best checkpoint)", "", metrics_markdown_table(metrics), ""]
+    lines += [section.rstrip("\n") + "\n" for section in sections]
     if plots:
         lines += ["## Pictures (final evaluation)", ""]
         for name in sorted(plots, key=lambda n: PLOT_NAMES.index(n) if n in PLOT_NAMES else len(PLOT_NAMES)):
@@ -53,8 +60,15 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def write_report(out_dir: str, metrics: Mapping[str, object], plots: Mapping[str, str], config_yaml: str) -> str:
+def write_report(
+    out_dir: str,
+    metrics: Mapping[str, object],
+    plots: Mapping[str, str],
+    config_yaml: str,
+    sections: Sequence[str] = (),
+) -> str:
     """Write `<out_dir>/report.md` atomically and return its path."""
     path = os.path.join(out_dir, REPORT_FILE)
-    write_text_atomic(path, report_markdown(out_dir, metrics, plots, config_yaml, os.path.basename(out_dir)))
+    text = report_markdown(out_dir, metrics, plots, config_yaml, os.path.basename(out_dir), sections)
+    write_text_atomic(path, text)
     return path

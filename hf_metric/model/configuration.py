@@ -38,6 +38,8 @@ class MetricClassifierConfig(PreTrainedConfig):
         open_set_energy_temperature: temperature of the `energy` score.
         open_set_mahalanobis: the model stores class means and a shared precision for the `mahalanobis` score
             (set by `set_open_set`).
+        class_group_ids, same_group_pair_margin: group index of each class (-1: none) and the extra cosine margin
+            a target-margin head puts, in training, on the classes of the row's own group (0: off).
     """
 
     model_type = "hf_metric_classifier"
@@ -68,6 +70,8 @@ class MetricClassifierConfig(PreTrainedConfig):
     open_set_fusion_stats: dict | None = None
     open_set_energy_temperature: float = 1.0
     open_set_mahalanobis: bool = False
+    class_group_ids: list[int] | None = None
+    same_group_pair_margin: float = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

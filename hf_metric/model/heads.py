@@ -68,9 +68,14 @@ class Head(nn.Module):
         embeddings: torch.Tensor,
         labels: torch.Tensor | None = None,
         margin: float | torch.Tensor | None = None,
+        negative_margin: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits `(batch, num_labels)`; `labels` (training only) and `margin` (per-row override) are optional."""
-        logits = self.compute_logits(embeddings, labels, margin)
+        """Logits `(batch, num_labels)`; `labels` (training only) and `margin` (per-row override) are optional;
+        `negative_margin` `(batch, num_labels)` (target-margin heads only) is added to the non-target cosines."""
+        if negative_margin is None:
+            logits = self.compute_logits(embeddings, labels, margin)
+        else:
+            logits = self.compute_logits(embeddings, labels, margin, negative_margin=negative_margin)
         return logits if self.temperature == 1.0 else logits / self.temperature
 
 
@@ -163,7 +168,11 @@ class CosineLinear(Head):
 
 
 class _TargetMarginHead(CosineLinear):
-    """A cosine head that, given labels, replaces the target cosine with `target_logit(cos, m)` (unscaled)."""
+    """A cosine head that, given labels, replaces the target cosine with `target_logit(cos, m)` (unscaled).
+
+    A pair-wise `negative_margin` (e.g. the same-group margin of `head.group_margin.same_group_pair`) is added to
+    the chosen non-target cosines of each row: s * (cos_j + m_yj), so the target must beat those classes by the
+    extra margin too (the additive form of CosFace, applied per class pair)."""
 
     def __init__(
         self,
@@ -188,6 +197,7 @@ class _TargetMarginHead(CosineLinear):
         embeddings: torch.Tensor,
         labels: torch.Tensor | None = None,
         margin: float | torch.Tensor | None = None,
+        negative_margin: torch.Tensor | None = None,
     ) -> torch.Tensor:
         cos = self.cosine(embeddings)
         if labels is None:
@@ -198,7 +208,10 @@ class _TargetMarginHead(CosineLinear):
             m = _row_margin(self.margin if margin is None else margin, cos.shape[0], cos)
             target = self.target_logit(cos.gather(1, safe[:, None]).squeeze(1), m)
             is_target = F.one_hot(safe, self.num_labels).bool() & valid[:, None]
-            return self.scale * torch.where(is_target, target[:, None], cos)
+            others = cos
+            if negative_margin is not None:
+                others = cos + torch.where(valid[:, None], negative_margin.to(cos.dtype), torch.zeros_like(cos))
+            return self.scale * torch.where(is_target, target[:, None], others)
 
 
 class ArcFaceHead(_TargetMarginHead):

@@ -122,6 +122,10 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             self.register_buffer("class_margins", torch.tensor(config.class_margins), persistent=False)
         else:
             self.class_margins = None
+        if config.class_group_ids is not None and config.same_group_pair_margin > 0:
+            self.register_buffer("class_group_ids", torch.tensor(config.class_group_ids), persistent=False)
+        else:
+            self.class_group_ids = None
         self._register_knn_reference(config.knn_reference_size)
         self._register_open_set_statistics(config.open_set_mahalanobis)
         self.post_init()
@@ -219,6 +223,13 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         )
         return fuse_probabilities(logits, p_knn, self.config.knn_fusion_weight).clamp_min(1e-12).log()
 
+    def _same_group_margin(self, labels: torch.Tensor) -> torch.Tensor:
+        """`(batch, num_labels)`: the pair margin on the classes of each row's group (the target is the head's)."""
+        groups = self.class_group_ids.to(labels.device)
+        row_group = groups[labels.clamp(min=0)]
+        same = (row_group[:, None] == groups[None, :]) & (groups[None, :] >= 0)
+        return same.float() * self.config.same_group_pair_margin
+
     @classmethod
     def from_backbone(
         cls,
@@ -268,7 +279,10 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         margin = None
         if head_labels is not None and self.class_margins is not None:
             margin = self.class_margins.to(pooled.device)[head_labels.clamp(min=0)]
-        logits = self.head(self.dropout(pooled), head_labels, **({"margin": margin} if margin is not None else {}))
+        head_kwargs = {"margin": margin} if margin is not None else {}
+        if head_labels is not None and self.class_group_ids is not None:
+            head_kwargs["negative_margin"] = self._same_group_margin(head_labels)
+        logits = self.head(self.dropout(pooled), head_labels, **head_kwargs)
         projected = self.projection(pooled) if self.projection is not None else pooled
         with no_autocast(projected.device):
             embeddings = F.normalize(projected.float(), dim=-1)

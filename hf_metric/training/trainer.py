@@ -11,9 +11,13 @@ It overrides only what a Trainer subclass must own, and delegates the rest:
 - `log`, `evaluate` and `evaluation_loop`: the loss parts in the training log, the training-batch collapse watch
   (`collapse.CollapseWatch`), every validation metric and picture from `evaluation.MetricEvaluator` (retrieval
   against `bank.EmbeddingBank`, the recent training steps' embeddings), the pictures handed to the trackers;
-- checkpoints: atomic (`checkpoints.AtomicCheckpointsMixin`), with the bank saved inside and restored on resume;
+- checkpoints: atomic (`checkpoints.AtomicCheckpointsMixin`), with the bank (and the hard-group curriculum)
+  saved inside and restored on resume;
 - steps with a non-finite loss or gradient norm are skipped, too many in a row stop the run
   (`guard.NonFiniteGuardMixin`).
+
+With `group_sampling` the batches are group-aware (`group_sampler.GroupPKSampler`), and with its curriculum each
+evaluation's per-group errors decide how often each group is drawn next (`curriculum.HardGroupCurriculum`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
@@ -34,6 +37,7 @@ from .bank import EmbeddingBank
 from .checkpoints import AtomicCheckpointsMixin
 from .collapse import CollapseWatch
 from .distributed import CROSS_PROCESS_MODES, cross_process_candidates, gather_rows
+from .group_sampler import GroupSampling
 from .guard import NonFiniteGuardMixin
 from .optim import parameter_groups
 from .samplers import ClassBalancedBatchSampler
@@ -66,6 +70,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         collapse_check_steps: every this many optimizer steps, the collapse watch looks at the training batch
             (logged as `batch_*` with the next training log); None: never.
         max_nonfinite_steps: consecutive non-finite steps (skipped) that stop training; None: never stop.
+        group_sampling: group-aware P x K batches (needs `samples_per_class`), optionally with a curriculum.
         Everything else as `transformers.Trainer`. Pass `TrainingArguments(label_names=["labels",
         "classifier_mask", "metric_mask"], remove_unused_columns=False)` so evaluation sees the masks
         (`hf_metric.training.arguments.build_training_arguments` does).
@@ -85,12 +90,15 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         collapse_check_steps: int | None = None,
         max_nonfinite_steps: int | None = 10,
         bank_negatives: tuple[int, int] | None = None,
+        group_sampling: GroupSampling | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         if distributed_metric_loss not in CROSS_PROCESS_MODES:
             raise ValueError(f"distributed_metric_loss must be one of {CROSS_PROCESS_MODES}")
         self.samples_per_class = samples_per_class
+        self.group_sampling = group_sampling
+        self.curriculum = group_sampling.curriculum if group_sampling is not None else None
         self.distributed_metric_loss = distributed_metric_loss
         self.head_lr_multiplier = head_lr_multiplier
         self.layerwise_lr_decay = layerwise_lr_decay
@@ -103,6 +111,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         self.max_nonfinite_steps = max_nonfinite_steps
         self.bank_negatives = bank_negatives  # (rows, first step) of the cross-batch memory, or None
         self.latest_plots: dict[str, str] = {}  # name -> PNG path of the latest evaluation's pictures
+        self.latest_group_analysis = None  # the latest `eval` error analysis by group (report.md)
         self._pending_images: dict[str, str] = {}
         self._part_sums: torch.Tensor | None = None  # (classification, metric) window means summed since the last log
         self._part_steps = 0
@@ -117,6 +126,9 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         if self.samples_per_class is None:
             return super()._get_train_sampler(dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if self.group_sampling is not None:
+            batch, k, world = self._train_batch_size, self.samples_per_class, self.accelerator.num_processes
+            return self.group_sampling.sampler(dataset["labels"], batch, k, seed, world)
         return ClassBalancedBatchSampler(dataset["labels"], self._train_batch_size, self.samples_per_class, seed=seed)
 
     def _global_rows(self, inputs: dict[str, torch.Tensor], mask_name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,26 +263,26 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         tag = None
         if prefix == "eval" and self.is_world_process_zero():
             tag = "final" if self._training_done else f"step{self.state.global_step}"
-        self.evaluator.class_counts = self.evaluator.class_counts or self._train_class_counts()
         result = self.evaluator(predictions, reference, plot_tag=tag)
         if result.collapsed_rows is not None:
             distinct = int(result.metrics["distinct_predictions"])
             self.collapse_watch.warn(distinct, result.collapsed_rows, "validation set")
         if result.plots:
             self.latest_plots = self._pending_images = dict(result.plots)
-        return {f"{prefix}_{k}": v for k, v in result.metrics.items()}
-
-    def _train_class_counts(self) -> dict[int, int] | None:
-        """Training rows per class id, so the per-class F1 picture marks the classes that are rare in training."""
-        if self.train_dataset is None or "labels" not in getattr(self.train_dataset, "column_names", ()):
-            return None
-        ids, counts = np.unique(np.asarray(self.train_dataset["labels"]), return_counts=True)
-        return {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i >= 0}
+        metrics = dict(result.metrics)
+        if prefix == "eval" and result.group_analysis is not None:
+            self.latest_group_analysis = result.group_analysis
+            if self.curriculum is not None:
+                metrics.update(self.curriculum.record(result.group_analysis.group_errors, self.state.epoch or 0.0))
+        return {f"{prefix}_{k}": v for k, v in metrics.items()}
 
     # ---- checkpoints and resume -----------------------------------------------------------------------
     def save_extra_checkpoint_files(self, checkpoint_dir: str) -> None:
-        """The embedding bank travels with each checkpoint, so a resumed run evaluates against the same rows."""
+        """The embedding bank travels with each checkpoint, so a resumed run evaluates against the same rows; so does
+        the curriculum, so a resumed run draws its epoch with the same group weights."""
         self.bank.save(os.path.join(checkpoint_dir, BANK_FILE))
+        if self.curriculum is not None:
+            self.curriculum.save_checkpoint_files(checkpoint_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if isinstance(resume_from_checkpoint, str):
@@ -279,22 +291,9 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
                 self.bank.load(bank_file)
             else:
                 logger.warning("%s has no embedding bank; retrieval metrics restart from an empty bank", bank_file)
+            if self.curriculum is not None:
+                self.curriculum.load_checkpoint_files(resume_from_checkpoint)
         self._training_done = False
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         self._training_done = True  # later evaluations judge the final (best) model
         return output
-
-    @torch.no_grad()
-    def embed_dataset(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings and labels of every row of a featurized dataset, gathered from every process in order."""
-        model = self.model
-        model.eval()
-        embeddings, labels = [], []
-        for inputs in self.get_eval_dataloader(dataset):
-            inputs = self._prepare_inputs(inputs)
-            row_labels = inputs.pop("labels")
-            features = {k: v for k, v in inputs.items() if k not in ("metric_mask", "classifier_mask")}
-            out = model(**features)
-            embeddings.append(self.accelerator.gather_for_metrics(out.embeddings.float()))
-            labels.append(self.accelerator.gather_for_metrics(row_labels))
-        return torch.cat(embeddings), torch.cat(labels)
