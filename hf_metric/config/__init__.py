@@ -65,9 +65,17 @@ class TrainConfig:
     metric_validation: MetricValidationSection = field(default_factory=MetricValidationSection)
     neptune: NeptuneSection = field(default_factory=NeptuneSection)
     hub: HubSection = field(default_factory=HubSection)
+    model_config: dict | None = None
+    """Train a backbone from scratch (random init) instead of loading `model_name`: the transformers config as a
+    mapping with its `model_type`, e.g. `{model_type: convnext, hidden_sizes: [32, 64], depths: [2, 2]}`."""
+    processor_config: dict | None = None
+    """Arguments of the processor built for a `model_config` backbone (image size, mel bins, sampling rate), or
+    overrides of a pretrained one's (`size`, `max_length`)."""
 
     def validate(self) -> None:
-        _check(bool(self.model_name), "model_name", "is required")
+        _check(bool(self.model_name) or self.model_config is not None, "model_name", "is required")
+        if self.model_config is not None:
+            _check("model_type" in self.model_config, "model_config", "needs a model_type (e.g. convnext, vit)")
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):

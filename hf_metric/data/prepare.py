@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import DataError
 from .parquet import read_labeled_parquet
 from .splits import resample_per_class, stratified_split
 
@@ -28,22 +29,31 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
     """Validate, split, resample and featurize the configured Parquet file."""
     import datasets
 
-    labeled = read_labeled_parquet(data_cfg.parquet_path)
+    labeled = read_labeled_parquet(data_cfg.parquet_path, skip_bad_rows=getattr(data_cfg, "skip_bad_rows", False))
     labels = labeled.labels
     train_idx, val_idx = stratified_split(labels, data_cfg.val_ratio, seed)
     train_idx = resample_per_class(train_idx, labels, data_cfg.upsample, data_cfg.downsample, seed)
     full = datasets.Dataset(labeled.table)
+    if labeled.input_column != featurizer.input_column:
+        raise DataError(
+            f"{labeled.source}: column '{labeled.input_column}': the backbone's featurizer reads "
+            f"'{featurizer.input_column}' inputs"
+        )
+    featurizer.source = labeled.source  # decoding errors name the file
     train = featurizer.prepare(full.select(train_idx), train=True)
     val = featurizer.prepare(full.select(val_idx), train=False)
     summary = {
         "source": labeled.source,
         "rows_used": len(labels),
         "rows_dropped": labeled.dropped_rows,
+        "input_column": labeled.input_column,
         "num_classes": len(labeled.id2label),
         "train_rows": len(train),
         "val_rows": len(val),
         "classifier_rows": int(labeled.table.column("classifier_mask").to_numpy().sum()),
         "metric_rows": int(labeled.table.column("metric_mask").to_numpy().sum()),
     }
+    if labeled.input_column != "text":
+        summary["rows_skipped_unreadable"] = labeled.bad_rows
     logger.info("data: %s", summary)
     return PreparedData(train, val, labeled.id2label, summary, labeled.class_groups)

@@ -31,6 +31,9 @@ class MetricClassifierConfig(PreTrainedConfig):
         knn_fusion_weight, knn_fusion_k, knn_fusion_temperature: at inference, with a stored kNN reference
             (`set_knn_reference`), `logits` become log((1 - w) * softmax(head) + w * p_knn) (`hf_metric.knn_fusion`).
         knn_reference_size: rows of the stored reference (0: none); set by `set_knn_reference`.
+        gem_p: exponent of `gem` pooling.
+        modality: `text`, `image` or `audio` (the input column the model was trained on; the model card and
+            the pipelines read it).
     """
 
     model_type = "hf_metric_classifier"
@@ -55,6 +58,8 @@ class MetricClassifierConfig(PreTrainedConfig):
     knn_fusion_k: int = 10
     knn_fusion_temperature: float = 0.05
     knn_reference_size: int = 0
+    gem_p: float = 3.0
+    modality: str = "text"
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -69,4 +74,11 @@ class MetricClassifierConfig(PreTrainedConfig):
 
     @property
     def hidden_size(self) -> int:
-        return self.encoder_config.hidden_size
+        """The pooled width: `hidden_size`, or the last stage's channels of a convolutional backbone."""
+        encoder = self.encoder_config
+        size = getattr(encoder, "hidden_size", None)
+        if size is None and getattr(encoder, "hidden_sizes", None):
+            size = encoder.hidden_sizes[-1]
+        if size is None:
+            raise ValueError(f"cannot tell the output width of a {encoder.model_type!r} backbone")
+        return size
