@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-
 from .featurize_media import AudioFeaturizer, FeaturizerSettings, ImageFeaturizer
 from .media import AUDIO_COLUMN, IMAGE_COLUMN
 from .parquet import TEXT_COLUMN
