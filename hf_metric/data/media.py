@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from math import gcd
 from typing import Any
 
@@ -149,5 +150,8 @@ def fit_length(samples: np.ndarray, length: int, offset: int = 0) -> np.ndarray:
 
 
 def _one_line(err: Exception) -> str:
+    if type(err).__name__ == "UnidentifiedImageError":  # its text holds the repr of a BytesIO
+        return "unknown or broken image format"
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    line = text[0] if text else type(err).__name__
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the file", line)  # libsndfile names the BytesIO

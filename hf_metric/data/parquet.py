@@ -70,12 +70,14 @@ def input_column_of(path: str | Path, column_names: list[str] | None = None) -> 
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
     found = [c for c in INPUT_COLUMNS if c in column_names]
-    if len(found) != 1:
-        problem = "holds several input columns" if found else "has no input column"
+    if not found:
         raise DataError(
-            f"{path}: column '{'/'.join(found or INPUT_COLUMNS)}': the file {problem}; give exactly one of "
-            f"{', '.join(repr(c) for c in INPUT_COLUMNS)} (found: {', '.join(column_names)})"
+            f"{path}: column '{TEXT_COLUMN}' is missing (an input column is needed: one of "
+            f"{', '.join(repr(c) for c in INPUT_COLUMNS)}; found: {', '.join(column_names)})"
         )
+    if len(found) > 1:
+        names = ", ".join(repr(c) for c in found)
+        raise DataError(f"{path}: columns {names}: the file holds several input columns; keep exactly one")
     return found[0]
 
 

@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import DataError
 from .parquet import read_labeled_parquet
 from .splits import resample_per_class, stratified_split
@@ -57,3 +59,9 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
         summary["rows_skipped_unreadable"] = labeled.bad_rows
     logger.info("data: %s", summary)
     return PreparedData(train, val, labeled.id2label, summary, labeled.class_groups)
+
+
+def labels_of(dataset: Any) -> np.ndarray:
+    """The `labels` column of a prepared dataset, read from Arrow without its transform: reading a column of
+    an image/audio dataset through `with_transform` would decode every row."""
+    return np.asarray(dataset.with_format(None)["labels"])

@@ -26,6 +26,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
+from ..data.prepare import labels_of
 from ..evaluation.evaluator import EvalPredictions, MetricEvaluator
 from ..model.objective import rows_in
 from .bank import EmbeddingBank
@@ -107,7 +108,7 @@ class MetricClassifierTrainer(AtomicCheckpointsMixin, Trainer):
         if self.samples_per_class is None:
             return super()._get_train_sampler(dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return ClassBalancedBatchSampler(dataset["labels"], self._train_batch_size, self.samples_per_class, seed=seed)
+        return ClassBalancedBatchSampler(labels_of(dataset), self._train_batch_size, self.samples_per_class, seed=seed)
 
     def _global_rows(self, inputs: dict[str, torch.Tensor], mask_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels and 0/1 mask of one micro-batch on every process, each padded to the largest (padding masked)."""
@@ -235,7 +236,7 @@ class MetricClassifierTrainer(AtomicCheckpointsMixin, Trainer):
         """Training rows per class id, so the per-class F1 picture marks the classes that are rare in training."""
         if self.train_dataset is None or "labels" not in getattr(self.train_dataset, "column_names", ()):
             return None
-        ids, counts = np.unique(np.asarray(self.train_dataset["labels"]), return_counts=True)
+        ids, counts = np.unique(labels_of(self.train_dataset), return_counts=True)
         return {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i >= 0}
 
     # ---- checkpoints and resume -----------------------------------------------------------------------
