@@ -108,6 +108,8 @@ def test_save_load_round_trip_gives_identical_logits_and_embeddings(trained):
         loaded = cls.from_pretrained(folder).eval()
         with torch.no_grad():
             got = loaded(**inputs)
+        assert loaded.backbone.config._attn_implementation == model.backbone.config._attn_implementation
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
         torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=0)
         torch.testing.assert_close(got.embeddings, want.embeddings, rtol=0, atol=0)
 

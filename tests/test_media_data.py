@@ -178,9 +178,9 @@ def test_config_keys_for_media(tmp_path):
         config_from_dict({**base, "model_config": "vit"})
     with pytest.raises(ConfigError, match=r"data.image_augment.crop_scale: must be \[min, max\]"):
         config_from_dict({"data": {"parquet_path": "x", "image_augment": {"crop_scale": [0.9, 0.5]}}})
-    with pytest.raises(ConfigError, match="data.audio_augment.gain_db"):
+    with pytest.raises(ConfigError, match=r"data\.audio_augment\.gain_db"):
         config_from_dict({"data": {"parquet_path": "x", "audio_augment": {"gain_db": -1}}})
-    with pytest.raises(ConfigError, match="did you mean data.skip_bad_rows"):
+    with pytest.raises(ConfigError, match=r"did you mean data\.skip_bad_rows"):
         config_from_dict({"data": {"parquet_path": "x", "skip_bad_row": True}})
 
 

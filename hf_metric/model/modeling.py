@@ -192,13 +192,14 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         encoder_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
         pooling = config_kwargs.get("pooling", "mean")
         backbone = _load_encoder(encoder_config, pooling)
+        attention = backbone.config._attn_implementation  # read before the composite config resets it (see below)
         config = MetricClassifierConfig(
             encoder_config=backbone.config,
             id2label=dict(id2label),
             label2id={name: i for i, name in id2label.items()},
             **config_kwargs,
         )
-        config.encoder_config._attn_implementation = backbone.config._attn_implementation
+        config.encoder_config._attn_implementation = attention
         return cls(config, backbone=backbone)
 
     def _encode(self, inputs: dict[str, torch.Tensor | None], attention_mask: torch.Tensor | None) -> torch.Tensor:
