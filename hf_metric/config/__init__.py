@@ -30,6 +30,9 @@ from .sections import (
     TrainingSection,
 )
 
+FROM_SCRATCH = " (from scratch)"
+"""`model_name` of a `model_config` run, e.g. "convnext (from scratch)": the model card and report show it."""
+
 SAVE_BEST_BY_ALIASES = {"loss": "eval_loss", "acc": "eval_accuracy", "f1": "eval_f1"}
 """`save_best_by` shorthands and the Trainer metric each one selects."""
 
@@ -76,6 +79,13 @@ class TrainConfig:
         _check(bool(self.model_name) or self.model_config is not None, "model_name", "is required")
         if self.model_config is not None:
             _check("model_type" in self.model_config, "model_config", "needs a model_type (e.g. convnext, vit)")
+            default_name = dataclasses.fields(self)[0].default
+            _check(
+                self.model_name in (default_name, "") or self.model_name.endswith(FROM_SCRATCH),
+                "model_config",
+                f"is given together with model_name {self.model_name!r}: keep one (model_config trains from scratch)",
+            )
+            self.model_name = f"{self.model_config['model_type']}{FROM_SCRATCH}"  # names the backbone in cards
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
