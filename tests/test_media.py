@@ -45,6 +45,7 @@ def media_config(tmp_path: Path, backbone: str, parquet: Path, **overrides) -> d
         metric_validation={"plots": False},
         data={"max_audio_seconds": 0.5, "val_ratio": 0.3},
     )
+    del cfg["model_name"]  # a from-scratch backbone instead
     cfg["model_config"] = TINY_BACKBONES[backbone]
     cfg["processor_config"] = TINY_PROCESSORS[backbone]
     for section, values in overrides.items():
@@ -195,3 +196,41 @@ def test_a_saved_image_model_loads_as_remote_code_without_hf_metric(trained):
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert out["module"].startswith("transformers_modules.")
     assert torch.allclose(torch.tensor(out["logits"]), want, atol=1e-5)
+
+
+def _queries(backbone: str) -> list:
+    if MODALITY[backbone] == "image":
+        return [png_bytes(colour, 50 + i) for i, colour in enumerate(COLOURS.values())]
+    return [wav_bytes(freq, 50 + i, rate=8000) for i, freq in enumerate(TONES.values())]  # resampled to 16 kHz
+
+
+def test_embedding_and_knn_pipelines_take_images_and_clips(trained):
+    """`metric-embedding` gives the forward pass's embeddings (processor saved beside the model, inputs as
+    encoded bytes); `knn-classification` fitted on a reference votes as `knn_predict` on those embeddings."""
+    from transformers import AutoModel, pipeline
+
+    from hf_metric.data.media import as_clip, as_image
+    from hf_metric.evaluation.metrics import knn_predict
+
+    backbone, _, _, _, folder = trained
+    model = AutoModel.from_pretrained(folder).eval()
+    queries = _queries(backbone)
+    embedder = pipeline("metric-embedding", model=str(folder))
+    if MODALITY[backbone] == "image":
+        features = embedder.image_processor(images=[as_image(q) for q in queries], return_tensors="pt")
+    else:
+        rate = embedder.feature_extractor.sampling_rate
+        clips = [as_clip(q, rate) for q in queries]
+        features = embedder.feature_extractor(clips, sampling_rate=rate, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**features).embeddings
+    one = torch.tensor(embedder(queries[0]))
+    torch.testing.assert_close(one, want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(embedder.embed(queries, batch_size=2), want, atol=1e-5, rtol=1e-5)
+
+    rows = media_rows(MODALITY[backbone], per_class=2, seed=9)
+    items, labels = [r[MODALITY[backbone]] for r in rows], [r["label"] for r in rows]
+    knn = pipeline("knn-classification", model=str(folder)).fit(items, labels)
+    got = knn(queries[1], k=3)
+    expected, share = knn_predict(want[1:2], embedder.embed(items), np.asarray(labels), 3, "cos")
+    assert got["label"] == expected[0] and got["score"] == pytest.approx(float(share[0]))

@@ -155,3 +155,30 @@ def _one_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     line = text[0] if text else type(err).__name__
     return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>", "the file", line)  # libsndfile names the BytesIO
+
+
+def as_image(item: Any) -> Any:
+    """A pipeline input as an RGB `PIL.Image`: an image, a path, encoded bytes or an `(H, W[, 3])` uint8 array."""
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(item).convert("RGB")
+    if isinstance(item, (bytes, bytearray)):
+        return decode_image({"bytes": bytes(item), "path": None})
+    return decode_image({"bytes": None, "path": os.fspath(item)})
+
+
+def as_clip(item: Any, rate: int) -> np.ndarray:
+    """A pipeline input as mono float32 samples at `rate`: samples already at `rate`, a dict with `raw` (or
+    `array`) and `sampling_rate`, a path, or encoded bytes."""
+    if isinstance(item, dict):
+        samples = np.asarray(item.get("raw", item.get("array")), dtype=np.float32)
+        samples = samples.mean(axis=-1) if samples.ndim == 2 else samples
+        return resample(samples, int(item["sampling_rate"]), rate)
+    if isinstance(item, np.ndarray):
+        return item.astype(np.float32, copy=False)
+    if isinstance(item, (bytes, bytearray)):
+        return decode_audio({"bytes": bytes(item), "path": None}, rate)
+    return decode_audio({"bytes": None, "path": os.fspath(item)}, rate)
