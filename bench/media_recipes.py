@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from quality import deep_update
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,23 +38,13 @@ RECIPES: dict[str, dict[str, Any]] = {
 RECIPES["focal"]["augment"] = False
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = json.loads(json.dumps(base))
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def recipe_config(base: dict, name: str, train_path: str, out_dir: Path, epochs: float, max_steps: int | None):
     from hf_metric.data.parquet import read_labeled_parquet
 
     override = dict(RECIPES[name])
     augment = override.pop("augment", True)
     class_weights = override.pop("class_weights", False)
-    raw = _merge(base, override)
+    raw = deep_update(base, override)
     raw["data"]["parquet_path"] = train_path
     raw["training"]["num_epochs"] = epochs
     raw["checkpointing"]["checkpoints_dir"] = str(out_dir / name)
