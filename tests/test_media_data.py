@@ -189,3 +189,17 @@ def test_unknown_from_scratch_model_type_has_no_processor():
 
     with pytest.raises(ConfigError, match="no audio feature extractor for 'bert'"):
         build_processor("audio", None, "bert", {})
+
+
+@pytest.mark.parametrize(("column", "task"), [("image", "image-classification"), ("audio", "audio-classification")])
+def test_the_model_card_states_the_modality_and_from_scratch(column, task):
+    from hf_metric.sharing.hub import build_model_card
+
+    cfg = config_from_dict({"data": {"parquet_path": "x.parquet"}, "model_config": {"model_type": "convnext"}})
+    card = build_model_card(cfg, {"eval_f1": 0.5}, {"input_column": column}, {}, {0: "a", 1: "b"})
+    assert card.data.pipeline_tag == task and f"{column}-embeddings" in card.data.tags
+    assert card.data.base_model is None  # a from-scratch backbone has no Hub base model
+    assert f"{column} classifier" in card.text and "trained from scratch" in card.text
+    assert f'pipeline("{task}"' in card.text
+    text_card = build_model_card(config_from_dict({"data": {"parquet_path": "x"}}), {}, {}, {}, {0: "a"})
+    assert text_card.data.pipeline_tag == "text-classification" and "A text classifier" in text_card.text
