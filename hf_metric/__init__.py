@@ -1,6 +1,12 @@
 """hf_metric: supervised metric learning for text on Hugging Face Transformers (masked CE + SupCon)."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForAudioClassification,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+)
 
 from .config import TrainConfig, load_config
 from .errors import ConfigError, DataError, HfMetricUserError
@@ -30,7 +36,8 @@ register_head = HEADS.register
 
 AutoConfig.register(MetricClassifierConfig.model_type, MetricClassifierConfig, exist_ok=True)
 AutoModel.register(MetricClassifierConfig, MetricClassifierModel, exist_ok=True)
-AutoModelForSequenceClassification.register(MetricClassifierConfig, MetricClassifierModel, exist_ok=True)
+for _auto in (AutoModelForSequenceClassification, AutoModelForImageClassification, AutoModelForAudioClassification):
+    _auto.register(MetricClassifierConfig, MetricClassifierModel, exist_ok=True)
 register_pipelines()
 
 __all__ = [

@@ -89,8 +89,8 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
     """`(trainer, prepared data)`: the trainer of `build_trainer` and the data it was built from."""
     from transformers import set_seed
 
-    from .data.featurize import featurizer_for
-    from .data.parquet import TEXT_COLUMN, group_class_margins
+    from .data.featurize import FeaturizerSettings, featurizer_for
+    from .data.parquet import group_class_margins, input_column_of
     from .data.prepare import prepare_datasets
     from .evaluation.evaluator import MetricEvaluator, PlotSettings, RetrievalSettings
     from .model.modeling import MetricClassifierModel
@@ -99,8 +99,11 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
 
     _check_precision(cfg)
     args = build_training_arguments(cfg, **argument_overrides)
-    model_path = resolve_model_path(cfg.model_name)
-    featurizer = featurizer_for(model_path, TEXT_COLUMN, cfg.training.max_seq_length)
+    input_column = input_column_of(cfg.data.parquet_path)
+    model_path = None if cfg.model_config is not None else resolve_model_path(cfg.model_name)
+    model_type = (cfg.model_config or {}).get("model_type")
+    settings = FeaturizerSettings(cfg.training.max_seq_length, cfg.data, model_type, cfg.processor_config)
+    featurizer = featurizer_for(model_path, input_column, settings=settings)
     with args.main_process_first(desc="prepare data"):
         data = prepare_datasets(cfg.data, featurizer, cfg.training.seed)
     t, mv = cfg.training, cfg.metric_validation
@@ -113,10 +116,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         class_margins = group_class_margins(data.class_groups, margins.same, margins.default)
     group_ids = _class_group_ids(data) if cfg.head.group_margin and cfg.head.group_margin.same_group_pair else None
     set_seed(t.seed)  # the new head and projection start from the same weights in every run
-    model = MetricClassifierModel.from_backbone(
-        model_path,
-        data.id2label,
-        attn_implementation=t.attention_implementation,
+    model_kwargs = dict(
         pooling=cfg.model.pooling,
         projection_dim=cfg.model.projection_dim,
         classifier_dropout=cfg.model.classifier_dropout,
@@ -129,7 +129,16 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         **cfg.loss.model_config(),
         class_group_ids=group_ids,
         same_group_pair_margin=cfg.head.group_margin.same_group_pair if group_ids else 0.0,
+        gem_p=cfg.model.gem_p,
+        modality=input_column,
     )
+    if cfg.model_config is not None:  # from scratch: random init (see `model_config`)
+        model = MetricClassifierModel.from_scratch(cfg.model_config, data.id2label, **model_kwargs)
+    else:
+        attention = t.attention_implementation
+        model = MetricClassifierModel.from_backbone(
+            model_path, data.id2label, attn_implementation=attention, **model_kwargs
+        )
     trainer = MetricClassifierTrainer(
         model=model,
         args=args,

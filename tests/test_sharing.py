@@ -102,7 +102,13 @@ def test_a_fresh_process_without_hf_metric_loads_with_trust_remote_code(tmp_path
         needed = {Path(p).name for p in get_relative_import_files(str(folder / "modeling.py"))}
         assert needed <= code
         auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-        assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"}
+        assert set(auto_map) == {
+            "AutoConfig",
+            "AutoModel",
+            "AutoModelForSequenceClassification",
+            "AutoModelForImageClassification",
+            "AutoModelForAudioClassification",
+        }
         with torch.no_grad():
             expected.append(model(**inputs))
         folders.append(str(folder))

@@ -34,6 +34,9 @@ from .sections import (
     TrainingSection,
 )
 
+FROM_SCRATCH = " (from scratch)"
+"""`model_name` of a `model_config` run, e.g. "convnext (from scratch)": the model card and report show it."""
+
 SAVE_BEST_BY_ALIASES = {"loss": "eval_loss", "acc": "eval_accuracy", "f1": "eval_f1"}
 """`save_best_by` shorthands and the Trainer metric each one selects."""
 
@@ -56,10 +59,25 @@ class TrainConfig:
     metric_validation: MetricValidationSection = field(default_factory=MetricValidationSection)
     neptune: NeptuneSection = field(default_factory=NeptuneSection)
     hub: HubSection = field(default_factory=HubSection)
+    model_config: dict | None = None
+    """Train a backbone from scratch (random init) instead of loading `model_name`: the transformers config as a
+    mapping with its `model_type`, e.g. `{model_type: convnext, hidden_sizes: [32, 64], depths: [2, 2]}`."""
+    processor_config: dict | None = None
+    """Arguments of the processor built for a `model_config` backbone (image size, mel bins, sampling rate), or
+    overrides of a pretrained one's (`size`, `max_length`)."""
     open_set: OpenSetSection = field(default_factory=OpenSetSection)
 
     def validate(self) -> None:
-        _check(bool(self.model_name), "model_name", "is required")
+        _check(bool(self.model_name) or self.model_config is not None, "model_name", "is required")
+        if self.model_config is not None:
+            _check("model_type" in self.model_config, "model_config", "needs a model_type (e.g. convnext, vit)")
+            default_name = dataclasses.fields(self)[0].default
+            _check(
+                self.model_name in (default_name, "") or self.model_name.endswith(FROM_SCRATCH),
+                "model_config",
+                f"is given together with model_name {self.model_name!r}: keep one (model_config trains from scratch)",
+            )
+            self.model_name = f"{self.model_config['model_type']}{FROM_SCRATCH}"  # names the backbone in cards
         for f in dataclasses.fields(self):
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from ..optional import available
 from .components import check_options
+from .media import AudioAugmentSection, ImageAugmentSection
 from .schema import check as _check
 
 
@@ -15,13 +16,15 @@ from .schema import check as _check
 class ModelSection:
     """How the backbone output becomes an embedding."""
 
-    pooling: Literal["mean", "cls", "pooler"] = "mean"
+    pooling: Literal["mean", "cls", "pooler", "gem"] = "mean"
     projection_dim: int | None = None
     classifier_dropout: float = 0.1
     knn_fusion_weight: float = 0.3
     knn_fusion_k: int = 10
     knn_fusion_temperature: float = 0.05
     knn_reference_max_rows: int = 100_000
+    gem_p: float = 3.0
+    """Exponent of GeM pooling (`pooling: gem`, for convolutional feature maps): 1 is the mean, large p the max."""
 
     def validate(self) -> None:
         _check(self.projection_dim is None or self.projection_dim > 0, "model.projection_dim", "must be > 0")
@@ -30,6 +33,7 @@ class ModelSection:
         _check(self.knn_fusion_k >= 1, "model.knn_fusion_k", "must be >= 1")
         _check(self.knn_fusion_temperature > 0, "model.knn_fusion_temperature", "must be > 0")
         _check(self.knn_reference_max_rows >= 1, "model.knn_reference_max_rows", "must be >= 1")
+        _check(self.gem_p > 0, "model.gem_p", "must be > 0")
 
 
 @dataclass
@@ -119,8 +123,17 @@ class DataSection:
     downsample: int | None = None
     out_of_scope_label: str | None = None
     """Rows with this label belong to no class: they only validate (open-set calibration and metrics)."""
+    max_audio_seconds: float = 10.0
+    """Audio clips are cut (or padded with silence) to this length after resampling to the extractor's rate."""
+    skip_bad_rows: bool = False
+    """An image/audio row that cannot be read is skipped and counted (log, data summary) instead of stopping."""
+    image_augment: ImageAugmentSection = field(default_factory=ImageAugmentSection)
+    audio_augment: AudioAugmentSection = field(default_factory=AudioAugmentSection)
 
     def validate(self) -> None:
+        _check(self.max_audio_seconds > 0, "data.max_audio_seconds", "must be > 0")
+        self.image_augment.validate()
+        self.audio_augment.validate()
         _check(bool(self.parquet_path), "data.parquet_path", "is required")
         _check(self.out_of_scope_label != "", "data.out_of_scope_label", "must be a non-empty label or null")
         _check(0.0 < self.val_ratio < 1.0, "data.val_ratio", f"must be in (0, 1), got {self.val_ratio}")

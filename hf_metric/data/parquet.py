@@ -8,6 +8,7 @@ and Arrow count). Rows in neither loss are dropped; labels of any type are encod
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +18,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError
+from .media import AUDIO_COLUMN, IMAGE_COLUMN, SOURCE_ROW, check_cell, normalize_media_column, require_backend
 
 logger = logging.getLogger(__name__)
 
 TEXT_COLUMN = "text"
+INPUT_COLUMNS = (TEXT_COLUMN, IMAGE_COLUMN, AUDIO_COLUMN)
+"""Exactly one of these is in a file: it decides the featurizer (`featurize.FEATURIZERS`)."""
 LABEL_COLUMN = "label"
 GROUP_COLUMN = "group"
 MASK_COLUMNS = ("metric_mask", "classifier_mask")
@@ -39,6 +43,9 @@ class LabeledTable:
     source: str = ""
     class_groups: dict[int, set[str]] | None = None
     """Groups each class appears in (from the optional `group` column; nulls ignored), or None without one."""
+    input_column: str = "text"
+    bad_rows: int = 0
+    """Image/audio rows skipped as unreadable (`data.skip_bad_rows`)."""
 
     @property
     def labels(self) -> np.ndarray:
@@ -54,11 +61,37 @@ def _fail(path: str, column: str, row: int, problem: str) -> DataError:
     return DataError(f"{path}: column '{column}', row {row}: {problem}")
 
 
-def read_labeled_parquet(path: str | Path, out_of_scope_label: str | None = None) -> LabeledTable:
+def input_column_of(path: str | Path, column_names: list[str] | None = None) -> str:
+    """The file's one input column (`text`, `image` or `audio`), read from the schema alone."""
+    path = str(path)
+    if column_names is None:
+        if not Path(path).is_file():
+            raise DataError(f"{path}: file not found")
+        try:
+            column_names = pq.read_schema(path).names
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+    found = [c for c in INPUT_COLUMNS if c in column_names]
+    if not found:
+        raise DataError(
+            f"{path}: column '{TEXT_COLUMN}' is missing (an input column is needed: one of "
+            f"{', '.join(repr(c) for c in INPUT_COLUMNS)}; found: {', '.join(column_names)})"
+        )
+    if len(found) > 1:
+        names = ", ".join(repr(c) for c in found)
+        raise DataError(f"{path}: columns {names}: the file holds several input columns; keep exactly one")
+    return found[0]
+
+
+def read_labeled_parquet(
+    path: str | Path, out_of_scope_label: str | None = None, skip_bad_rows: bool = False
+) -> LabeledTable:
     """Read and validate one Parquet file; raise `DataError` on the first problem found.
 
     Rows labelled `out_of_scope_label` (compared as text) belong to no class: they get the label id
-    `OUT_OF_SCOPE_ID` (-1), which every loss part skips, and serve the open-set evaluation."""
+    `OUT_OF_SCOPE_ID` (-1), which every loss part skips, and serve the open-set evaluation. With `skip_bad_rows`,
+    image/audio rows whose header cannot be read are dropped and counted (`bad_rows`).
+    """
     path = str(path)
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
@@ -66,11 +99,11 @@ def read_labeled_parquet(path: str | Path, out_of_scope_label: str | None = None
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
-    for column in (TEXT_COLUMN, LABEL_COLUMN):
-        if column not in table.column_names:
-            raise DataError(f"{path}: column '{column}' is missing (found: {', '.join(table.column_names)})")
+    input_column = input_column_of(path, table.column_names)
+    if LABEL_COLUMN not in table.column_names:
+        raise DataError(f"{path}: column '{LABEL_COLUMN}' is missing (found: {', '.join(table.column_names)})")
     if table.num_rows == 0:
-        raise DataError(f"{path}: column '{TEXT_COLUMN}': the file has no rows")
+        raise DataError(f"{path}: column '{input_column}': the file has no rows")
 
     masks = {}
     for column in MASK_COLUMNS:
@@ -79,17 +112,12 @@ def read_labeled_parquet(path: str | Path, out_of_scope_label: str | None = None
             masks[column] = pa.array(np.ones(table.num_rows, dtype=np.int8))
         else:
             masks[column] = _validate_mask(path, column, table.column(column))
-
-    text = table.column(TEXT_COLUMN)
-    if pa.types.is_dictionary(text.type):
-        text = text.cast(text.type.value_type)
-    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-        raise DataError(f"{path}: column '{TEXT_COLUMN}' must hold strings, found type {text.type}")
     used = pc.or_kleene(pc.equal(masks["metric_mask"], 1), pc.equal(masks["classifier_mask"], 1))
-    bad = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0))
-    row = _first_true(pc.and_kleene(bad, used))
-    if row >= 0:
-        raise _fail(path, TEXT_COLUMN, row, "text is null or empty")
+    if input_column == TEXT_COLUMN:
+        inputs = _validate_text(path, table.column(TEXT_COLUMN), used)
+        bad_rows = np.zeros(table.num_rows, dtype=bool)
+    else:
+        inputs, bad_rows = _validate_media(path, input_column, table.column(input_column), used, skip_bad_rows)
 
     label = table.column(LABEL_COLUMN)
     if pa.types.is_dictionary(label.type):
@@ -104,8 +132,9 @@ def read_labeled_parquet(path: str | Path, out_of_scope_label: str | None = None
     if row >= 0:
         raise _fail(path, LABEL_COLUMN, row, "label is null but the row is in a loss (a mask is 1)")
 
-    keep = np.asarray(pc.fill_null(used, False).to_numpy(zero_copy_only=False), dtype=bool)
-    dropped = int((~keep).sum())
+    in_loss = np.asarray(pc.fill_null(used, False).to_numpy(zero_copy_only=False), dtype=bool)
+    keep = in_loss & ~bad_rows
+    dropped = int((~in_loss).sum())
     if not keep.any():
         raise DataError(f"{path}: columns 'metric_mask', 'classifier_mask': no usable row (every row has both masks 0)")
     if dropped:
@@ -129,14 +158,15 @@ def read_labeled_parquet(path: str | Path, out_of_scope_label: str | None = None
         dtype=np.int64,
         count=len(raw_labels),
     )
-    out = pa.table(
-        {
-            TEXT_COLUMN: text.take(keep_idx),
-            "labels": pa.array(encoded),
-            "metric_mask": masks["metric_mask"].take(keep_idx),
-            "classifier_mask": masks["classifier_mask"].take(keep_idx),
-        }
-    )
+    columns = {
+        input_column: inputs.take(keep_idx),
+        "labels": pa.array(encoded),
+        "metric_mask": masks["metric_mask"].take(keep_idx),
+        "classifier_mask": masks["classifier_mask"].take(keep_idx),
+    }
+    if input_column != TEXT_COLUMN:
+        columns[SOURCE_ROW] = keep_idx.cast(pa.int64())
+    out = pa.table(columns)
     class_groups = None
     if GROUP_COLUMN in table.column_names:
         groups = table.column(GROUP_COLUMN).take(keep_idx).cast(pa.string()).to_pylist()
@@ -144,7 +174,51 @@ def read_labeled_parquet(path: str | Path, out_of_scope_label: str | None = None
         for label_id, group in zip(encoded.tolist(), groups, strict=True):
             if group is not None and label_id != OUT_OF_SCOPE_ID:
                 class_groups[label_id].add(group)
-    return LabeledTable(out, {i: str(c) for c, i in label2id.items()}, dropped, path, class_groups)
+    id2label = {i: str(c) for c, i in label2id.items()}
+    return LabeledTable(out, id2label, dropped, path, class_groups, input_column, int(bad_rows.sum()))
+
+
+def _validate_text(path: str, text: pa.ChunkedArray, used: pa.ChunkedArray) -> pa.ChunkedArray:
+    if pa.types.is_dictionary(text.type):
+        text = text.cast(text.type.value_type)
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        raise DataError(f"{path}: column '{TEXT_COLUMN}' must hold strings, found type {text.type}")
+    bad = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0))
+    row = _first_true(pc.and_kleene(bad, used))
+    if row >= 0:
+        raise _fail(path, TEXT_COLUMN, row, "text is null or empty")
+    return text
+
+
+MEDIA_CHECK_CHUNK = 1024
+"""Rows whose cells are held in Python at once while their headers are checked."""
+
+
+def _validate_media(
+    path: str, column: str, values: pa.ChunkedArray, used: pa.ChunkedArray, skip_bad_rows: bool
+) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """Cells as `{bytes, path}` structs, and which used rows are unreadable (an error unless `skip_bad_rows`)."""
+    require_backend(column)
+    cells = normalize_media_column(values, os.path.dirname(os.path.abspath(path)))
+    if isinstance(cells, str):
+        raise DataError(f"{path}: column '{column}' {cells}")
+    in_loss = np.asarray(pc.fill_null(used, False).to_numpy(zero_copy_only=False), dtype=bool)
+    bad = np.zeros(len(cells), dtype=bool)
+    for start in range(0, len(cells), MEDIA_CHECK_CHUNK):
+        for offset, cell in enumerate(cells.slice(start, MEDIA_CHECK_CHUNK).to_pylist()):
+            row = start + offset
+            if not in_loss[row]:
+                continue
+            try:
+                check_cell(column, cell)
+            except ValueError as err:
+                if not skip_bad_rows:
+                    raise _fail(path, column, row, f"{err} (data.skip_bad_rows: true skips such rows)") from None
+                bad[row] = True
+                logger.warning("%s: column '%s', row %d: %s; skipped", path, column, row, err)
+    if bad.any():
+        logger.warning("%s: skipped %d unreadable %s rows (data.skip_bad_rows)", path, int(bad.sum()), column)
+    return cells, bad
 
 
 def group_class_margins(class_groups: dict[int, set[str]], same: float, default: float) -> list[float]:

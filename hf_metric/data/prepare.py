@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataError
 from .parquet import OUT_OF_SCOPE_ID, read_labeled_parquet
 from .splits import resample_per_class, stratified_split
 
@@ -27,7 +28,7 @@ class PreparedData:
 
     def train_class_counts(self) -> dict[int, int]:
         """Training rows per class id (the per-class F1 picture marks the classes rare in training)."""
-        ids, counts = np.unique(np.asarray(self.train["labels"]), return_counts=True)
+        ids, counts = np.unique(labels_of(self.train), return_counts=True)
         return {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i >= 0}
 
 
@@ -35,7 +36,11 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
     """Validate, split, resample and featurize the configured Parquet file."""
     import datasets
 
-    labeled = read_labeled_parquet(data_cfg.parquet_path, getattr(data_cfg, "out_of_scope_label", None))
+    labeled = read_labeled_parquet(
+        data_cfg.parquet_path,
+        getattr(data_cfg, "out_of_scope_label", None),
+        skip_bad_rows=getattr(data_cfg, "skip_bad_rows", False),
+    )
     labels = labeled.labels
     train_idx, val_idx = stratified_split(labels, data_cfg.val_ratio, seed)
     oos_train = labels[train_idx] == OUT_OF_SCOPE_ID
@@ -44,12 +49,19 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
         train_idx = train_idx[~oos_train]
     train_idx = resample_per_class(train_idx, labels, data_cfg.upsample, data_cfg.downsample, seed)
     full = datasets.Dataset(labeled.table)
+    if labeled.input_column != featurizer.input_column:
+        raise DataError(
+            f"{labeled.source}: column '{labeled.input_column}': the backbone's featurizer reads "
+            f"'{featurizer.input_column}' inputs"
+        )
+    featurizer.source = labeled.source  # decoding errors name the file
     train = featurizer.prepare(full.select(train_idx), train=True)
     val = featurizer.prepare(full.select(val_idx), train=False)
     summary = {
         "source": labeled.source,
         "rows_used": len(labels),
         "rows_dropped": labeled.dropped_rows,
+        "input_column": labeled.input_column,
         "num_classes": len(labeled.id2label),
         "train_rows": len(train),
         "val_rows": len(val),
@@ -58,5 +70,13 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
     }
     if (labels == OUT_OF_SCOPE_ID).any():
         summary["out_of_scope_rows"] = int((labels == OUT_OF_SCOPE_ID).sum())
+    if labeled.input_column != "text":
+        summary["rows_skipped_unreadable"] = labeled.bad_rows
     logger.info("data: %s", summary)
     return PreparedData(train, val, labeled.id2label, summary, labeled.class_groups)
+
+
+def labels_of(dataset: Any) -> np.ndarray:
+    """The `labels` column of a prepared dataset, read from Arrow without its transform: reading a column of
+    an image/audio dataset through `with_transform` would decode every row."""
+    return np.asarray(dataset.with_format(None)["labels"])

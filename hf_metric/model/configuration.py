@@ -40,6 +40,9 @@ class MetricClassifierConfig(PreTrainedConfig):
             (set by `set_open_set`).
         class_group_ids, same_group_pair_margin: group index of each class (-1: none) and the extra cosine margin
             a target-margin head puts, in training, on the classes of the row's own group (0: off).
+        gem_p: exponent of `gem` pooling.
+        modality: `text`, `image` or `audio` (the input column the model was trained on; the model card and
+            the pipelines read it).
     """
 
     model_type = "hf_metric_classifier"
@@ -72,6 +75,8 @@ class MetricClassifierConfig(PreTrainedConfig):
     open_set_mahalanobis: bool = False
     class_group_ids: list[int] | None = None
     same_group_pair_margin: float = 0.0
+    gem_p: float = 3.0
+    modality: str = "text"
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -88,4 +93,11 @@ class MetricClassifierConfig(PreTrainedConfig):
 
     @property
     def hidden_size(self) -> int:
-        return self.encoder_config.hidden_size
+        """The pooled width: `hidden_size`, or the last stage's channels of a convolutional backbone."""
+        encoder = self.encoder_config
+        size = getattr(encoder, "hidden_size", None)
+        if size is None and getattr(encoder, "hidden_sizes", None):
+            size = encoder.hidden_sizes[-1]
+        if size is None:
+            raise ValueError(f"cannot tell the output width of a {encoder.model_type!r} backbone")
+        return size

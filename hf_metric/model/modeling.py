@@ -1,6 +1,6 @@
 """`MetricClassifierModel`: a transformers encoder that returns class logits and a metric embedding.
 
-    text -> AutoModel backbone -> pooling (mean | cls | pooler) -> pooled
+    text | image | audio -> AutoModel backbone -> pooling (mean | cls | pooler | gem) -> pooled
     pooled -> dropout -> head -> logits                    (cross-entropy, rows with classifier_mask = 1)
     pooled -> [projection MLP] -> L2 normalize -> embeddings  (metric loss, rows with metric_mask = 1)
 
@@ -73,7 +73,12 @@ def _load_encoder(config: PreTrainedConfig | str, pooling: str, **kwargs: Any) -
     return load(config, **kwargs)
 
 
-AUTO_CLASSES = ("AutoModel", "AutoModelForSequenceClassification")
+AUTO_CLASSES = (
+    "AutoModel",
+    "AutoModelForSequenceClassification",
+    "AutoModelForImageClassification",
+    "AutoModelForAudioClassification",
+)
 """Auto factories that load the saved folder as remote code; the same class serves all of them."""
 
 
@@ -254,6 +259,38 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         config.encoder_config._attn_implementation = attention
         return cls(config, backbone=backbone)
 
+    @classmethod
+    def from_scratch(cls, model_config: dict[str, Any], id2label: dict[int, str], **config_kwargs: Any):
+        """A new model on a randomly initialised backbone built from `model_config` (a transformers config as a
+        mapping with its `model_type`), for training from scratch where no pretrained weights can be had."""
+        from transformers import AutoConfig
+
+        settings = dict(model_config)
+        encoder_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
+        pooling = config_kwargs.get("pooling", "mean")
+        backbone = _load_encoder(encoder_config, pooling)
+        attention = backbone.config._attn_implementation  # read before the composite config resets it (see below)
+        config = MetricClassifierConfig(
+            encoder_config=backbone.config,
+            id2label=dict(id2label),
+            label2id={name: i for i, name in id2label.items()},
+            **config_kwargs,
+        )
+        config.encoder_config._attn_implementation = attention
+        return cls(config, backbone=backbone)
+
+    def _encode(self, inputs: dict[str, torch.Tensor | None], attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """The pooled backbone output; the backbone receives only the inputs given (text, pixels or audio)."""
+        out = self.backbone(**{k: v for k, v in inputs.items() if v is not None}, return_dict=True)
+        hidden = out.last_hidden_state
+        mask = attention_mask
+        if mask is not None and hidden.ndim == 3 and mask.shape[1] != hidden.shape[1]:
+            # audio: a mask over samples -> a mask over the encoder's frames (Wav2Vec2 and kin)
+            to_frames = getattr(self.backbone, "_get_feature_vector_attention_mask", None)
+            mask = to_frames(hidden.shape[1], mask) if to_frames is not None else None
+        pooler_output = getattr(out, "pooler_output", None)
+        return pool(self.config.pooling, hidden, mask, pooler_output, self.config.gem_p)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -266,15 +303,26 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         classifier_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         return_dict: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
     ) -> MetricClassifierOutput | tuple:
         """Without `labels` it returns logits and embeddings; with them, also the loss and its two parts (from
         `self.objective`). `return_loss=False` skips the loss but still gives margin heads their labels: the
-        trainer then calls the objective itself, normalised over the whole accumulation window."""
-        encoder_kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
-        if token_type_ids is not None:
-            encoder_kwargs["token_type_ids"] = token_type_ids
-        out = self.backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, return_dict=True, **encoder_kwargs)
-        pooled = pool(self.config.pooling, out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
+        trainer then calls the objective itself, normalised over the whole accumulation window. Text comes as
+        `input_ids`, images as `pixel_values`, audio as `input_values` (or `input_features`), as each
+        backbone's processor names them."""
+        inputs = {
+            "input_ids": input_ids,
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
+            "position_ids": position_ids,
+            "pixel_values": pixel_values,
+            "input_values": input_values,
+            "input_features": input_features,
+        }
+        pooled = self._encode(inputs, attention_mask)
         head_labels = labels if self.training else None
         margin = None
         if head_labels is not None and self.class_margins is not None:

@@ -22,6 +22,38 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 """Files never uploaded: they are loaded with pickle, which can run code."""
 
 CARD_TAGS = ("hf_metric", "metric-learning", "text-classification", "text-embeddings")
+MODALITY_CARDS = {
+    "text": ("text-classification", CARD_TAGS),
+    "image": ("image-classification", ("hf_metric", "metric-learning", "image-classification", "image-embeddings")),
+    "audio": ("audio-classification", ("hf_metric", "metric-learning", "audio-classification", "audio-embeddings")),
+}
+"""Input column -> the card's pipeline tag and tags: the card states the modality."""
+
+
+def _from_scratch_note(cfg: TrainConfig) -> str:
+    if cfg.model_config is None:
+        return ""
+    return (
+        f"\n\nThe `{cfg.model_config['model_type']}` backbone was trained from scratch (random initialisation, "
+        "`model_config`), not fine-tuned from pretrained weights."
+    )
+
+
+def _media_load_instructions(repo: str, task: str) -> str:
+    what = "image" if task.startswith("image") else "audio clip (a file path or 1-D samples with their rate)"
+    return f"""With hf_metric installed (`import hf_metric` registers the model classes); the processor is saved
+beside the weights:
+
+```python
+import hf_metric
+from transformers import pipeline
+
+classifier = pipeline("{task}", model="{repo}")
+classifier(x)  # x: an {what}; [{{"label": ..., "score": ...}}]
+```
+
+Without hf_metric, pass `trust_remote_code=True` (read the saved `modeling.py` first). The model returns
+`logits` and the L2-normalized `embeddings` for kNN search."""
 
 
 class HubError(HfMetricUserError):
@@ -93,11 +125,14 @@ def build_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     repo = cfg.hub.model_id or "path/to/best"
-    base_model = None if os.path.exists(cfg.model_name) else cfg.model_name  # a local folder is no Hub id
+    # a local folder or a from-scratch backbone (`model_config`) is no Hub id
+    base_model = None if os.path.exists(cfg.model_name) or cfg.model_config is not None else cfg.model_name
+    modality = data_summary.get("input_column", "text")
+    task, tags = MODALITY_CARDS[modality]
     data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="text-classification",
-        tags=[*CARD_TAGS, f"head-{cfg.head.type}", cfg.loss.metric.type],
+        pipeline_tag=task,
+        tags=[*tags, f"head-{cfg.head.type}", cfg.loss.metric.type],
         base_model=base_model,
     )
     labels = [id2label[i] for i in sorted(id2label)]
@@ -105,8 +140,9 @@ def build_model_card(
     body = f"""
 # {repo.rsplit("/", 1)[-1]}
 
-A text classifier and an embedding model trained with hf_metric (supervised metric learning on Transformers):
-one encoder gives class scores (`logits`) and an L2-normalized embedding (`embeddings`) for kNN search.
+{"An" if modality[0] in "aeiou" else "A"} {modality} classifier and an embedding model trained with hf_metric \
+(supervised metric learning on Transformers): one encoder gives class scores (`logits`) and an L2-normalized \
+embedding (`embeddings`) for kNN search.{_from_scratch_note(cfg)}
 
 ## Labels
 
@@ -130,7 +166,7 @@ Last logged training losses:
 
 ## How to load it
 
-{_load_instructions(repo)}
+{_load_instructions(repo) if modality == "text" else _media_load_instructions(repo, task)}
 
 ## Training configuration
 

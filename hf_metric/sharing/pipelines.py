@@ -71,8 +71,45 @@ class OpenSetClassificationPipeline(TextClassificationPipeline):
 
 
 class MetricEmbeddingPipeline(FeatureExtractionPipeline):
-    """Text -> the model's L2-normalized metric embedding (a list of floats, or a `(dim,)` tensor with
-    `return_tensors=True`). Takes the feature-extraction options (`truncation`, `tokenize_kwargs`)."""
+    """Text, an image or an audio clip -> the model's L2-normalized metric embedding (a list of floats, or a
+    `(dim,)` tensor with `return_tensors=True`). Text takes the feature-extraction options (`truncation`,
+    `tokenize_kwargs`); images may be PIL images, paths or encoded bytes; audio may be samples at the extractor's
+    rate, `{"raw": samples, "sampling_rate": r}`, paths or encoded bytes. The processor is the one saved beside
+    the model, chosen by the model's `modality`."""
+
+    _load_tokenizer = False  # loaded in __init__ by modality: an image or audio model has no tokenizer
+    _load_image_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, model: Any, *args: Any, **kwargs: Any) -> None:
+        from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
+
+        self.modality = getattr(model.config, "modality", "text")
+        key, auto = {
+            "text": ("tokenizer", AutoTokenizer),
+            "image": ("image_processor", AutoImageProcessor),
+            "audio": ("feature_extractor", AutoFeatureExtractor),
+        }[self.modality]
+        if kwargs.get(key) is None:
+            kwargs[key] = auto.from_pretrained(model.name_or_path)
+        super().__init__(model, *args, **kwargs)
+
+    def preprocess(self, inputs: Any, **tokenize_kwargs: Any) -> dict[str, torch.Tensor]:
+        if self.modality == "text":
+            return super().preprocess(inputs, **tokenize_kwargs)
+        return self._media_features([inputs])
+
+    def _media_features(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        from ..data.media import as_clip, as_image
+
+        if self.modality == "image":
+            return self.image_processor(images=[as_image(x) for x in items], return_tensors="pt")
+        rate = self.feature_extractor.sampling_rate
+        clips = [as_clip(x, rate) for x in items]
+        if len({len(c) for c in clips}) > 1:  # pad to the longest; AST pads to its own max_length anyway
+            longest = max(len(c) for c in clips)
+            clips = [np.pad(c, (0, longest - len(c))) for c in clips]
+        return self.feature_extractor(clips, sampling_rate=rate, return_tensors="pt")
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"embeddings": self.model(**model_inputs).embeddings}
@@ -82,16 +119,19 @@ class MetricEmbeddingPipeline(FeatureExtractionPipeline):
         return embedding if return_tensors else embedding.tolist()
 
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-        """Embeddings of many texts at once, `(len(texts), dim)` float32 on the CPU (padded batches; the
+    def embed(self, items: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
+        """Embeddings of many inputs at once, `(len(items), dim)` float32 on the CPU (padded text batches; the
         pooling ignores the padding)."""
         chunks = []
-        for start in range(0, len(texts), batch_size):
-            batch = list(texts[start : start + batch_size])
-            inputs = self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt").to(self.device)
-            chunks.append(self.model(**inputs).embeddings.float().cpu())
+        for start in range(0, len(items), batch_size):
+            batch = list(items[start : start + batch_size])
+            if self.modality == "text":
+                inputs = self.tokenizer(batch, padding=True, truncation=True, return_tensors="pt")
+            else:
+                inputs = self._media_features(batch)
+            chunks.append(self.model(**inputs.to(self.device)).embeddings.float().cpu())
         if not chunks:
-            raise ValueError("no texts to embed")
+            raise ValueError("nothing to embed")
         return torch.cat(chunks)
 
 
@@ -132,8 +172,9 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
             postprocess["distance"] = distance
         return preprocess, forward, postprocess
 
-    def fit(self, texts: Sequence[str], labels: Sequence[Any], batch_size: int = 32) -> KnnClassificationPipeline:
-        """Use `texts` (embedded now) with their `labels` (any JSON values: names, ids) as the reference."""
+    def fit(self, texts: Sequence[Any], labels: Sequence[Any], batch_size: int = 32) -> KnnClassificationPipeline:
+        """Use `texts` (or images, or clips; embedded now) with their `labels` (any JSON values: names, ids) as
+        the reference."""
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
         self.reference_embeddings = self.embed(texts, batch_size)

@@ -31,6 +31,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
+from ..data.prepare import labels_of
 from ..evaluation.evaluator import EvalPredictions, MetricEvaluator
 from ..model.objective import rows_in
 from .bank import EmbeddingBank
@@ -128,8 +129,8 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         if self.group_sampling is not None:
             batch, k, world = self._train_batch_size, self.samples_per_class, self.accelerator.num_processes
-            return self.group_sampling.sampler(dataset["labels"], batch, k, seed, world)
-        return ClassBalancedBatchSampler(dataset["labels"], self._train_batch_size, self.samples_per_class, seed=seed)
+            return self.group_sampling.sampler(labels_of(dataset), batch, k, seed, world)
+        return ClassBalancedBatchSampler(labels_of(dataset), self._train_batch_size, self.samples_per_class, seed=seed)
 
     def _global_rows(self, inputs: dict[str, torch.Tensor], mask_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels and 0/1 mask of one micro-batch on every process, each padded to the largest (padding masked)."""

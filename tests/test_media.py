@@ -1,0 +1,236 @@
+"""Images and audio through the same trainer: tiny random ConvNeXt, ViT, AST and Wav2Vec2 built from `model_config`
+train two steps on generated data, round-trip through save/load, and agree with the stock pipelines."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from media_fixtures import (
+    COLOURS,
+    MODALITY,
+    TINY_BACKBONES,
+    TINY_PROCESSORS,
+    TONES,
+    media_rows,
+    png_bytes,
+    wav_bytes,
+    write_media_parquet,
+)
+
+pytest.importorskip("PIL")
+pytest.importorskip("soundfile")
+
+HEAD_TYPES = ["linear", "cosine", "arcface", "subcenter_arcface", "cosface", "circle"]
+POOLING = {"convnext": "gem", "vit": "cls", "ast": "pooler", "wav2vec2": "mean"}
+
+
+def media_config(tmp_path: Path, backbone: str, parquet: Path, **overrides) -> dict:
+    cfg = tiny_config(
+        "unused",
+        parquet,
+        tmp_path / "ckpt",
+        model={"pooling": POOLING[backbone], "projection_dim": 8},
+        scheduler={"num_training_steps": 2},
+        training={"batch_size": 6, "samples_per_class": 2, "logging_steps": 1},
+        metric_validation={"plots": False},
+        data={"max_audio_seconds": 0.5, "val_ratio": 0.3},
+    )
+    del cfg["model_name"]  # a from-scratch backbone instead
+    cfg["model_config"] = TINY_BACKBONES[backbone]
+    cfg["processor_config"] = TINY_PROCESSORS[backbone]
+    for section, values in overrides.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def train_two_steps(tmp_path: Path, backbone: str, **overrides):
+    """Build and train a run for two optimizer steps; returns (trainer, prepared data, backbone weights before)."""
+    from hf_metric.config import config_from_dict
+    from hf_metric.run import build_run
+
+    parquet = write_media_parquet(tmp_path / "data.parquet", media_rows(MODALITY[backbone], per_class=6))
+    cfg = config_from_dict(media_config(tmp_path, backbone, parquet, **overrides))
+    trainer, data = build_run(cfg)
+    before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    trainer.train()
+    return trainer, data, before
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_BACKBONES))
+def trained(request, tmp_path_factory):
+    """Each backbone trained two steps (with augmentations on) and saved like `train` saves `best/`."""
+    backbone = request.param
+    tmp_path = tmp_path_factory.mktemp(backbone)
+    augment = {"image_augment": {"enabled": True}, "audio_augment": {"enabled": True}}
+    trainer, data, before = train_two_steps(tmp_path, backbone, data=augment)
+    folder = tmp_path / "best"
+    trainer.save_final_model(str(folder))
+    return backbone, trainer, data, before, folder
+
+
+def test_each_backbone_trains_two_steps(trained):
+    backbone, trainer, data, before, _ = trained
+    assert trainer.state.global_step == 2
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses and all(np.isfinite(losses))
+    after = trainer.model.backbone.state_dict()
+    changed = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])]
+    assert changed, f"{backbone}: two optimizer steps changed no backbone weight"
+    assert data.summary["input_column"] == MODALITY[backbone]
+    assert trainer.model.config.modality == MODALITY[backbone]
+
+
+def _batch(data, n: int = 4) -> dict[str, torch.Tensor]:
+    rows = data.val[:n]
+    return {k: v for k, v in rows.items() if k not in ("labels", "metric_mask", "classifier_mask")}
+
+
+def test_save_load_round_trip_gives_identical_logits_and_embeddings(trained):
+    from transformers import AutoModel, AutoModelForAudioClassification, AutoModelForImageClassification
+
+    backbone, trainer, data, _, folder = trained
+    assert (folder / "preprocessor_config.json").is_file()  # the processor is saved beside the model
+    model = trainer.model.eval()
+    inputs = _batch(data)
+    with torch.no_grad():
+        want = model(**inputs)
+    auto = AutoModelForImageClassification if MODALITY[backbone] == "image" else AutoModelForAudioClassification
+    for cls in (AutoModel, auto):
+        loaded = cls.from_pretrained(folder).eval()
+        with torch.no_grad():
+            got = loaded(**inputs)
+        assert loaded.backbone.config._attn_implementation == model.backbone.config._attn_implementation
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+        torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=0)
+        torch.testing.assert_close(got.embeddings, want.embeddings, rtol=0, atol=0)
+
+
+def test_stock_pipelines_agree_with_the_forward_pass(trained):
+    from transformers import AutoModel, pipeline
+
+    backbone, _, _, _, folder = trained
+    model = AutoModel.from_pretrained(folder).eval()
+    if MODALITY[backbone] == "image":
+        from PIL import Image
+
+        pipe = pipeline("image-classification", model=str(folder))
+        query = Image.open(io.BytesIO(png_bytes(COLOURS["green"], 99))).convert("RGB")
+        result = pipe(query, top_k=None)
+        features = pipe.image_processor(images=query, return_tensors="pt")
+    else:
+        import soundfile
+
+        pipe = pipeline("audio-classification", model=str(folder))
+        wave, rate = soundfile.read(io.BytesIO(wav_bytes(TONES["mid"], 99, rate=16000)), dtype="float32")
+        result = pipe({"raw": wave, "sampling_rate": rate}, top_k=None)
+        features = pipe.feature_extractor(wave, sampling_rate=rate, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**features).logits.softmax(-1)[0]
+    names = model.config.id2label
+    expected = {names[i]: float(p) for i, p in enumerate(probs)}
+    assert {r["label"] for r in result} == set(expected)
+    for r in result:
+        assert r["score"] == pytest.approx(expected[r["label"]], abs=1e-5)
+
+
+@pytest.mark.parametrize("head_type", [h for h in HEAD_TYPES if h != "linear"])
+def test_every_head_trains_on_a_convnext(tmp_path, head_type):
+    trainer, _, before = train_two_steps(tmp_path, "convnext", head={"type": head_type})
+    assert trainer.state.global_step == 2
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses and all(np.isfinite(losses))
+    after = trainer.model.backbone.state_dict()
+    assert any(not torch.equal(v, after[k]) for k, v in before.items() if v.is_floating_point())
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class NoHfMetric(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "hf_metric":
+                raise ImportError("hf_metric is not installed here")
+
+    sys.meta_path.insert(0, NoHfMetric())
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    folder, pixels = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    with torch.no_grad():
+        out = model(pixel_values=pixels)
+    print("RESULT" + json.dumps({"logits": out.logits.tolist(), "module": type(model).__module__}))
+    """
+)
+
+
+def test_a_saved_image_model_loads_as_remote_code_without_hf_metric(trained):
+    backbone, trainer, data, _, folder = trained
+    if backbone != "convnext":
+        pytest.skip("one backbone is enough: the remote code is the same for all")
+    inputs = _batch(data, 2)
+    with torch.no_grad():
+        want = trainer.model.eval()(**inputs).logits
+    env = {**os.environ, "HF_MODULES_CACHE": str(folder.parent / "modules"), "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), json.dumps(inputs["pixel_values"].tolist())],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=folder.parent,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert out["module"].startswith("transformers_modules.")
+    assert torch.allclose(torch.tensor(out["logits"]), want, atol=1e-5)
+
+
+def _queries(backbone: str) -> list:
+    if MODALITY[backbone] == "image":
+        return [png_bytes(colour, 50 + i) for i, colour in enumerate(COLOURS.values())]
+    return [wav_bytes(freq, 50 + i, rate=8000) for i, freq in enumerate(TONES.values())]  # resampled to 16 kHz
+
+
+def test_embedding_and_knn_pipelines_take_images_and_clips(trained):
+    """`metric-embedding` gives the forward pass's embeddings (processor saved beside the model, inputs as
+    encoded bytes); `knn-classification` fitted on a reference votes as `knn_predict` on those embeddings."""
+    from transformers import AutoModel, pipeline
+
+    from hf_metric.data.media import as_clip, as_image
+    from hf_metric.evaluation.metrics import knn_predict
+
+    backbone, _, _, _, folder = trained
+    model = AutoModel.from_pretrained(folder).eval()
+    queries = _queries(backbone)
+    embedder = pipeline("metric-embedding", model=str(folder))
+    if MODALITY[backbone] == "image":
+        features = embedder.image_processor(images=[as_image(q) for q in queries], return_tensors="pt")
+    else:
+        rate = embedder.feature_extractor.sampling_rate
+        clips = [as_clip(q, rate) for q in queries]
+        features = embedder.feature_extractor(clips, sampling_rate=rate, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**features).embeddings
+    one = torch.tensor(embedder(queries[0]))
+    torch.testing.assert_close(one, want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(embedder.embed(queries, batch_size=2), want, atol=1e-5, rtol=1e-5)
+
+    rows = media_rows(MODALITY[backbone], per_class=2, seed=9)
+    items, labels = [r[MODALITY[backbone]] for r in rows], [r["label"] for r in rows]
+    knn = pipeline("knn-classification", model=str(folder)).fit(items, labels)
+    got = knn(queries[1], k=3)
+    expected, share = knn_predict(want[1:2], embedder.embed(items), np.asarray(labels), 3, "cos")
+    assert got["label"] == expected[0] and got["score"] == pytest.approx(float(share[0]))
