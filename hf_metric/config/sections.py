@@ -21,6 +21,9 @@ class ModelSection:
     knn_fusion_k: int = 10
     knn_fusion_temperature: float = 0.05
     knn_reference_max_rows: int = 100_000
+    store_knn_reference: bool = True
+    """Store training rows' embeddings in the weights for kNN fusion; false drops them (and the fusion) so that
+    a shared model holds nothing derived from individual training rows."""
 
     def validate(self) -> None:
         _check(self.projection_dim is None or self.projection_dim > 0, "model.projection_dim", "must be > 0")

@@ -40,9 +40,29 @@ class TextFeaturizer:
 
         return DataCollatorWithPadding(self.processor)
 
+    def encode(self, values: list[Any], return_tensors: str = "np") -> dict[str, Any]:
+        """One padded inference batch from raw column values (prediction streams batches, no `datasets`)."""
+        return dict(
+            self.processor(
+                values, truncation=True, max_length=self.max_length, padding=True, return_tensors=return_tensors
+            )
+        )
+
 
 FEATURIZERS = {TEXT_COLUMN: TextFeaturizer}
 """Input column -> featurizer class (each with `from_pretrained`, `prepare`, `collator` and `processor`)."""
+
+
+def input_column_of(columns: list[str], source: str) -> str:
+    """The input column of a file (the first featurizer column it holds); a one-line `DataError` if none."""
+    from ..errors import DataError
+
+    for column in FEATURIZERS:
+        if column in columns:
+            return column
+    raise DataError(
+        f"{source}: no input column (expected one of: {', '.join(FEATURIZERS)}; found: {', '.join(columns)})"
+    )
 
 
 def featurizer_for(model_path: str, input_column: str, max_length: int) -> TextFeaturizer:

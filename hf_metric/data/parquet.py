@@ -8,6 +8,7 @@ and Arrow count). Rows in neither loss are dropped; labels of any type are encod
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,12 @@ def _fail(path: str, column: str, row: int, problem: str) -> DataError:
     return DataError(f"{path}: column '{column}', row {row}: {problem}")
 
 
-def read_labeled_parquet(path: str | Path) -> LabeledTable:
-    """Read and validate one Parquet file; raise `DataError` on the first problem found."""
+def read_labeled_parquet(path: str | Path, label2id: Mapping[str, int] | None = None) -> LabeledTable:
+    """Read and validate one Parquet file; raise `DataError` on the first problem found.
+
+    Labels are encoded anew (sorted names -> 0..C-1) unless `label2id` fixes the mapping (a trained model's
+    labels): then a held-out file keeps the model's ids, whatever subset or order of classes it holds.
+    """
     path = str(path)
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
@@ -110,8 +115,13 @@ def read_labeled_parquet(path: str | Path) -> LabeledTable:
     raw_labels = label.to_numpy(zero_copy_only=False)
     if is_str:
         raw_labels = np.array([s.strip() for s in raw_labels], dtype=object)
-    classes = sorted(set(raw_labels.tolist()))
-    label2id = {c: i for i, c in enumerate(classes)}
+    if label2id is None:
+        classes = sorted(set(raw_labels.tolist()))
+        label2id = {c: i for i, c in enumerate(classes)}
+    else:
+        raw_labels = np.array([str(v) for v in raw_labels.tolist()], dtype=object)
+        _check_known_labels(path, raw_labels, label2id)
+        classes = sorted(label2id, key=label2id.__getitem__)
     encoded = np.fromiter((label2id[v] for v in raw_labels.tolist()), dtype=np.int64, count=len(raw_labels))
     out = pa.table(
         {
@@ -129,6 +139,26 @@ def read_labeled_parquet(path: str | Path) -> LabeledTable:
             if group is not None:
                 class_groups[label_id].add(group)
     return LabeledTable(out, {i: str(c) for c, i in label2id.items()}, dropped, path, class_groups)
+
+
+def check_input_values(path: str, column: str, values: pa.Array | pa.ChunkedArray, offset: int = 0) -> list[str]:
+    """The input column of rows to predict (one record batch, starting at row `offset` of the file) as a list;
+    a `DataError` names the first null or empty row."""
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise DataError(f"{path}: column '{column}' must hold strings, found type {values.type}")
+    row = _first_true(pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)))
+    if row >= 0:
+        raise _fail(path, column, offset + row, "text is null or empty")
+    return values.to_pylist()
+
+
+def _check_known_labels(path: str, names: np.ndarray, label2id: Mapping[str, int]) -> None:
+    unknown = sorted(set(names.tolist()) - set(label2id))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise DataError(f"{path}: column '{LABEL_COLUMN}': {len(unknown)} label(s) unknown to the model: {shown}")
 
 
 def group_class_margins(class_groups: dict[int, set[str]], same: float, default: float) -> list[float]:
