@@ -89,9 +89,7 @@ def evaluate_file(
             metrics.update(_class_metrics(knn, labels[ce], counts, "knn_vote_"))
         if not np.array_equal(outputs.logits, outputs.head_logits):
             metrics.update(_class_metrics(outputs.logits[ce], labels[ce], counts, "fused_"))
-        metrics.update(
-            rows=len(labels), classifier_rows=int(ce.sum()), metric_rows=int(predictions.metric_rows.sum())
-        )
+        metrics.update(rows=len(labels), classifier_rows=int(ce.sum()), metric_rows=int(predictions.metric_rows.sum()))
         summary = {"metrics": metrics, "per_class": _per_class(outputs, labels[ce], ce, id2label)}
         if folder:
             write_json_atomic(os.path.join(folder, "metrics.json"), summary)

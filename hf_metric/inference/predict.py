@@ -129,7 +129,7 @@ def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: Str
         if out.endswith(".npy"):
             array = None
             total = _open(path).metadata.num_rows
-            for batch, outputs in _stream(path, backend, featurizer, settings):
+            for _batch, outputs in _stream(path, backend, featurizer, settings):
                 emb = outputs.embeddings.astype(np.float32)
                 if array is None:
                     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, emb.shape[1]))
