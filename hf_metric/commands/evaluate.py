@@ -23,17 +23,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.evaluator import RetrievalSettings
     from ..evaluation.tables import format_metrics_table
-    from ..inference.backends import load_backend
-    from ..inference.evaluate import evaluate_file
+    from ..inference.backends import load_backend, read_id2label
+    from ..inference.evaluate import evaluate_file, read_test_file
     from .common import check_model_dir, featurizer, model_config
 
     check_model_dir(args.model, args.backend)
     cfg = model_config(args, args.data)
     mv = cfg.metric_validation
     feat = featurizer(args.model, args.data, cfg.training.max_seq_length)
+    labeled = read_test_file(args.data, read_id2label(args.model))
     backend = load_backend(args.model, args.backend, args.device, args.threads)
     summary = evaluate_file(
-        args.data,
+        labeled,
         backend,
         feat,
         RetrievalSettings(tuple(mv.recall_at_k), mv.distance, mv.knn_k),

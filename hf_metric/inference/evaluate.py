@@ -16,7 +16,7 @@ import numpy as np
 
 from ..atomic import atomic_directory, write_json_atomic, write_text_atomic
 from ..data.featurize import input_column_of
-from ..data.parquet import read_labeled_parquet
+from ..data.parquet import LabeledTable, read_labeled_parquet
 from ..evaluation.evaluator import EvalPredictions, MetricEvaluator, PlotSettings, RetrievalSettings
 from ..evaluation.metrics import classification_metrics, per_class_f1, top_k_accuracy
 from ..evaluation.report import PLOT_CAPTIONS
@@ -44,8 +44,13 @@ def _class_metrics(logits: np.ndarray, labels: np.ndarray, counts: Mapping[int, 
     return out
 
 
+def read_test_file(path: str, id2label: Mapping[int, str]) -> LabeledTable:
+    """A labelled file encoded with the model's label ids (by name); unknown labels are a `DataError`."""
+    return read_labeled_parquet(path, {name: i for i, name in id2label.items()})
+
+
 def evaluate_file(
-    path: str,
+    labeled: LabeledTable,
     backend: Any,
     featurizer: Any,
     retrieval: RetrievalSettings,
@@ -54,13 +59,13 @@ def evaluate_file(
     plots: bool = True,
     embedding_map: str = "pca",
 ) -> dict[str, Any]:
-    """Every metric of `path` (see the module docstring); with `out_dir`, writes metrics.json, report.md and
-    plots/ there atomically. Returns `{"metrics": flat name -> value, "per_class": name -> {f1, support}}`."""
-    id2label = backend.id2label
-    labeled = read_labeled_parquet(path, {name: i for i, name in id2label.items()})
+    """Every metric of a file read by `read_test_file` (see the module docstring); with `out_dir`, writes
+    metrics.json, report.md and plots/ there atomically. Returns `{"metrics": flat name -> value, "per_class":
+    name -> {head_f1, fused_f1, support}}`."""
+    id2label, path = backend.id2label, labeled.source
     column = input_column_of(labeled.table.column_names, path)
     outputs = run_batches(backend, featurizer, labeled.table.column(column).to_pylist(), batch_size)
-    labels = labeled.labels
+    labels = np.array(labeled.labels)
     reference = backend.reference
     counts = _training_counts(reference, labels, len(id2label))
     predictions = EvalPredictions(
