@@ -36,7 +36,8 @@ def test_card_lists_the_folders_files_and_the_stored_rows(tiny_model_dir, tmp_pa
     assert "my_extra_module.py" in text.split("## How to load it")[1]  # the remote-code list too
     assert "(1 - 0.25) * softmax(head) + 0.25 * p_knn" in text and "vote of the 5 nearest of the 24" in text
     assert "## Training data stored in this model" in text and "**24 training rows**" in text
-    assert str(tmp_path) not in text and "train.parquet" in text
+    assert str(tmp_path) not in text and tiny_model_dir not in text and "train.parquet" in text
+    assert "encoder `tiny_bert" in text
     data = ModelCard(text).data
     assert (data.license, data.datasets, data.language, data.base_model) == (
         "mit",

@@ -8,6 +8,7 @@ files except pickles (`training_args.bin`): the Hub copy loads from safetensors 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -212,7 +213,7 @@ one encoder gives class scores (`logits`) and an L2-normalized embedding (`embed
 {_stored_data_section(rows)}
 ## Training objective
 
-{_objective(cfg)}
+{_objective(dataclasses.replace(cfg, model_name=_local_paths_removed(cfg.model_name)))}
 
 Last logged training losses:
 
