@@ -68,3 +68,33 @@ def test_store_knn_reference_false_drops_the_rows_and_the_fusion(tmp_path, make_
     assert json.loads((best / "config.json").read_text())["knn_reference_size"] == 0
     text = (best / "README.md").read_text()
     assert "Training data stored in this model" not in text and "no kNN fusion" in text
+
+
+def test_train_then_evaluate_then_push_from_the_command_line(tmp_path, make_config, monkeypatch, capsys):
+    from unittest import mock
+
+    from huggingface_hub import HfApi
+
+    from hf_metric.cli import app
+
+    data = write_parquet(tmp_path / "d.parquet", synthetic_rows(8, seed=4))
+    config = make_config(data, training={"num_epochs": 1}, model={"knn_fusion_weight": 0.3})
+    assert app(["train", "--config", str(config), "--set", "metric_validation.recall_at_k=[1, 2]"]) == 0
+    best = tmp_path / "ckpt" / "best"
+    text = (best / "README.md").read_text()
+    assert "## Training data stored in this model" in text and "0.3 * p_knn" in text
+    test = write_parquet(tmp_path / "test.parquet", synthetic_rows(3, seed=8, classes=["card", "account"]))
+    out = tmp_path / "eval"
+    assert app(["evaluate", "--model", str(best), "--data", str(test), "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert {"head_accuracy", "fused_accuracy", "knn_vote_accuracy", "recall@2", "knn_accuracy"} <= set(metrics)
+    assert "recall@5" not in metrics  # the run's resolved_config.yaml (recall_at_k [1, 2]) was used
+
+    commits = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **k: mock.Mock(repo_id=repo_id))
+    monkeypatch.setattr(
+        HfApi, "create_commit", lambda api, repo_id, **k: commits.append(k) or mock.Mock(commit_url="https://x/1")
+    )
+    assert app(["push", "--model", str(best), "--model-id", "me/tiny", "--set", "hub.commit_message=again"]) == 0
+    assert commits[0]["commit_message"] == "again" and "Pushed" in capsys.readouterr().out
+    assert "training_args.bin" not in {op.path_in_repo for op in commits[0]["operations"]}
