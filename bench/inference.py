@@ -30,30 +30,18 @@ MARKS = ("<!-- inference:start -->", "<!-- inference:end -->")
 BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+WORDS = tuple("please help my card was charged twice and the refund parcel courier login password is not here".split())  # noqa: SIM905
+
+
+def generated_texts(start: int, stop: int) -> list[str]:
+    """Deterministic texts of 5-15 words for rows start..stop-1 (shared with predict_memory.py)."""
+    return [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(5 + i % 11)) for i in range(start, stop)]
+
+
 def texts_from(path: str | None, rows: int) -> list[str]:
     import pyarrow.parquet as pq
 
-    if path:
-        texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
-    else:
-        words = [
-            "please",
-            "help",
-            "my",
-            "card",
-            "was",
-            "charged",
-            "twice",
-            "and",
-            "the",
-            "refund",
-            "is",
-            "not",
-            "here",
-            "yet",
-            "why",
-        ]
-        texts = [" ".join(words[(i * 7) % 5 : (i * 7) % 5 + 5 + i % 9]) for i in range(rows)]
+    texts = pq.read_table(path, columns=["text"]).column("text").to_pylist() if path else generated_texts(0, rows)
     return (texts * (rows // max(len(texts), 1) + 1))[:rows]
 
 

@@ -22,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from inference import generated_texts  # noqa: E402
 
 
 def write_rows(path: str, rows: int, chunk: int = 50_000) -> None:
@@ -29,30 +32,11 @@ def write_rows(path: str, rows: int, chunk: int = 50_000) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    words = [
-        "please",
-        "help",
-        "my",
-        "card",
-        "was",
-        "charged",
-        "twice",
-        "and",
-        "the",
-        "refund",
-        "parcel",
-        "courier",
-        "login",
-        "password",
-        "is",
-        "not",
-        "here",
-    ]
     writer = None
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         ids = list(range(start, start + n))
-        texts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(5 + i % 11)) for i in ids]
+        texts = generated_texts(start, start + n)
         table = pa.table({"id": ids, "text": texts, "payload": [f"{i:0200d}" for i in ids]})
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table)

@@ -181,8 +181,19 @@ def load_backend(model_dir: str, backend: str = "torch", device: str = "cpu", th
 
 
 def run_batches(backend: Any, featurizer: Any, values: list[Any], batch_size: int) -> ModelOutputs:
-    """The outputs of `values` (an input column's rows), featurized and run `batch_size` rows at a time."""
-    parts = [backend(featurizer.encode(values[i : i + batch_size])) for i in range(0, len(values), batch_size)]
+    """The outputs of `values` (an input column's rows, in their order), run `batch_size` rows at a time.
+
+    Texts are batched by length (as sentence-transformers' `encode` does) so that a batch pads little; the
+    outputs are put back in the input order.
+    """
+    order = np.argsort([len(v) for v in values], kind="stable") if values and isinstance(values[0], str) else None
+    ordered = [values[i] for i in order] if order is not None else list(values)
+    parts = [backend(featurizer.encode(ordered[i : i + batch_size])) for i in range(0, len(ordered), batch_size)]
     fields = ("logits", "embeddings", "head_logits", "knn_probabilities")
     joined = {f: [getattr(p, f) for p in parts] for f in fields}
-    return ModelOutputs(**{f: np.concatenate(v) if v and v[0] is not None else None for f, v in joined.items()})
+    out = {f: np.concatenate(v) if v and v[0] is not None else None for f, v in joined.items()}
+    if order is not None:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        out = {f: a[inverse] if a is not None else None for f, a in out.items()}
+    return ModelOutputs(**out)

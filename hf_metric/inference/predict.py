@@ -94,6 +94,25 @@ def _check_no_clash(path: str, columns: list[str], added: tuple[str, ...]) -> No
         raise DataError(f"{path}: column '{clash[0]}' already exists; rename it (the output adds {', '.join(added)})")
 
 
+def _write_parquet(path: str, tmp: str, stream: Iterator[tuple[pa.RecordBatch, ModelOutputs]], columns) -> int:
+    """Write every record batch of `stream` with the columns `columns(outputs)` appended; returns rows."""
+    writer, rows = None, 0
+    try:
+        for batch, outputs in stream:
+            table = pa.Table.from_batches([batch])
+            for name, column in columns(outputs).items():
+                table = table.append_column(name, column)
+            writer = writer or pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise DataError(f"{path}: the file has no rows")
+    return rows
+
+
 def predict_file(
     path: str, out: str, backend: Any, featurizer: Any, top_k: int = 5, settings: StreamSettings | None = None
 ) -> int:
@@ -101,23 +120,9 @@ def predict_file(
     settings = settings or StreamSettings()
     _check_no_clash(path, _open(path).schema_arrow.names, PREDICTION_COLUMNS)
     names = np.asarray([backend.id2label[i] for i in range(len(backend.id2label))], dtype=object)
-    rows = 0
     with atomic_path(out) as tmp:
-        writer = None
-        try:
-            for batch, outputs in _stream(path, backend, featurizer, settings):
-                table = pa.Table.from_batches([batch])
-                for name, column in prediction_columns(outputs, names, top_k).items():
-                    table = table.append_column(name, column)
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-                rows += batch.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
-            raise DataError(f"{path}: the file has no rows")
-    return rows
+        stream = _stream(path, backend, featurizer, settings)
+        return _write_parquet(path, tmp, stream, lambda outputs: prediction_columns(outputs, names, top_k))
 
 
 def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: StreamSettings | None = None) -> int:
@@ -141,20 +146,11 @@ def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: Str
             del array
             return rows
         _check_no_clash(path, _open(path).schema_arrow.names, (EMBEDDING_COLUMN,))
-        writer = None
-        try:
-            for batch, outputs in _stream(path, backend, featurizer, settings):
-                emb = outputs.embeddings.astype(np.float32)
-                column = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-                table = pa.Table.from_batches([batch]).append_column(
-                    EMBEDDING_COLUMN, column.cast(pa.list_(pa.float32()))
-                )
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-                rows += batch.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
-            raise DataError(f"{path}: the file has no rows")
-    return rows
+        stream = _stream(path, backend, featurizer, settings)
+        return _write_parquet(path, tmp, stream, lambda outputs: {EMBEDDING_COLUMN: _embedding_column(outputs)})
+
+
+def _embedding_column(outputs: ModelOutputs) -> pa.Array:
+    emb = outputs.embeddings.astype(np.float32)
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    return fixed.cast(pa.list_(pa.float32()))
