@@ -207,3 +207,13 @@ def test_usage_errors_are_one_line_with_exit_code_2(capsys):
         app(["evaluate", "--model", "m"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_the_console_scripts_are_declared():
+    import configparser
+    from pathlib import Path
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    scripts = setup["options.entry_points"]["console_scripts"]
+    assert "hf-metric = hf_metric.cli:app" in scripts and "hf-metric-train = hf_metric.cli:main" in scripts

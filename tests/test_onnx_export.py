@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -53,3 +55,14 @@ def test_predict_with_the_onnx_backend_equals_torch(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(a.column("score").to_numpy(), b.column("score").to_numpy(), atol=1e-5)
     _, _, _, emb = reference_outputs(model_dir, pq.read_table(data).column("text").to_pylist())
     np.testing.assert_allclose(np.load(tmp_path / "o.npy"), emb, atol=1e-4)
+
+    summaries = {}
+    for name, model in (
+        ("torch", ["--model", model_dir]),
+        ("onnx", ["--model", str(tmp_path / "onnx"), "--backend", "onnx"]),
+    ):
+        assert app(["evaluate", *model, "--data", str(data), "--out", str(tmp_path / name)]) == 0
+        summaries[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+    for key in ("head_accuracy", "fused_f1", "knn_vote_accuracy", "recall@1", "knn_accuracy", "rare_class_f1"):
+        key = key if key in summaries["torch"] else f"head_{key}"
+        assert summaries["onnx"][key] == pytest.approx(summaries["torch"][key], abs=1e-6), key
