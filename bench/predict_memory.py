@@ -6,7 +6,7 @@ reports each child's peak RSS (`ru_maxrss`). Streaming holds one record batch, s
 the same; the script exits with code 1 when the large file's peak exceeds the small one's by more than
 `--max-growth-mb`.
 
-    python bench/predict_memory.py --rows 200000 --model checkpoints/best   # or a fresh model (no --model)
+    python bench/predict_memory.py --rows 200000 --tiny    # or --model checkpoints/best (real speed, slower)
 """
 
 from __future__ import annotations
@@ -32,30 +32,47 @@ def write_rows(path: str, rows: int, chunk: int = 50_000) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    import numpy as np
+
+    rng = np.random.default_rng(0)  # random payload: the file does not compress to nothing
     writer = None
     for start in range(0, rows, chunk):
         n = min(chunk, rows - start)
         ids = list(range(start, start + n))
         texts = generated_texts(start, start + n)
-        table = pa.table({"id": ids, "text": texts, "payload": [f"{i:0200d}" for i in ids]})
+        table = pa.table({"id": ids, "text": texts, "payload": [rng.bytes(100).hex() for _ in ids]})
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table)
     writer.close()
 
 
-def fresh_model(folder: str) -> None:
+def fresh_model(folder: str, tiny: bool) -> None:
+    """MiniLM (or, with `tiny`, a random 2-layer 32-wide BERT with MiniLM's tokenizer: memory does not depend on
+    the backbone's speed) with a fresh head and 1000 stored kNN rows."""
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     from hf_metric.model.modeling import MetricClassifierModel
     from hf_metric.packaged_models import resolve_model_path
 
     path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(0)
+    if tiny:
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+        path = os.path.join(folder, "backbone")
+        BertModel(config).save_pretrained(path)
     model = MetricClassifierModel.from_backbone(path, {i: f"c{i}" for i in range(10)}, knn_fusion_weight=0.3)
-    model.set_knn_reference(torch.nn.functional.normalize(torch.randn(1000, 384), dim=-1), torch.arange(1000) % 10)
+    dim = model.config.embedding_dim
+    model.set_knn_reference(torch.nn.functional.normalize(torch.randn(1000, dim), dim=-1), torch.arange(1000) % 10)
     model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(path).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def peak_rss_mb(argv: list[str]) -> float:
@@ -71,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--model", help="a trained model folder (default: MiniLM with a fresh head)")
+    parser.add_argument("--tiny", action="store_true", help="a random 2-layer 32-wide backbone (fast, same memory)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--read-batch-rows", type=int, default=4096)
     parser.add_argument("--max-growth-mb", type=float, default=200.0)
@@ -79,7 +97,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench_predict_memory_")
     model = args.model or os.path.join(tmp, "model")
     if args.model is None:
-        fresh_model(model)
+        fresh_model(model, args.tiny)
     results = {}
     # the small file first: children's ru_maxrss is a running maximum, so the larger run must come second
     for rows in (max(args.rows // 4, 1), args.rows):

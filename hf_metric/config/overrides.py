@@ -61,7 +61,12 @@ def apply_overrides(raw: Any, overrides: Iterable[str]):
         return config_from_dict(merged)
     except ConfigError as err:
         key = str(err).split(":", 1)[0]
-        culprit = next((o for o in reversed(overrides) if key.startswith(o.partition("=")[0].strip())), None)
+        culprit = next((o for o in reversed(overrides) if _names_key(o.partition("=")[0].strip(), key)), None)
         if culprit is None:
             raise
         raise ConfigError(f"--set {culprit}: {err}") from None
+
+
+def _names_key(override_key: str, error_key: str) -> bool:
+    """Whether an error about `error_key` (e.g. `training.focal_alpha[1]`) is about the overridden key."""
+    return error_key == override_key or error_key.startswith((f"{override_key}.", f"{override_key}["))
