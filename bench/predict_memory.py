@@ -29,10 +29,9 @@ from inference import generated_texts  # noqa: E402
 
 def write_rows(path: str, rows: int, chunk: int = 50_000) -> None:
     """A Parquet file written in chunks (the generator itself stays small)."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    import numpy as np
 
     rng = np.random.default_rng(0)  # random payload: the file does not compress to nothing
     writer = None
