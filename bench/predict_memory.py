@@ -4,8 +4,8 @@ Writes a file of `--rows` generated texts (plus an id and a 200-character payloa
 tiny), runs `hf-metric predict` on it and on a file with a quarter of the rows, each in a fresh process, and
 reports each child's peak RSS (`ru_maxrss`). Streaming holds one record batch, so both peaks should be about
 the same (Parquet is read a row group at a time: this file is written in row groups of 50k rows, so from
-200k / 4 rows up both files have the same row groups); the script exits with code 1 when the large file's peak exceeds the small one's by more than
-`--max-growth-mb`.
+200k / 4 rows up both files have the same row groups); the script exits with code 1 when the large file's
+peak exceeds the small one's by more than `--max-growth-mb`.
 
     python bench/predict_memory.py --rows 200000 --tiny    # or --model checkpoints/best (real speed, slower)
 """
