@@ -232,7 +232,7 @@ def finish_best_model(
     export_head(best_dir)
     id2label = trainer.accelerator.unwrap_model(trainer.model).config.id2label
     losses = last_training_losses(trainer.state.log_history)
-    card = build_model_card(cfg, metrics, data_summary, losses, id2label)
+    card = build_model_card(cfg, metrics, data_summary, losses, id2label, folder=best_dir)
     write_model_card(best_dir, card)
     if cfg.hub.push_to_hub:
         url = push_to_hub(best_dir, cfg.hub)
@@ -261,8 +261,10 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             fh.write(cfg.to_yaml())
     _train_refusing_pickles(trainer, resume)
     metrics = trainer.evaluate()
-    if cfg.model.knn_fusion_weight > 0:
+    if cfg.model.knn_fusion_weight > 0 and cfg.model.store_knn_reference:
         metrics.update(add_knn_reference(trainer, cfg))
+    elif cfg.model.knn_fusion_weight > 0:
+        logger.warning("model.store_knn_reference is false: no training rows stored, so no kNN fusion")
     if cfg.open_set.enabled:
         metrics.update(add_open_set(trainer, cfg))
     best_dir = os.path.join(out_dir, "best")

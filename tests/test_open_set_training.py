@@ -28,11 +28,11 @@ def test_out_of_scope_rows_get_no_class(tmp_path):
     path = write_parquet(tmp_path / "d.parquet", synthetic_rows(5) + _oos_rows(6))
     plain = read_labeled_parquet(path)
     assert "oos" in plain.id2label.values()  # without the setting it is just a label
-    table = read_labeled_parquet(path, "oos")
+    table = read_labeled_parquet(path, out_of_scope_label="oos")
     assert sorted(table.id2label.values()) == ["account", "billing", "card", "delivery"]
     assert (table.labels == OUT_OF_SCOPE_ID).sum() == 6 and table.labels.max() == 3
     with pytest.raises(DataError, match="every row has the out-of-scope label"):
-        read_labeled_parquet(write_parquet(tmp_path / "o.parquet", _oos_rows(3)), "oos")
+        read_labeled_parquet(write_parquet(tmp_path / "o.parquet", _oos_rows(3)), out_of_scope_label="oos")
 
 
 def test_open_set_config_is_checked(tmp_path, make_config):

@@ -8,6 +8,7 @@ rejects unknown keys (with a "did you mean" hint), wrong types and impossible va
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ..errors import ConfigError
 from ..evaluation.names import metric_names
 from .integrations import HubSection, NeptuneSection
 from .losses import LossSection, legacy_loss_keys
+from .overrides import apply_overrides
 from .schema import build_section, section_to_dict
 from .schema import check as _check
 from .sections import (
@@ -130,8 +132,9 @@ def import_user_modules(modules: Any) -> None:
             raise ConfigError(f"imports: cannot import {name!r} ({err})") from None
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read and validate a YAML config; every problem is a `ConfigError` whose message starts with the file."""
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Read and validate a YAML config with `--set dotted.key=value` `overrides` applied; every problem is a
+    `ConfigError` whose message starts with the file (or the override that caused it)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -144,9 +147,9 @@ def load_config(path: str | Path) -> TrainConfig:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     try:
-        return config_from_dict(raw if raw is not None else {})
+        return apply_overrides(raw if raw is not None else {}, overrides)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        raise ConfigError(str(err) if str(err).startswith("--set ") else f"{path}: {err}") from None
 
 
 def config_from_dict(raw: Any) -> TrainConfig:
@@ -175,6 +178,7 @@ __all__ = [
     "SchedulerSection",
     "TrainConfig",
     "TrainingSection",
+    "apply_overrides",
     "config_from_dict",
     "load_config",
 ]

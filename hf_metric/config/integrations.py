@@ -36,6 +36,15 @@ class HubSection:
     private: bool = True
     revision: str | None = None
     commit_message: str = "Upload model trained with hf_metric"
+    license: str | None = None
+    """Model card `license` (a Hub license id such as apache-2.0, or `other`); null: not stated in the card."""
+    datasets: list[str] = field(default_factory=list)
+    """Hub ids of the training data sets, listed in the card metadata (local files are never named)."""
+    language: list[str] = field(default_factory=list)
+    """ISO 639-1 codes of the texts (e.g. [en, ru]), for the card metadata."""
+    pipeline_tag: str | None = None
+    base_model: str | None = None
+    """Hub id of the backbone for the card; null: `model_name` when it is a Hub id (never a local folder)."""
 
     def validate(self) -> None:
         if self.push_to_hub:

@@ -25,6 +25,9 @@ class ModelSection:
     knn_reference_max_rows: int = 100_000
     gem_p: float = 3.0
     """Exponent of GeM pooling (`pooling: gem`, for convolutional feature maps): 1 is the mean, large p the max."""
+    store_knn_reference: bool = True
+    """Store training rows' embeddings in the weights for kNN fusion; false drops them (and the fusion) so that
+    a shared model holds nothing derived from individual training rows."""
 
     def validate(self) -> None:
         _check(self.projection_dim is None or self.projection_dim > 0, "model.projection_dim", "must be > 0")

@@ -51,6 +51,14 @@ class TextFeaturizer:
 
         return DataCollatorWithPadding(self.processor)
 
+    def encode(self, values: list[Any], return_tensors: str = "np") -> dict[str, Any]:
+        """One padded inference batch from raw column values (prediction streams batches, no `datasets`)."""
+        return dict(
+            self.processor(
+                values, truncation=True, max_length=self.max_length, padding=True, return_tensors=return_tensors
+            )
+        )
+
 
 FEATURIZERS = {TEXT_COLUMN: TextFeaturizer, IMAGE_COLUMN: ImageFeaturizer, AUDIO_COLUMN: AudioFeaturizer}
 """Input column -> featurizer class (each with `from_settings`, `prepare`, `collator` and `processor`)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +85,16 @@ def input_column_of(path: str | Path, column_names: list[str] | None = None) -> 
 
 
 def read_labeled_parquet(
-    path: str | Path, out_of_scope_label: str | None = None, skip_bad_rows: bool = False
+    path: str | Path,
+    label2id: Mapping[str, int] | None = None,
+    *,
+    out_of_scope_label: str | None = None,
+    skip_bad_rows: bool = False,
 ) -> LabeledTable:
     """Read and validate one Parquet file; raise `DataError` on the first problem found.
+
+    Labels are encoded anew (sorted names -> 0..C-1) unless `label2id` fixes the mapping (a trained model's
+    labels): then a held-out file keeps the model's ids, whatever subset or order of classes it holds.
 
     Rows labelled `out_of_scope_label` (compared as text) belong to no class: they get the label id
     `OUT_OF_SCOPE_ID` (-1), which every loss part skips, and serve the open-set evaluation. With `skip_bad_rows`,
@@ -151,8 +159,13 @@ def read_labeled_parquet(
             raise DataError(
                 f"{path}: column '{LABEL_COLUMN}': every row has the out-of-scope label {out_of_scope_label!r}"
             )
-    classes = sorted(set(raw_labels[~oos].tolist()))
-    label2id = {c: i for i, c in enumerate(classes)}
+    if label2id is None:
+        classes = sorted(set(raw_labels[~oos].tolist()))
+        label2id = {c: i for i, c in enumerate(classes)}
+    else:
+        raw_labels = np.array([str(v) for v in raw_labels.tolist()], dtype=object)
+        _check_known_labels(path, raw_labels[~oos], label2id)
+        classes = sorted(label2id, key=label2id.__getitem__)
     encoded = np.fromiter(
         (OUT_OF_SCOPE_ID if o else label2id[v] for v, o in zip(raw_labels.tolist(), oos, strict=True)),
         dtype=np.int64,
@@ -219,6 +232,26 @@ def _validate_media(
     if bad.any():
         logger.warning("%s: skipped %d unreadable %s rows (data.skip_bad_rows)", path, int(bad.sum()), column)
     return cells, bad
+
+
+def check_input_values(path: str, column: str, values: pa.Array | pa.ChunkedArray, offset: int = 0) -> list[str]:
+    """The input column of rows to predict (one record batch, starting at row `offset` of the file) as a list;
+    a `DataError` names the first null or empty row."""
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise DataError(f"{path}: column '{column}' must hold strings, found type {values.type}")
+    row = _first_true(pc.or_kleene(pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0)))
+    if row >= 0:
+        raise _fail(path, column, offset + row, "text is null or empty")
+    return values.to_pylist()
+
+
+def _check_known_labels(path: str, names: np.ndarray, label2id: Mapping[str, int]) -> None:
+    unknown = sorted(set(names.tolist()) - set(label2id))
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise DataError(f"{path}: column '{LABEL_COLUMN}': {len(unknown)} label(s) unknown to the model: {shown}")
 
 
 def group_class_margins(class_groups: dict[int, set[str]], same: float, default: float) -> list[float]:

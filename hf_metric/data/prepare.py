@@ -38,7 +38,7 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
 
     labeled = read_labeled_parquet(
         data_cfg.parquet_path,
-        getattr(data_cfg, "out_of_scope_label", None),
+        out_of_scope_label=getattr(data_cfg, "out_of_scope_label", None),
         skip_bad_rows=getattr(data_cfg, "skip_bad_rows", False),
     )
     labels = labeled.labels

@@ -8,6 +8,8 @@ files except pickles (`training_args.bin`): the Hub copy loads from safetensors 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -68,7 +70,8 @@ def last_training_losses(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return {}
 
 
-def _load_instructions(repo: str) -> str:
+def _load_instructions(repo: str, code_files: list[str]) -> str:
+    code = ", ".join(f"`{name}`" for name in code_files) or "the model's `.py` files"
     return f"""With hf_metric installed (`import hf_metric` registers the model classes and pipelines):
 
 ```python
@@ -83,8 +86,8 @@ knn.fit(reference_texts, reference_labels)  # or knn.load_reference("knn_referen
 knn("I still have not received my new card", k=10)
 ```
 
-Without hf_metric, the code saved with the model (`modeling.py`, `heads.py`, `losses.py`) is loaded as remote
-code; read it first, then:
+Without hf_metric, the code saved with the model ({code}) is loaded as remote code; read it first,
+then:
 
 ```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
@@ -114,29 +117,117 @@ def _objective(cfg: TrainConfig) -> str:
     )
 
 
+def _role(name: str) -> str:
+    """What a file of the model folder is for (shown in the card's file list)."""
+    base = os.path.basename(name)
+    if base.endswith(".py"):
+        return "remote code (loaded with `trust_remote_code=True`)"
+    if base == "head.safetensors":
+        return "the classification head alone (`hf_metric.sharing.head_io.load_head`)"
+    if base.startswith(("tokenizer", "special_tokens", "vocab", "merges", "sentencepiece", "spiece")):
+        return "tokenizer"
+    if base.startswith(("preprocessor", "feature_extractor", "processor")):
+        return "input processor"
+    if base.endswith(".safetensors") or base.endswith(".safetensors.index.json"):
+        return "weights"
+    if base == "config.json":
+        return "model config: labels, head, pooling, kNN fusion settings"
+    if base == "README.md":
+        return "this model card"
+    return ""
+
+
+def _files_section(folder: str | None) -> tuple[str, list[str]]:
+    """The folder's files as a Markdown list (computed, not hard-coded) and the remote-code files among them."""
+    if folder is None:
+        return "", []
+    files = sorted({*shareable_files(folder), "README.md"})
+    code = [name for name in files if name.endswith(".py")]
+    lines = [f"- `{name}`" + (f": {_role(name)}" if _role(name) else "") for name in files]
+    return "\n".join(lines), code
+
+
+def _stored_reference(folder: str | None) -> tuple[int, dict[str, Any]]:
+    """Rows of training embeddings stored in the saved model (0: none) and its config."""
+    if folder is None or not os.path.isfile(os.path.join(folder, "config.json")):
+        return 0, {}
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    return int(config.get("knn_reference_size") or 0), config
+
+
+def _prediction_section(cfg: TrainConfig, rows: int, config: Mapping[str, Any]) -> str:
+    head = f"a `{cfg.head.type}` head on the `{cfg.model.pooling}`-pooled encoder output"
+    weight = float(config.get("knn_fusion_weight", cfg.model.knn_fusion_weight))
+    if rows and weight > 0:
+        k = config.get("knn_fusion_k", cfg.model.knn_fusion_k)
+        temperature = config.get("knn_fusion_temperature", cfg.model.knn_fusion_temperature)
+        return (
+            f"`logits` are log-probabilities of a fusion: `(1 - {weight}) * softmax(head) + {weight} * p_knn`, where "
+            f"the head is {head} and `p_knn` is a vote of the {k} nearest of the {rows} stored training embeddings "
+            f"(cosine, softmax temperature {temperature}). The head's own scores are returned as "
+            "`classifier_logits`. `embeddings` are the L2-normalised metric embeddings."
+        )
+    return f"`logits` come from {head} alone (no kNN fusion). `embeddings` are the L2-normalised metric embeddings."
+
+
+def _stored_data_section(rows: int) -> str:
+    if not rows:
+        return ""
+    return f"""
+## Training data stored in this model
+
+The weights hold the embeddings and labels of **{rows} training rows** (`knn_reference_embeddings`,
+`knn_reference_labels` in `model.safetensors`), used for the kNN fusion above. They are not the texts, but an
+embedding can reveal much about its text: do not share this model where the training data may not go. Train
+with `model.store_knn_reference: false` to store none (and predict with the head alone).
+"""
+
+
+def _local_paths_removed(value: Any) -> Any:
+    """`value` with every absolute or existing local path replaced by its last component (cards leave the machine)."""
+    if isinstance(value, dict):
+        return {k: _local_paths_removed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_local_paths_removed(v) for v in value]
+    if isinstance(value, str) and value and (os.path.isabs(value) or os.path.exists(value)):
+        return os.path.basename(os.path.normpath(value))
+    return value
+
+
 def build_model_card(
     cfg: TrainConfig,
     metrics: Mapping[str, object],
     data_summary: Mapping[str, object],
     training_losses: Mapping[str, object],
     id2label: Mapping[int, str],
+    folder: str | None = None,
 ):
-    """The model card of a finished run (a `huggingface_hub.ModelCard`)."""
+    """The model card of a finished run (a `huggingface_hub.ModelCard`); `folder` (the saved model) gives the
+    file list and the stored training rows."""
     from huggingface_hub import ModelCard, ModelCardData
 
     repo = cfg.hub.model_id or "path/to/best"
-    # a local folder or a from-scratch backbone (`model_config`) is no Hub id
-    base_model = None if os.path.exists(cfg.model_name) or cfg.model_config is not None else cfg.model_name
+    base_model = cfg.hub.base_model
+    local = os.path.exists(cfg.model_name) or os.path.isabs(cfg.model_name) or cfg.model_config is not None
+    if base_model is None and not local:  # a local folder or a from-scratch backbone is no Hub id
+        base_model = cfg.model_name
     modality = data_summary.get("input_column", "text")
     task, tags = MODALITY_CARDS[modality]
     data = ModelCardData(
         library_name="transformers",
-        pipeline_tag=task,
+        pipeline_tag=cfg.hub.pipeline_tag or task,
         tags=[*tags, f"head-{cfg.head.type}", cfg.loss.metric.type],
         base_model=base_model,
+        license=cfg.hub.license,
+        datasets=list(cfg.hub.datasets) or None,
+        language=list(cfg.hub.language) or None,
     )
     labels = [id2label[i] for i in sorted(id2label)]
     shown = ", ".join(f"`{name}`" for name in labels[:50]) + (" ..." if len(labels) > 50 else "")
+    files, code = _files_section(folder)
+    rows, saved_config = _stored_reference(folder)
+    files_block = f"\n## Files\n\nEverything this folder needs to load and predict:\n\n{files}\n" if files else ""
     body = f"""
 # {repo.rsplit("/", 1)[-1]}
 
@@ -144,17 +235,21 @@ def build_model_card(
 (supervised metric learning on Transformers): one encoder gives class scores (`logits`) and an L2-normalized \
 embedding (`embeddings`) for kNN search.{_from_scratch_note(cfg)}
 
+## How predictions are made
+
+{_prediction_section(cfg, rows, saved_config)}
+
 ## Labels
 
 {len(labels)} classes: {shown}
 
 ## Training data
 
-{metrics_markdown_table(dict(data_summary), columns=("data", "value"))}
-
+{metrics_markdown_table(_local_paths_removed(dict(data_summary)), columns=("data", "value"))}
+{_stored_data_section(rows)}
 ## Training objective
 
-{_objective(cfg)}
+{_objective(dataclasses.replace(cfg, model_name=_local_paths_removed(cfg.model_name)))}
 
 Last logged training losses:
 
@@ -163,15 +258,15 @@ Last logged training losses:
 ## Final validation metrics
 
 {metrics_markdown_table(dict(metrics))}
-
+{files_block}
 ## How to load it
 
-{_load_instructions(repo) if modality == "text" else _media_load_instructions(repo, task)}
+{_load_instructions(repo, code) if modality == "text" else _media_load_instructions(repo, task)}
 
 ## Training configuration
 
 ```yaml
-{yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip()}
+{yaml.safe_dump(_local_paths_removed(cfg.to_dict()), sort_keys=False).strip()}
 ```
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
@@ -219,6 +314,6 @@ def push_to_hub(folder: str, hub: HubSection) -> str:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise HubError(
             f"hub: upload of {folder} to {hub.model_id} failed ({first_line}); the model is saved there, retry with "
-            f"hf_metric.hub.push_to_hub"
+            f"`hf-metric push --model {folder} --model-id {hub.model_id}`"
         ) from None
     return info.commit_url

@@ -1,0 +1,199 @@
+"""A trained model as a function of featurized batches: PyTorch or onnxruntime, the same outputs from both.
+
+`InferenceModule` is the ONE definition of what inference returns, used by the PyTorch backend and traced
+into ONNX by `hf_metric.sharing.export`: the head's logits, the L2-normalised embedding, and, when the model
+stores kNN reference rows, the kNN vote's class probabilities and the fused log-probabilities
+``log((1 - w) * softmax(head) + w * p_knn)`` (as `MetricClassifierModel` computes them, here with one dense
+top-k over the reference so that the graph exports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+ONNX_FILE = "model.onnx"
+EXPORT_INFO_FILE = "hf_metric_export.json"
+OUTPUT_NAMES = ("logits", "embeddings", "head_logits", "knn_probabilities")
+"""ONNX outputs in order; a model without stored kNN rows has only the first three."""
+
+
+@dataclass
+class ModelOutputs:
+    """One batch's outputs as float32 numpy arrays (`knn_probabilities` None without stored kNN rows)."""
+
+    logits: np.ndarray
+    embeddings: np.ndarray
+    head_logits: np.ndarray
+    knn_probabilities: np.ndarray | None = None
+
+
+def read_id2label(model_dir: str) -> dict[int, str]:
+    """Label names by id from a model (or export) folder's `config.json`, without loading the model."""
+    path = os.path.join(model_dir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except OSError:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{model_dir}: not a model folder (no config.json)") from None
+    return {int(i): str(name) for i, name in config["id2label"].items()}
+
+
+@contextmanager
+def _head_only(model: Any):
+    """Run the model's forward without its own kNN fusion (the caller fuses, in an exportable way)."""
+    weight = model.config.knn_fusion_weight
+    model.config.knn_fusion_weight = 0.0
+    try:
+        yield
+    finally:
+        model.config.knn_fusion_weight = weight
+
+
+def inference_module(model: Any):
+    """The exportable `InferenceModule` around a loaded `MetricClassifierModel` (put in eval mode)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from ..model.knn_fusion import fuse_probabilities
+
+    class InferenceModule(nn.Module):
+        """`(input_ids, attention_mask[, token_type_ids])` -> `OUTPUT_NAMES` (see the module docstring)."""
+
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model.eval()
+            config = model.config
+            self.fused = config.knn_fusion_weight > 0 and config.knn_reference_size > 0
+            self.stored = config.knn_reference_size > 0
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            with _head_only(self.model):
+                out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            head, emb = out.logits.float(), out.embeddings
+            if not self.stored:
+                return head, emb, head
+            config = self.model.config
+            ref = self.model.knn_reference_embeddings
+            k = min(config.knn_fusion_k, ref.shape[0])
+            scores, idx = torch.topk(emb @ ref.T, k, dim=1)
+            weights = torch.softmax(scores / config.knn_fusion_temperature, dim=1)
+            one_hot = F.one_hot(self.model.knn_reference_labels[idx], config.num_labels).to(weights.dtype)
+            p_knn = (weights.unsqueeze(-1) * one_hot).sum(dim=1)
+            if not self.fused:
+                return head, emb, head, p_knn
+            fused = fuse_probabilities(head, p_knn, config.knn_fusion_weight).clamp_min(1e-12).log()
+            return fused, emb, head, p_knn
+
+    return InferenceModule(model).eval()
+
+
+class TorchBackend:
+    """The saved model in PyTorch (`device`: cpu, cuda, ...)."""
+
+    name = "torch"
+
+    def __init__(self, model_dir: str, device: str = "cpu") -> None:
+        import torch
+
+        from ..model.modeling import MetricClassifierModel
+
+        self.torch = torch
+        self.model = MetricClassifierModel.from_pretrained(model_dir).to(device).eval()
+        self.module = inference_module(self.model)
+        self.device = device
+        self.id2label = {int(i): str(n) for i, n in self.model.config.id2label.items()}
+
+    @property
+    def reference(self) -> tuple[Any, np.ndarray] | None:
+        """The stored kNN rows (embeddings, label ids), or None."""
+        if self.model.config.knn_reference_size == 0:
+            return None
+        return self.model.knn_reference_embeddings.detach().cpu(), self.model.knn_reference_labels.cpu().numpy()
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> ModelOutputs:
+        torch = self.torch
+        tensors = {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items() if k in _INPUT_NAMES}
+        with torch.inference_mode():
+            outputs = self.module(**tensors)
+        return ModelOutputs(*(o.float().cpu().numpy() for o in outputs))
+
+
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class OnnxBackend:
+    """An exported folder (`hf-metric export`) run by onnxruntime on the CPU with `threads` intra-op threads."""
+
+    name = "onnx"
+
+    def __init__(self, export_dir: str, threads: int | None = None) -> None:
+        from ..optional import require
+
+        require("onnxruntime", "onnx", "--backend onnx")
+        import onnxruntime as ort
+
+        path = os.path.join(export_dir, ONNX_FILE)
+        if not os.path.isfile(path):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{export_dir}: no {ONNX_FILE} (create it with `hf-metric export --format onnx`)")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.id2label = read_id2label(export_dir)
+        self.export_dir = export_dir
+
+    @property
+    def reference(self) -> tuple[Any, np.ndarray] | None:
+        """The stored kNN rows, read from the export's `knn_reference.npz` (None without)."""
+        path = os.path.join(self.export_dir, "knn_reference.npz")
+        if not os.path.isfile(path):
+            return None
+        with np.load(path) as data:
+            return data["embeddings"], data["labels"]
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> ModelOutputs:
+        feed = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names}
+        return ModelOutputs(*self.session.run(self.output_names, feed))
+
+
+def load_backend(model_dir: str, backend: str = "torch", device: str = "cpu", threads: int | None = None):
+    """`TorchBackend` of a saved model folder, or `OnnxBackend` of an exported one."""
+    if backend == "onnx":
+        return OnnxBackend(model_dir, threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return TorchBackend(model_dir, device)
+
+
+def run_batches(backend: Any, featurizer: Any, values: list[Any], batch_size: int) -> ModelOutputs:
+    """The outputs of `values` (an input column's rows, in their order), run `batch_size` rows at a time.
+
+    Texts are batched by length (as sentence-transformers' `encode` does) so that a batch pads little; the
+    outputs are put back in the input order.
+    """
+    order = np.argsort([len(v) for v in values], kind="stable") if values and isinstance(values[0], str) else None
+    ordered = [values[i] for i in order] if order is not None else list(values)
+    parts = [backend(featurizer.encode(ordered[i : i + batch_size])) for i in range(0, len(ordered), batch_size)]
+    fields = ("logits", "embeddings", "head_logits", "knn_probabilities")
+    joined = {f: [getattr(p, f) for p in parts] for f in fields}
+    out = {f: np.concatenate(v) if v and v[0] is not None else None for f, v in joined.items()}
+    if order is not None:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        out = {f: a[inverse] if a is not None else None for f, a in out.items()}
+    return ModelOutputs(**out)

@@ -1,0 +1,155 @@
+"""Label or embed a Parquet file of any size: record batches in, record batches out, one file renamed at the end.
+
+The input is read with `ParquetFile.iter_batches` and written with a `ParquetWriter` (or into a memory-mapped
+`.npy`), so memory holds one record batch and its outputs, never the file. Every input column is kept, in
+order, and the output appears whole (atomic rename) or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..atomic import atomic_path
+from ..data.parquet import check_input_values, input_column_of
+from ..errors import DataError
+from .backends import ModelOutputs, run_batches
+
+PREDICTION_COLUMNS = ("predicted_label", "score", "top_labels", "top_scores", "head_label", "knn_label")
+"""Columns `predict_file` adds; `knn_label` is null when the model stores no kNN rows."""
+EMBEDDING_COLUMN = "embedding"
+
+
+@dataclass
+class StreamSettings:
+    """How a file is streamed: rows read per record batch, rows per model call, and the progress bar."""
+
+    read_batch_rows: int = 4096
+    batch_size: int = 64
+    progress: bool = True
+
+
+def _open(path: str) -> pq.ParquetFile:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+
+
+def _stream(
+    path: str, backend: Any, featurizer: Any, settings: StreamSettings
+) -> Iterator[tuple[pa.RecordBatch, ModelOutputs]]:
+    """`(record batch, its model outputs)` for the whole file, in order, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    source = _open(path)
+    column = input_column_of(path, source.schema_arrow.names)
+    offset = 0
+    with tqdm(total=source.metadata.num_rows, unit="rows", disable=not settings.progress) as bar:
+        for batch in source.iter_batches(batch_size=settings.read_batch_rows):
+            values = check_input_values(path, column, batch.column(column), offset)
+            yield batch, run_batches(backend, featurizer, values, settings.batch_size)
+            offset += batch.num_rows
+            bar.update(batch.num_rows)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def prediction_columns(outputs: ModelOutputs, names: np.ndarray, top_k: int) -> dict[str, pa.Array]:
+    """The added columns of one batch: the (fused) prediction and its probability, the top-k labels and
+    probabilities, the head's own label and the kNN vote's label."""
+    probs = _softmax(outputs.logits.astype(np.float64))
+    k = min(top_k, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    top_probs = np.take_along_axis(probs, top, axis=1).astype(np.float32)
+    knn = outputs.knn_probabilities
+    return {
+        "predicted_label": pa.array(names[top[:, 0]].tolist(), pa.string()),
+        "score": pa.array(top_probs[:, 0], pa.float32()),
+        "top_labels": pa.array(names[top].tolist(), pa.list_(pa.string())),
+        "top_scores": pa.array(list(top_probs), pa.list_(pa.float32())),
+        "head_label": pa.array(names[outputs.head_logits.argmax(axis=1)].tolist(), pa.string()),
+        "knn_label": pa.array(
+            names[knn.argmax(axis=1)].tolist() if knn is not None else [None] * len(probs), pa.string()
+        ),
+    }
+
+
+def _check_no_clash(path: str, columns: list[str], added: tuple[str, ...]) -> None:
+    clash = [c for c in added if c in columns]
+    if clash:
+        raise DataError(f"{path}: column '{clash[0]}' already exists; rename it (the output adds {', '.join(added)})")
+
+
+def _write_parquet(path: str, tmp: str, stream: Iterator[tuple[pa.RecordBatch, ModelOutputs]], columns) -> int:
+    """Write every record batch of `stream` with the columns `columns(outputs)` appended; returns rows."""
+    writer, rows = None, 0
+    try:
+        for batch, outputs in stream:
+            table = pa.Table.from_batches([batch])
+            for name, column in columns(outputs).items():
+                table = table.append_column(name, column)
+            writer = writer or pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise DataError(f"{path}: the file has no rows")
+    return rows
+
+
+def predict_file(
+    path: str, out: str, backend: Any, featurizer: Any, top_k: int = 5, settings: StreamSettings | None = None
+) -> int:
+    """Write `out` (Parquet): every column of `path` plus `PREDICTION_COLUMNS`, row order kept; returns rows."""
+    settings = settings or StreamSettings()
+    _check_no_clash(path, _open(path).schema_arrow.names, PREDICTION_COLUMNS)
+    names = np.asarray([backend.id2label[i] for i in range(len(backend.id2label))], dtype=object)
+    with atomic_path(out) as tmp:
+        stream = _stream(path, backend, featurizer, settings)
+        return _write_parquet(path, tmp, stream, lambda outputs: prediction_columns(outputs, names, top_k))
+
+
+def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: StreamSettings | None = None) -> int:
+    """Write the L2-normalised embeddings of `path`: `.npy` (float32, rows x dim) or Parquet (every input
+    column plus `embedding`, a list<float32>); returns rows."""
+    settings = settings or StreamSettings()
+    rows = 0
+    with atomic_path(out) as tmp:
+        if out.endswith(".npy"):
+            array = None
+            total = _open(path).metadata.num_rows
+            for _batch, outputs in _stream(path, backend, featurizer, settings):
+                emb = outputs.embeddings.astype(np.float32)
+                if array is None:
+                    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, emb.shape[1]))
+                array[rows : rows + len(emb)] = emb
+                rows += len(emb)
+            if array is None:
+                raise DataError(f"{path}: the file has no rows")
+            array.flush()
+            del array
+            return rows
+        _check_no_clash(path, _open(path).schema_arrow.names, (EMBEDDING_COLUMN,))
+        stream = _stream(path, backend, featurizer, settings)
+        return _write_parquet(path, tmp, stream, lambda outputs: {EMBEDDING_COLUMN: _embedding_column(outputs)})
+
+
+def _embedding_column(outputs: ModelOutputs) -> pa.Array:
+    emb = outputs.embeddings.astype(np.float32)
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    return fixed.cast(pa.list_(pa.float32()))

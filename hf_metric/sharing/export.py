@@ -1,0 +1,93 @@
+"""ONNX export of a trained model: logits and embeddings with dynamic batch and sequence axes, checked for parity.
+
+`torch.onnx.export` traces `inference.backends.InferenceModule` (the head's logits, the embedding and, with
+stored kNN rows, the kNN vote and the fused prediction), so onnxruntime serves exactly what the PyTorch
+backend computes. optimum is not used: optimum-onnx pins transformers < 4.58. The export folder holds
+`model.onnx`, the model's `config.json` (labels), its tokenizer, the stored kNN rows (`knn_reference.npz`) for
+retrieval metrics, and `hf_metric_export.json` with the parity numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..atomic import atomic_directory, write_json_atomic
+from ..errors import HfMetricUserError
+from ..inference.backends import EXPORT_INFO_FILE, ONNX_FILE, OUTPUT_NAMES, OnnxBackend, TorchBackend
+
+PARITY_TOLERANCE = 1e-4
+SAMPLE_TEXTS = (
+    "I still have not received my new card",
+    "how do I reset my password",
+    "why was I charged twice for the same invoice today",
+    "hello",
+)
+"""Rows for the parity check when the user gives no data file."""
+
+
+class ExportParityError(HfMetricUserError):
+    """onnxruntime's outputs differ from PyTorch's by more than the tolerance: the export is not kept."""
+
+
+def export_onnx(
+    model_dir: str, out_dir: str, featurizer: Any, sample_texts: list[str] | None = None, opset: int = 18
+) -> dict[str, float]:
+    """Export `model_dir` to `out_dir/model.onnx` (+ config, tokenizer, kNN rows) atomically and return the
+    parity check: output name -> max |onnxruntime - PyTorch| on `sample_texts`; raises `ExportParityError`
+    (and writes nothing) above `PARITY_TOLERANCE`."""
+    import torch
+
+    torch_backend = TorchBackend(model_dir)
+    module = torch_backend.module
+    texts = list(sample_texts or SAMPLE_TEXTS)
+    dummy = featurizer.encode(texts[:2], return_tensors="pt")
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in dummy]
+    with torch.no_grad():
+        n_outputs = len(module(**dummy))
+    outputs = list(OUTPUT_NAMES[:n_outputs])
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
+    dynamic.update({name: {0: "batch"} for name in outputs})
+    with atomic_directory(out_dir) as tmp:
+        torch.onnx.export(
+            module,
+            tuple(dummy[n] for n in names),
+            os.path.join(tmp, ONNX_FILE),
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+        )
+        torch_backend.model.config.save_pretrained(tmp)
+        featurizer.processor.save_pretrained(tmp)
+        if torch_backend.reference is not None:
+            emb, labels = torch_backend.reference
+            np.savez(os.path.join(tmp, "knn_reference.npz"), embeddings=emb.numpy(), labels=labels)
+        parity = parity_check(torch_backend, OnnxBackend(tmp), featurizer, texts)
+        worst = max(parity.values())
+        if worst > PARITY_TOLERANCE:
+            raise ExportParityError(
+                f"{model_dir}: ONNX outputs differ from PyTorch by {worst:.2e} > {PARITY_TOLERANCE} ({parity})"
+            )
+        write_json_atomic(
+            os.path.join(tmp, EXPORT_INFO_FILE),
+            {"format": "onnx", "opset": opset, "outputs": outputs, "parity_max_abs_diff": parity},
+        )
+    return parity
+
+
+def parity_check(torch_backend: Any, onnx_backend: Any, featurizer: Any, texts: list[str]) -> dict[str, float]:
+    """Max absolute difference per output between the two backends, over batches of 1 and of all `texts`
+    (different batch sizes and sequence lengths than the traced example)."""
+    worst: dict[str, float] = {}
+    for batch in ([texts[0]], texts):
+        inputs = featurizer.encode(batch)
+        a, b = torch_backend(inputs), onnx_backend(inputs)
+        for name in OUTPUT_NAMES:
+            x, y = getattr(a, name), getattr(b, name)
+            if x is not None:
+                worst[name] = max(worst.get(name, 0.0), float(np.abs(x - y).max()))
+    return worst
