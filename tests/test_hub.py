@@ -23,6 +23,8 @@ UPLOADED = {
     "configuration.py",
     "pooling.py",
     "heads.py",
+    "base_heads.py",
+    "margin_heads.py",
     "precision.py",
     "losses.py",
     "classification_losses.py",

@@ -234,3 +234,38 @@ def test_embedding_and_knn_pipelines_take_images_and_clips(trained):
     got = knn(queries[1], k=3)
     expected, share = knn_predict(want[1:2], embedder.embed(items), np.asarray(labels), 3, "cos")
     assert got["label"] == expected[0] and got["score"] == pytest.approx(float(share[0]))
+
+
+def test_predict_and_embed_take_images_and_clips(trained, tmp_path):
+    """`hf-metric predict` / `embed` on a Parquet file of encoded images or clips: every input column kept, the
+    head's label and the embedding equal the stock `metric-embedding` pipeline's forward pass on the same bytes."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoModel, pipeline
+
+    from hf_metric.commands import main as hf_metric
+
+    backbone, _, _, _, folder = trained
+    column = MODALITY[backbone]
+    queries = _queries(backbone)
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": list(range(len(queries))), column: queries}), source)
+    out, emb = tmp_path / "out.parquet", tmp_path / "emb.npy"
+    settings = []
+    if column == "audio":  # clips are cut/padded to max_audio_seconds; at their own length the pipeline agrees
+        import soundfile
+
+        settings = ["--set", f"data.max_audio_seconds={soundfile.info(io.BytesIO(queries[0])).duration}"]
+    run = ["--model", str(folder), "--data", str(source), *settings]
+    assert hf_metric(["predict", *run, "--out", str(out)]) == 0
+    assert hf_metric(["embed", *run, "--out", str(emb)]) == 0
+    table = pq.read_table(out).to_pydict()
+    assert table["id"] == list(range(len(queries))) and table[column] == queries
+    embedder = pipeline("metric-embedding", model=str(folder))
+    want = embedder.embed(queries, batch_size=2).numpy()
+    np.testing.assert_allclose(np.load(emb), want, atol=1e-5)
+    model = AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = [model(**embedder.preprocess(q)).logits[0] for q in queries]  # no stored rows: the head alone
+    assert table["head_label"] == [model.config.id2label[int(x.argmax())] for x in logits]

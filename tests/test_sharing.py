@@ -87,6 +87,8 @@ def test_a_fresh_process_without_hf_metric_loads_with_trust_remote_code(tmp_path
             "configuration.py",
             "pooling.py",
             "heads.py",
+            "base_heads.py",
+            "margin_heads.py",
             "losses.py",
             "classification_losses.py",
             "metric_losses.py",

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     check_model_dir(args.model, args.backend)
     cfg = model_config(args, args.data)
     mv = cfg.metric_validation
-    feat = featurizer(args.model, args.data, cfg.training.max_seq_length)
+    feat = featurizer(args.model, args.data, cfg)
     labeled = read_test_file(args.data, read_id2label(args.model))
     backend = load_backend(args.model, args.backend, args.device, args.threads)
     summary = evaluate_file(

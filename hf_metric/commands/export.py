@@ -30,7 +30,13 @@ def run(args: argparse.Namespace) -> int:
     require("onnx", "onnx", "hf-metric export")
     check_model_dir(args.model)
     cfg = model_config(args, args.data)
-    feat = featurizer(args.model, args.data, cfg.training.max_seq_length)
+    feat = featurizer(args.model, args.data, cfg)
+    if feat.input_column != "text":
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"--data {args.data}: ONNX export takes text models for now (this file holds {feat.input_column})"
+        )
     texts = _sample_texts(args.data, feat.input_column) if args.data else None
     from ..sharing.export import PARITY_TOLERANCE, export_onnx
 

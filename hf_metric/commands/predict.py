@@ -44,7 +44,7 @@ def _setup(args: argparse.Namespace):
         raise ConfigError("--read-batch-rows and --top-k must be >= 1")
     check_model_dir(args.model, args.backend)
     cfg = model_config(args, args.data)
-    feat = featurizer(args.model, args.data, cfg.training.max_seq_length)
+    feat = featurizer(args.model, args.data, cfg)
     backend = load_backend(args.model, args.backend, args.device, args.threads)
     return backend, feat, StreamSettings(args.read_batch_rows, cfg.training.batch_size, not args.no_progress)
 

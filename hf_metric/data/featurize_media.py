@@ -99,6 +99,13 @@ class MediaFeaturizer:
 
         return default_data_collator
 
+    def encode(self, cells: list[dict], return_tensors: str = "np") -> dict[str, Any]:
+        """One inference batch from `{bytes, path}` cells (prediction streams batches, no `datasets`)."""
+        features = self.features(cells, [None] * len(cells), augmented=False)
+        if return_tensors == "np":
+            return {k: v.numpy() for k, v in features.items()}
+        return features
+
     @property
     def main_input(self) -> str:
         return self.processor.model_input_names[0]

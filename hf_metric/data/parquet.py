@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -234,9 +235,20 @@ def _validate_media(
     return cells, bad
 
 
-def check_input_values(path: str, column: str, values: pa.Array | pa.ChunkedArray, offset: int = 0) -> list[str]:
-    """The input column of rows to predict (one record batch, starting at row `offset` of the file) as a list;
-    a `DataError` names the first null or empty row."""
+def check_input_values(path: str, column: str, values: pa.Array | pa.ChunkedArray, offset: int = 0) -> list[Any]:
+    """The input column of rows to predict (one record batch, starting at row `offset` of the file) as a list:
+    texts, or image/audio cells as `{bytes, path}` (paths made absolute); a `DataError` names the first row that
+    is null or empty (a media cell that cannot be decoded is named when it is decoded)."""
+    if column != TEXT_COLUMN:
+        require_backend(column)
+        cells = normalize_media_column(pa.chunked_array([values]), os.path.dirname(os.path.abspath(path)))
+        if isinstance(cells, str):
+            raise DataError(f"{path}: column '{column}' {cells}")
+        cells = cells.to_pylist()
+        row = next((i for i, c in enumerate(cells) if c["bytes"] is None and c["path"] is None), -1)
+        if row >= 0:
+            raise _fail(path, column, offset + row, "cell is null (no bytes, no path)")
+        return cells
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):

@@ -66,7 +66,8 @@ def inference_module(model: Any):
     from ..model.knn_fusion import fuse_probabilities
 
     class InferenceModule(nn.Module):
-        """`(input_ids, attention_mask[, token_type_ids])` -> `OUTPUT_NAMES` (see the module docstring)."""
+        """`(input_ids, attention_mask[, token_type_ids])` (or the pixel / audio inputs of an image or audio model)
+        -> `OUTPUT_NAMES` (see the module docstring)."""
 
         def __init__(self, model: Any) -> None:
             super().__init__()
@@ -75,9 +76,25 @@ def inference_module(model: Any):
             self.fused = config.knn_fusion_weight > 0 and config.knn_reference_size > 0
             self.stored = config.knn_reference_size > 0
 
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
+        def forward(
+            self,
+            input_ids=None,
+            attention_mask=None,
+            token_type_ids=None,
+            pixel_values=None,
+            input_values=None,
+            input_features=None,
+        ):
+            given = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids,
+                "pixel_values": pixel_values,
+                "input_values": input_values,
+                "input_features": input_features,
+            }
             with _head_only(self.model):
-                out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+                out = self.model(**{k: v for k, v in given.items() if v is not None})
             head, emb = out.logits.float(), out.embeddings
             if not self.stored:
                 return head, emb, head
@@ -127,7 +144,7 @@ class TorchBackend:
         return ModelOutputs(*(o.float().cpu().numpy() for o in outputs))
 
 
-_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values", "input_features")
 
 
 class OnnxBackend:
