@@ -247,17 +247,7 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         pooling = config_kwargs.get("pooling", "mean")
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         backbone = _load_encoder(model_name_or_path, pooling, **kwargs)
-        attention = backbone.config._attn_implementation
-        config = MetricClassifierConfig(
-            encoder_config=backbone.config,
-            id2label=dict(id2label),
-            label2id={name: i for i, name in id2label.items()},
-            **config_kwargs,
-        )
-        # Building the composite config resets its sub-config's attention to None, and a backbone without one
-        # treats padding differently from the same weights loaded back with `from_pretrained`.
-        config.encoder_config._attn_implementation = attention
-        return cls(config, backbone=backbone)
+        return cls._on_backbone(backbone, id2label, config_kwargs)
 
     @classmethod
     def from_scratch(cls, model_config: dict[str, Any], id2label: dict[int, str], **config_kwargs: Any):
@@ -267,15 +257,21 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
 
         settings = dict(model_config)
         encoder_config = AutoConfig.for_model(settings.pop("model_type"), **settings)
-        pooling = config_kwargs.get("pooling", "mean")
-        backbone = _load_encoder(encoder_config, pooling)
-        attention = backbone.config._attn_implementation  # read before the composite config resets it (see below)
+        backbone = _load_encoder(encoder_config, config_kwargs.get("pooling", "mean"))
+        return cls._on_backbone(backbone, id2label, config_kwargs)
+
+    @classmethod
+    def _on_backbone(cls, backbone: PreTrainedModel, id2label: dict[int, str], config_kwargs: dict[str, Any]):
+        """The model around a built backbone, with its label mapping and settings."""
+        attention = backbone.config._attn_implementation
         config = MetricClassifierConfig(
             encoder_config=backbone.config,
             id2label=dict(id2label),
             label2id={name: i for i, name in id2label.items()},
             **config_kwargs,
         )
+        # Building the composite config resets its sub-config's attention to None, and a backbone without one
+        # treats padding differently from the same weights loaded back with `from_pretrained`.
         config.encoder_config._attn_implementation = attention
         return cls(config, backbone=backbone)
 
