@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -137,7 +138,9 @@ def main() -> None:
             "|---|---|---|",
             *[f"| {name} | {rate:.1f} | {rate / base:.2f}x |" for name, rate in results.items()],
             "",
-            f"Command: `python bench/inference.py --rows {args.rows} --threads {args.threads} --out {args.out}`",
+            f"Command: `python bench/inference.py --rows {args.rows} --threads {args.threads} --out {args.out}`; "
+            f"{time.strftime('%Y-%m-%d')}; {platform.machine()}, {os.cpu_count()} cores; load average "
+            f"{os.getloadavg()[0]:.2f} after the run.",
             MARKS[1],
         ]
         write_section(Path(args.out), "\n".join(lines), MARKS)
