@@ -217,3 +217,30 @@ def test_the_console_scripts_are_declared():
     setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
     scripts = setup["options.entry_points"]["console_scripts"]
     assert "hf-metric = hf_metric.cli:app" in scripts and "hf-metric-train = hf_metric.cli:main" in scripts
+
+
+def test_predict_rejects_out_of_scope_rows_when_the_model_has_a_threshold(tiny_model_dir, tmp_path):
+    """With a calibrated rule (here msp >= threshold), rejected rows get the model's out-of-scope label and
+    `is_out_of_scope`; the decision equals `score < threshold` on the independently computed top probability."""
+    from hf_metric.model.modeling import MetricClassifierModel
+
+    folder = save_tiny_model(tiny_model_dir, tmp_path / "plain")
+    model = MetricClassifierModel.from_pretrained(folder)
+    texts = [r["text"] for r in synthetic_rows(per_class=5, seed=3)]
+    source = write_parquet(tmp_path / "in.parquet", {"text": texts})
+    plain_out = tmp_path / "plain.parquet"
+    assert app(["predict", "--model", folder, "--data", str(source), "--out", str(plain_out)]) == 0
+    plain = pq.read_table(plain_out).to_pydict()
+    assert "is_out_of_scope" not in plain  # no threshold: exactly the columns of before
+    threshold = float(np.median(plain["score"]))
+    model.set_open_set("msp", threshold)
+    model.save_pretrained(folder)
+    out = tmp_path / "out.parquet"
+    assert app(["predict", "--model", folder, "--data", str(source), "--out", str(out)]) == 0
+    got = pq.read_table(out).to_pydict()
+    rejected = np.asarray(plain["score"]) < threshold
+    assert 0 < rejected.sum() < len(texts)
+    assert got["is_out_of_scope"] == rejected.tolist()
+    np.testing.assert_allclose(got["open_set_score"], plain["score"], atol=1e-5)
+    want = np.where(rejected, model.config.out_of_scope_label, np.asarray(plain["predicted_label"], dtype=object))
+    assert got["predicted_label"] == want.tolist()

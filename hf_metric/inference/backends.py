@@ -130,6 +130,24 @@ class TorchBackend:
         self.id2label = {int(i): str(n) for i, n in self.model.config.id2label.items()}
 
     @property
+    def rejects(self) -> bool:
+        """Whether the model has an open-set rejection rule (a calibrated threshold)."""
+        return self.model.config.open_set_threshold is not None
+
+    def open_set_scores(self, outputs: ModelOutputs) -> np.ndarray:
+        """The model's configured open-set score of each row (higher = more in-scope), from batch outputs."""
+        torch = self.torch
+
+        def tensor(a: np.ndarray):
+            return torch.as_tensor(a).to(self.device)
+
+        with torch.inference_mode():
+            scores = self.model.open_set_scores(
+                tensor(outputs.logits), tensor(outputs.head_logits), tensor(outputs.embeddings)
+            )
+        return scores.float().cpu().numpy()
+
+    @property
     def reference(self) -> tuple[Any, np.ndarray] | None:
         """The stored kNN rows (embeddings, label ids), or None."""
         if self.model.config.knn_reference_size == 0:

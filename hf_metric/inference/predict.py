@@ -87,6 +87,25 @@ def prediction_columns(outputs: ModelOutputs, names: np.ndarray, top_k: int) -> 
     }
 
 
+OPEN_SET_COLUMNS = ("is_out_of_scope", "open_set_score")
+"""Added by `predict` when the model has an open-set threshold: rejected rows get the out-of-scope label."""
+
+
+def open_set_columns(
+    columns: dict[str, pa.Array], scores: np.ndarray, threshold: float, label: str
+) -> dict[str, pa.Array]:
+    """`columns` with the rejection applied: `predicted_label` becomes `label` where the score is below the
+    threshold, plus `is_out_of_scope` and `open_set_score`."""
+    rejected = scores < threshold
+    predicted = np.where(rejected, label, np.asarray(columns["predicted_label"].to_pylist(), dtype=object))
+    return {
+        **columns,
+        "predicted_label": pa.array(predicted.tolist(), pa.string()),
+        "is_out_of_scope": pa.array(rejected, pa.bool_()),
+        "open_set_score": pa.array(scores.astype(np.float32), pa.float32()),
+    }
+
+
 def _check_no_clash(path: str, columns: list[str], added: tuple[str, ...]) -> None:
     clash = [c for c in added if c in columns]
     if clash:
@@ -117,11 +136,36 @@ def predict_file(
 ) -> int:
     """Write `out` (Parquet): every column of `path` plus `PREDICTION_COLUMNS`, row order kept; returns rows."""
     settings = settings or StreamSettings()
-    _check_no_clash(path, _open(path).schema_arrow.names, PREDICTION_COLUMNS)
+    rejects = getattr(backend, "rejects", False)
+    if getattr(backend, "name", "") == "onnx" and _threshold_of(backend) is not None:
+        raise DataError(f"--model: open-set rejection needs the torch backend (drop --backend onnx for {path})")
+    added = PREDICTION_COLUMNS + (OPEN_SET_COLUMNS if rejects else ())
+    _check_no_clash(path, _open(path).schema_arrow.names, added)
     names = np.asarray([backend.id2label[i] for i in range(len(backend.id2label))], dtype=object)
+
+    def columns(outputs: ModelOutputs) -> dict[str, pa.Array]:
+        out = prediction_columns(outputs, names, top_k)
+        if not rejects:
+            return out
+        config = backend.model.config
+        return open_set_columns(
+            out, backend.open_set_scores(outputs), config.open_set_threshold, config.out_of_scope_label
+        )
+
     with atomic_path(out) as tmp:
-        stream = _stream(path, backend, featurizer, settings)
-        return _write_parquet(path, tmp, stream, lambda outputs: prediction_columns(outputs, names, top_k))
+        return _write_parquet(path, tmp, _stream(path, backend, featurizer, settings), columns)
+
+
+def _threshold_of(backend: Any) -> float | None:
+    """The open-set threshold an exported folder carries in its config.json (None: no rejection)."""
+    import json
+    import os
+
+    config = os.path.join(getattr(backend, "export_dir", ""), "config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config, encoding="utf-8") as fh:
+        return json.load(fh).get("open_set_threshold")
 
 
 def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: StreamSettings | None = None) -> int:
