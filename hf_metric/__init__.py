@@ -1,4 +1,5 @@
-"""hf_metric: supervised metric learning for text on Hugging Face Transformers (masked CE + SupCon)."""
+"""hf_metric: supervised metric learning for text, images and audio on Hugging Face Transformers (masked CE +
+SupCon in one Trainer)."""
 
 from transformers import (
     AutoConfig,
