@@ -269,3 +269,29 @@ def test_predict_and_embed_take_images_and_clips(trained, tmp_path):
     with torch.no_grad():
         logits = [model(**embedder.preprocess(q)).logits[0] for q in queries]  # no stored rows: the head alone
     assert table["head_label"] == [model.config.id2label[int(x.argmax())] for x in logits]
+
+
+def test_evaluate_scores_an_image_or_audio_file_like_predict(trained, tmp_path):
+    """`hf-metric evaluate` on a labelled image/audio file: its head accuracy equals the share of rows whose
+    `head_label` from `hf-metric predict` (on the same file) is the true label."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from hf_metric.commands import main as hf_metric
+
+    backbone, _, _, _, folder = trained
+    labelled = write_media_parquet(tmp_path / "test.parquet", media_rows(MODALITY[backbone], per_class=3, seed=7))
+    settings = []
+    if MODALITY[backbone] == "audio":
+        import soundfile
+
+        first = pq.read_table(labelled).column("audio")[0].as_py()
+        settings = ["--set", f"data.max_audio_seconds={soundfile.info(io.BytesIO(first)).duration}"]
+    run = ["--model", str(folder), "--data", str(labelled), *settings]
+    assert hf_metric(["evaluate", *run, "--out", str(tmp_path / "eval")]) == 0
+    assert hf_metric(["predict", *run, "--out", str(tmp_path / "pred.parquet")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    table = pq.read_table(tmp_path / "pred.parquet").to_pydict()
+    share = sum(h == y for h, y in zip(table["head_label"], table["label"], strict=True)) / len(table["label"])
+    assert metrics["head_accuracy"] == pytest.approx(share)
