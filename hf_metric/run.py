@@ -242,7 +242,7 @@ def finish_best_model(
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Train, evaluate the best model, save it to `<checkpoints_dir>/best` (with its head file and model card,
     pushed to the Hub if configured) and return the final metrics."""
-    from .atomic import write_json_atomic
+    from .atomic import write_json_atomic, write_text_atomic
     from .evaluation.report import write_report
     from .training.checkpoints import check_checkpoint_matches, check_checkpoints_dir, check_free_space
 
@@ -256,9 +256,7 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     if resume is not None:
         check_checkpoint_matches(resume, model)
     if trainer.is_world_process_zero():
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "resolved_config.yaml"), "w", encoding="utf-8") as fh:
-            fh.write(cfg.to_yaml())
+        write_text_atomic(os.path.join(out_dir, "resolved_config.yaml"), cfg.to_yaml())
     _train_refusing_pickles(trainer, resume)
     metrics = trainer.evaluate()
     if cfg.model.knn_fusion_weight > 0 and cfg.model.store_knn_reference:
