@@ -71,8 +71,9 @@ def _label_pairs(
 
 
 class MetricLoss(nn.Module):
-    """Base of metric losses: subclasses implement `per_anchor(embeddings, labels, mask, candidates=None,
-    self_index=None) -> (per_row, valid)`; `pairs(...)` gives them the cosines and positive/negative pair masks.
+    """Base of metric losses: subclasses implement `pair_losses(pairs) -> (per_row, valid)` on the cosines and
+    positive/negative pair masks that `per_anchor(embeddings, labels, mask, candidates=None, self_index=None)`
+    builds (in float32, rows outside the loss excluded), or override `per_anchor` itself.
 
     `num_anchors` must count the rows `per_anchor` marks valid, from labels and mask alone (the trainer uses it
     to normalise over a gradient-accumulation window before any forward pass), also when `extra_labels` (the
@@ -97,6 +98,7 @@ class MetricLoss(nn.Module):
     ) -> _Pairs:
         return _pairs(embeddings, labels, mask, candidates, self_index)
 
+    @float32_math
     def per_anchor(
         self,
         embeddings: torch.Tensor,
@@ -105,6 +107,12 @@ class MetricLoss(nn.Module):
         candidates: Candidates | None = None,
         self_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-anchor loss and which anchors count: `pair_losses` on this batch's pairs, zero where not valid."""
+        per_row, valid = self.pair_losses(_pairs(embeddings, labels, mask, candidates, self_index))
+        return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
+
+    def pair_losses(self, pairs: _Pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(per_row, valid)` from the anchors' cosines and pair masks; implement this (or `per_anchor`)."""
         raise NotImplementedError
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,17 +149,8 @@ class SupConLoss(MetricLoss):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    @float32_math
-    def per_anchor(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        candidates: Candidates | None = None,
-        self_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_losses(self, pairs: _Pairs) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-anchor loss and which anchors count (in-loss rows with at least one positive)."""
-        pairs = _pairs(embeddings, labels, mask, candidates, self_index)
         sim = pairs.sim / self.temperature
         # Rows with no candidate at all get a finite dummy row, so that logsumexp never sees only -inf.
         has_candidate = pairs.allowed.any(dim=1, keepdim=True)
@@ -160,9 +159,7 @@ class SupConLoss(MetricLoss):
         log_prob = sim - torch.logsumexp(logits, dim=1, keepdim=True)
         n_pos = pairs.positive.sum(dim=1)
         pos_sum = torch.where(pairs.positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
-        valid = n_pos > 0
-        per_row = -pos_sum / n_pos.clamp(min=1)
-        return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
+        return -pos_sum / n_pos.clamp(min=1), n_pos > 0
 
 
 class TripletMarginLoss(MetricLoss):
@@ -210,17 +207,8 @@ class TripletMarginLoss(MetricLoss):
         eps = 1e-12
         return torch.where(squared > eps, squared.clamp(min=eps).sqrt(), torch.zeros_like(squared))
 
-    @float32_math
-    def per_anchor(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        candidates: Candidates | None = None,
-        self_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_losses(self, pairs: _Pairs) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-anchor loss and which anchors count (in-loss rows with a positive and a negative)."""
-        pairs = _pairs(embeddings, labels, mask, candidates, self_index)
         dist = self.distances(pairs.sim)
         has_pos, has_neg = pairs.positive.any(dim=1), pairs.negative.any(dim=1)
         # Out-of-set entries get a value that can never be chosen; rows with none are zeroed below.
@@ -228,8 +216,7 @@ class TripletMarginLoss(MetricLoss):
         hardest_neg = torch.where(pairs.negative, dist, torch.full_like(dist, 3.0)).amin(dim=1)
         violation = hardest_pos - hardest_neg + self.margin
         per_row = F.softplus(violation) if self.soft else F.relu(violation)
-        valid = has_pos & has_neg
-        return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
+        return per_row, has_pos & has_neg
 
 
 class MultiSimilarityLoss(MetricLoss):
@@ -273,19 +260,8 @@ class MultiSimilarityLoss(MetricLoss):
         x = torch.where(keep, x, torch.full_like(x, float("-inf")))
         return torch.logsumexp(torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1), dim=1)
 
-    @float32_math
-    def per_anchor(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        candidates: Candidates | None = None,
-        self_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_losses(self, pairs: _Pairs) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-anchor loss and which anchors count (in-loss rows with at least one pair)."""
-        pairs = _pairs(embeddings, labels, mask, candidates, self_index)
         pos_term = self._log1p_sum_exp(-self.alpha * (pairs.sim - self.base), pairs.positive) / self.alpha
         neg_term = self._log1p_sum_exp(self.beta * (pairs.sim - self.base), pairs.negative) / self.beta
-        valid = pairs.allowed.any(dim=1)
-        per_row = pos_term + neg_term
-        return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
+        return pos_term + neg_term, pairs.allowed.any(dim=1)
