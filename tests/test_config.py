@@ -173,3 +173,27 @@ def test_head_kwargs_map_yaml_names_onto_each_head():
 def test_save_best_by_accepts_any_logged_metric(name, metric, greater):
     cfg = config_from_dict(_with("checkpointing", save_best_by=name))
     assert cfg.metric_for_best_model == metric and cfg.greater_is_better is greater
+
+
+def test_component_options_reach_the_bases_a_class_hands_kwargs_to(monkeypatch):
+    """A registered class that declares only its own arguments and passes `**kwargs` on (as the margin heads do)
+    is checked against its bases' arguments too; only its own defaults are filled in (the base keeps its own)."""
+    from hf_metric.model.losses import METRIC_LOSSES, SupConLoss
+
+    class WarmSupCon(SupConLoss):
+        def __init__(self, warmup: int = 10, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.warmup = warmup
+
+    monkeypatch.setitem(METRIC_LOSSES, "warm_supcon", WarmSupCon)
+    cfg = config_from_dict({**BASE, "loss": {"metric": {"type": "warm_supcon", "temperature": "0.2"}}})
+    assert cfg.loss.metric.options == {"temperature": 0.2, "warmup": 10}
+    with pytest.raises(
+        ConfigError, match=r"loss\.metric\.temperatur: unknown key \(did you mean loss\.metric\.temperature\?\)"
+    ):
+        config_from_dict({**BASE, "loss": {"metric": {"type": "warm_supcon", "temperatur": 0.2}}})
+    with pytest.raises(ConfigError, match=r"loss\.metric\.temperature: expected a number"):
+        config_from_dict({**BASE, "loss": {"metric": {"type": "warm_supcon", "temperature": "hot"}}})
+    circle = config_from_dict({**BASE, "head": {"type": "circle", "gamma": 80}})
+    assert circle.head.options == {"gamma": 80.0, "m": 0.25}
+    assert circle.head.head_kwargs()["gamma"] == 80.0

@@ -6,6 +6,8 @@ Every head computes its logits in float32 even under fp16/bf16 autocast (`precis
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +27,8 @@ def _row_margin(margin: float | torch.Tensor, batch: int, like: torch.Tensor) ->
 
 
 class Head(nn.Module):
-    """Base of the heads here: `compute_logits` does the work, `forward` divides by `temperature`.
+    """Base of the heads here: a subclass implements `compute_logits(embeddings, labels=None, margin=None)`
+    (logits before the temperature); `forward` calls it and divides by `temperature`.
 
     A temperature T turns the softmax into softmax(logits / T): T > 1 softens it, T < 1 sharpens it. It is a
     plain hyper-parameter (not learned), applied after any margin and scale.
@@ -36,14 +39,6 @@ class Head(nn.Module):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
-
-    def compute_logits(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        margin: float | torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        raise NotImplementedError
 
     def forward(
         self,
@@ -69,12 +64,8 @@ class LinearHead(Head):
         super().__init__(temperature)
         self.linear = nn.Linear(in_features, num_labels)
 
-    def compute_logits(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        margin: float | torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def compute_logits(self, embeddings: torch.Tensor, *ignored: Any) -> torch.Tensor:
+        """`W x + b`; the labels and margin that `forward` passes are ignored."""
         dtype = _compute_dtype(embeddings)
         bias = self.linear.bias
         with _no_autocast(embeddings.device):
@@ -145,8 +136,21 @@ class CosineLinear(Head):
         embeddings: torch.Tensor,
         labels: torch.Tensor | None = None,
         margin: float | torch.Tensor | None = None,
+        **extra: Any,
     ) -> torch.Tensor:
-        return self.scale * self.cosine(embeddings)
+        """The scaled cosines; given labels (training), `labelled_logits` turns them into the training logits,
+        in float32 outside autocast. `extra`: a margin head's own training inputs (`negative_margin`)."""
+        cos = self.cosine(embeddings)
+        if labels is None:
+            return self.scale * cos
+        with _no_autocast(cos.device):
+            return self.labelled_logits(cos, labels, margin, **extra)
+
+    def labelled_logits(
+        self, cos: torch.Tensor, labels: torch.Tensor, margin: float | torch.Tensor | None
+    ) -> torch.Tensor:
+        """Training logits from the class cosines `cos`; the margin heads override this (here: the cosines)."""
+        return self.scale * cos
 
     def labelled_rows(
         self, labels: torch.Tensor, margin: float | torch.Tensor, cos: torch.Tensor

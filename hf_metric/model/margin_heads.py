@@ -5,11 +5,11 @@ the target logit only, in training only (given labels); at inference they return
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from .base_heads import CosineLinear
-from .precision import no_autocast as _no_autocast
 
 _COS_EPS = 1e-6
 """Cosines are clamped to [-1 + eps, 1 - eps] before taking angles, so that sin(theta) = sqrt(1 - cos^2) and its
@@ -23,16 +23,8 @@ class _TargetMarginHead(CosineLinear):
     the chosen non-target cosines of each row: s * (cos_j + m_yj), so the target must beat those classes by the
     extra margin too (the additive form of CosFace, applied per class pair)."""
 
-    def __init__(
-        self,
-        in_features: int,
-        num_labels: int,
-        scale: float,
-        margin: float,
-        sub_centers: int = 1,
-        temperature: float = 1.0,
-    ) -> None:
-        super().__init__(in_features, num_labels, scale=scale, sub_centers=sub_centers, temperature=temperature)
+    def __init__(self, in_features: int, num_labels: int, *, margin: float, scale: float = 64.0, **kwargs: Any) -> None:
+        super().__init__(in_features, num_labels, scale=scale, **kwargs)
         self.margin = float(margin)
 
     def extra_repr(self) -> str:
@@ -41,24 +33,20 @@ class _TargetMarginHead(CosineLinear):
     def target_logit(self, cos: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def compute_logits(
+    def labelled_logits(
         self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        margin: float | torch.Tensor | None = None,
+        cos: torch.Tensor,
+        labels: torch.Tensor,
+        margin: float | torch.Tensor | None,
         negative_margin: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos
-        with _no_autocast(cos.device):
-            valid, safe, is_target, m = self.labelled_rows(labels, self.margin if margin is None else margin, cos)
-            target = self.target_logit(cos.gather(1, safe[:, None]).squeeze(1), m)
-            is_target = is_target & valid[:, None]
-            others = cos
-            if negative_margin is not None:
-                others = cos + torch.where(valid[:, None], negative_margin.to(cos.dtype), torch.zeros_like(cos))
-            return self.scale * torch.where(is_target, target[:, None], others)
+        valid, safe, is_target, m = self.labelled_rows(labels, self.margin if margin is None else margin, cos)
+        target = self.target_logit(cos.gather(1, safe[:, None]).squeeze(1), m)
+        is_target = is_target & valid[:, None]
+        others = cos
+        if negative_margin is not None:
+            others = cos + torch.where(valid[:, None], negative_margin.to(cos.dtype), torch.zeros_like(cos))
+        return self.scale * torch.where(is_target, target[:, None], others)
 
 
 class ArcFaceHead(_TargetMarginHead):
@@ -77,16 +65,9 @@ class ArcFaceHead(_TargetMarginHead):
     """
 
     def __init__(
-        self,
-        in_features: int,
-        num_labels: int,
-        scale: float = 64.0,
-        margin: float = 0.5,
-        easy_margin: bool = False,
-        sub_centers: int = 1,
-        temperature: float = 1.0,
+        self, in_features: int, num_labels: int, *, margin: float = 0.5, easy_margin: bool = False, **kwargs: Any
     ) -> None:
-        super().__init__(in_features, num_labels, scale, margin, sub_centers, temperature)
+        super().__init__(in_features, num_labels, margin=margin, **kwargs)
         self.easy_margin = easy_margin
 
     def extra_repr(self) -> str:
@@ -112,17 +93,8 @@ class SubCenterArcFaceHead(ArcFaceHead):
     paper then drops the outliers and keeps the dominant sub-centre only).
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        num_labels: int,
-        scale: float = 64.0,
-        margin: float = 0.5,
-        sub_centers: int = 3,
-        easy_margin: bool = False,
-        temperature: float = 1.0,
-    ) -> None:
-        super().__init__(in_features, num_labels, scale, margin, easy_margin, sub_centers, temperature)
+    def __init__(self, in_features: int, num_labels: int, *, sub_centers: int = 3, **kwargs: Any) -> None:
+        super().__init__(in_features, num_labels, sub_centers=sub_centers, **kwargs)
 
     @torch.no_grad()
     def subcenter_cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -194,16 +166,8 @@ class CosFaceHead(_TargetMarginHead):
     The margin is on the cosine, so it is the same everywhere on the sphere and needs no special case.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        num_labels: int,
-        scale: float = 64.0,
-        margin: float = 0.35,
-        sub_centers: int = 1,
-        temperature: float = 1.0,
-    ) -> None:
-        super().__init__(in_features, num_labels, scale, margin, sub_centers, temperature)
+    def __init__(self, in_features: int, num_labels: int, *, margin: float = 0.35, **kwargs: Any) -> None:
+        super().__init__(in_features, num_labels, margin=margin, **kwargs)
 
     def target_logit(self, cos: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
         return cos - margin
@@ -239,15 +203,9 @@ class CircleHead(CosineLinear):
     """
 
     def __init__(
-        self,
-        in_features: int,
-        num_labels: int,
-        m: float = 0.25,
-        gamma: float = 256.0,
-        sub_centers: int = 1,
-        temperature: float = 1.0,
+        self, in_features: int, num_labels: int, *, m: float = 0.25, gamma: float = 256.0, **kwargs: Any
     ) -> None:
-        super().__init__(in_features, num_labels, scale=gamma, sub_centers=sub_centers, temperature=temperature)
+        super().__init__(in_features, num_labels, scale=gamma, **kwargs)
         self.m = float(m)
 
     @property
@@ -257,19 +215,12 @@ class CircleHead(CosineLinear):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, m={self.m}"
 
-    def compute_logits(
-        self,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        margin: float | torch.Tensor | None = None,
+    def labelled_logits(
+        self, cos: torch.Tensor, labels: torch.Tensor, margin: float | torch.Tensor | None
     ) -> torch.Tensor:
-        cos = self.cosine(embeddings)
-        if labels is None:
-            return self.scale * cos
-        with _no_autocast(cos.device):
-            valid, _, is_target, m = self.labelled_rows(labels, self.m if margin is None else margin, cos)
-            m, s = m[:, None], cos.detach()
-            positive = self.scale * torch.relu(1 + m - s) * (cos - (1 - m))
-            negative = self.scale * torch.relu(s + m) * (cos - m)
-            circle = torch.where(is_target, positive, negative)
-            return torch.where(valid[:, None], circle, self.scale * cos)
+        valid, _, is_target, m = self.labelled_rows(labels, self.m if margin is None else margin, cos)
+        m, s = m[:, None], cos.detach()
+        positive = self.scale * torch.relu(1 + m - s) * (cos - (1 - m))
+        negative = self.scale * torch.relu(s + m) * (cos - m)
+        circle = torch.where(is_target, positive, negative)
+        return torch.where(valid[:, None], circle, self.scale * cos)
