@@ -216,17 +216,13 @@ def knn_predict(
 
 
 def knn_classify(
-    query_emb: Embeddings,
-    ref_emb: Embeddings,
-    ref_labels: LabelArray,
-    k: int = 10,
-    distance: Distance = "cos",
-    exclude_self: bool = False,
-    chunk_size: int | None = None,
+    query_emb: Embeddings, ref_emb: Embeddings, ref_labels: LabelArray, *args: Any, **kwargs: Any
 ) -> np.ndarray:
     """Labels predicted by a weighted vote of the k nearest bank rows (weights: `neighbor_weights`; ties:
-    `knn_vote`). Labels keep their type (ints, strings). Fewer than k bank rows: all of them vote."""
-    return knn_predict(query_emb, ref_emb, ref_labels, k, distance, exclude_self, chunk_size)[0]
+    `knn_vote`): `knn_predict` without the confidence, with the same arguments (`k=10, distance="cos",
+    exclude_self=False, chunk_size=None`). Labels keep their type (ints, strings). Fewer than k bank rows: all
+    of them vote."""
+    return knn_predict(query_emb, ref_emb, ref_labels, *args, **kwargs)[0]
 
 
 def knn_metrics(
