@@ -13,7 +13,7 @@ its constructor (`components.check_options`). The flat keys of older configs (`t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
@@ -43,26 +43,30 @@ class _LossPart:
         self.options = check_options(registry[self.type], self.options, self.PREFIX, extra_names=("type", "weight"))
 
 
-@dataclass
-class ClassificationLossPart(_LossPart):
-    """`loss.classification`: over rows with classifier_mask = 1 and a real label, on the head's logits."""
+def _loss_part(part: str, default_type: str, default_weight: float, computed_on: str) -> type[_LossPart]:
+    """The dataclass of `loss.<part>`: `_LossPart` with the part's default loss type and weight, its YAML prefix
+    and its registry (`model.losses.<PART>_LOSSES`); the parts differ in nothing else."""
+    cls = make_dataclass(
+        f"{part.title()}LossPart",
+        [("type", str, default_type), ("weight", float, default_weight)],
+        bases=(_LossPart,),
+        namespace={
+            "__doc__": f"`loss.{part}`: {computed_on}.",
+            "PREFIX": f"loss.{part}.",
+            "REGISTRY": f"{part.upper()}_LOSSES",
+        },
+    )
+    cls.__module__ = __name__
+    return cls
 
-    type: str = "ce"
-    weight: float = 1.0
 
-    PREFIX: ClassVar[str] = "loss.classification."
-    REGISTRY: ClassVar[str] = "CLASSIFICATION_LOSSES"
+PARTS: dict[str, tuple[str, float, str]] = {
+    "classification": ("ce", 1.0, "over rows with classifier_mask = 1 and a real label, on the head's logits"),
+    "metric": ("supcon", 0.2, "over rows with metric_mask = 1 and a real label, on the L2-normalised embeddings"),
+}
+"""loss part -> (default type, default weight, what it is computed on)."""
 
-
-@dataclass
-class MetricLossPart(_LossPart):
-    """`loss.metric`: over rows with metric_mask = 1 and a real label, on the L2-normalised embeddings."""
-
-    type: str = "supcon"
-    weight: float = 0.2
-
-    PREFIX: ClassVar[str] = "loss.metric."
-    REGISTRY: ClassVar[str] = "METRIC_LOSSES"
+ClassificationLossPart, MetricLossPart = (_loss_part(part, *spec) for part, spec in PARTS.items())
 
 
 @dataclass
@@ -73,7 +77,8 @@ class LossSection:
     def model_config(self) -> dict[str, Any]:
         """The `MetricClassifierConfig` fields that rebuild this objective inside a saved model."""
         out: dict[str, Any] = {}
-        for name, part in (("classification", self.classification), ("metric", self.metric)):
+        for name in PARTS:
+            part = getattr(self, name)
             out.update(
                 {f"{name}_loss": part.type, f"{name}_loss_kwargs": part.options, f"{name}_loss_weight": part.weight}
             )
@@ -115,15 +120,12 @@ def legacy_loss_keys(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     raw, training = dict(raw), dict(training)
     loss = raw.get("loss") if isinstance(raw.get("loss"), dict) else {}
-    loss = {part: dict(loss.get(part) or {}) for part in ("classification", "metric")} | {
-        k: v for k, v in loss.items() if k not in ("classification", "metric")
-    }
-    defaults = {"classification": ClassificationLossPart.type, "metric": MetricLossPart.type}
+    loss = {part: dict(loss.get(part) or {}) for part in PARTS} | {k: v for k, v in loss.items() if k not in PARTS}
     moved = {k: training.pop(k) for k in list(training) if k in LEGACY_LOSS_KEYS}
     for old, value in moved.items():
         part, new, applies_to = LEGACY_LOSS_KEYS[old]
         deprecated(f"training.{old}", f"loss.{part}.{new}")
-        chosen = loss[part].get("type", moved.get(f"{part}_loss", defaults[part]))
+        chosen = loss[part].get("type", moved.get(f"{part}_loss", PARTS[part][0]))
         if applies_to is not None and chosen != applies_to:
             if old == "label_smoothing" and value:
                 raise ConfigError("training.label_smoothing: applies to classification_loss 'ce' only")
