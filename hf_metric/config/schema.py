@@ -6,6 +6,7 @@ floats, and YAML's "1e-4" strings as numbers), so a typo never silently trains t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -119,30 +120,27 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{key}: expected a mapping of keys, got {type_name(value)} {value!r}")
         return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {type_name(value)} {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}: expected an integer, got {type_name(value)} {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {type_name(value)} {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {type_name(value)} {value!r}")
-        return value
+    if hint in _EXPECTED:
+        return _scalar(value, hint, key)
     raise TypeError(f"unsupported config type {hint!r} for {key}")  # pragma: no cover - programming error
+
+
+_EXPECTED = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+"""The YAML scalars a field may hold, and how an error names them."""
+
+
+def _scalar(value: Any, hint: type, key: str) -> Any:
+    """`value` as the scalar `hint`: ints are accepted as floats and whole floats as ints, YAML's "1e-4" strings
+    as numbers; true/false is never a number."""
+    if hint is float and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    accepted = (int, float) if hint is float else hint
+    if isinstance(value, accepted) and not (hint in (int, float) and isinstance(value, bool)):
+        return float(value) if hint is float else value
+    raise ConfigError(f"{key}: expected {_EXPECTED[hint]}, got {type_name(value)} {value!r}")
 
 
 def type_name(value: Any) -> str:
