@@ -21,6 +21,8 @@ ONNX_FILE = "model.onnx"
 EXPORT_INFO_FILE = "hf_metric_export.json"
 OUTPUT_NAMES = ("logits", "embeddings", "head_logits", "knn_probabilities")
 """ONNX outputs in order; a model without stored kNN rows has only the first three."""
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values", "input_features")
+"""What `InferenceModule` takes, in this order when given by position: text, then image, then audio inputs."""
 
 
 @dataclass
@@ -76,23 +78,11 @@ def inference_module(model: Any):
             self.fused = config.knn_fusion_weight > 0 and config.knn_reference_size > 0
             self.stored = config.knn_reference_size > 0
 
-        def forward(
-            self,
-            input_ids=None,
-            attention_mask=None,
-            token_type_ids=None,
-            pixel_values=None,
-            input_values=None,
-            input_features=None,
-        ):
-            given = {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "token_type_ids": token_type_ids,
-                "pixel_values": pixel_values,
-                "input_values": input_values,
-                "input_features": input_features,
-            }
+        def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
+            """The inputs by position in `INPUT_NAMES` order (as the ONNX export passes them) or by name."""
+            if len(inputs) > len(INPUT_NAMES):
+                raise TypeError(f"at most {len(INPUT_NAMES)} inputs by position, got {len(inputs)}")
+            given = {**dict(zip(INPUT_NAMES, inputs, strict=False)), **named}
             with _head_only(self.model):
                 out = self.model(**{k: v for k, v in given.items() if v is not None})
             head, emb = out.logits.float(), out.embeddings
@@ -156,13 +146,10 @@ class TorchBackend:
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> ModelOutputs:
         torch = self.torch
-        tensors = {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items() if k in _INPUT_NAMES}
+        tensors = {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items() if k in INPUT_NAMES}
         with torch.inference_mode():
             outputs = self.module(**tensors)
         return ModelOutputs(*(o.float().cpu().numpy() for o in outputs))
-
-
-_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values", "input_features")
 
 
 class OnnxBackend:
