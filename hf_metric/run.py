@@ -117,19 +117,13 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
     group_ids = _class_group_ids(data) if cfg.head.group_margin and cfg.head.group_margin.same_group_pair else None
     set_seed(t.seed)  # the new head and projection start from the same weights in every run
     model_kwargs = dict(
-        pooling=cfg.model.pooling,
-        projection_dim=cfg.model.projection_dim,
-        classifier_dropout=cfg.model.classifier_dropout,
-        knn_fusion_weight=cfg.model.knn_fusion_weight,
-        knn_fusion_k=cfg.model.knn_fusion_k,
-        knn_fusion_temperature=cfg.model.knn_fusion_temperature,
+        **cfg.model.model_config(),
         head_type=cfg.head.type,
         head_kwargs=cfg.head.head_kwargs(),
         class_margins=class_margins,
         **cfg.loss.model_config(),
         class_group_ids=group_ids,
         same_group_pair_margin=cfg.head.group_margin.same_group_pair if group_ids else 0.0,
-        gem_p=cfg.model.gem_p,
         modality=input_column,
     )
     if cfg.model_config is not None:  # from scratch: random init (see `model_config`)

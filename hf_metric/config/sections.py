@@ -6,28 +6,51 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..model.configuration import MetricClassifierConfig
 from ..optional import available
 from .components import check_options
 from .media import AudioAugmentSection, ImageAugmentSection
 from .schema import check as _check
 
+_SAVED = MetricClassifierConfig
+"""The saved model's own defaults, which the YAML keeps (all but `knn_fusion_weight`)."""
+
 
 @dataclass
 class ModelSection:
-    """How the backbone output becomes an embedding."""
+    """How the backbone output becomes an embedding. The fields in `MODEL_CONFIG_FIELDS` go into the saved
+    `MetricClassifierConfig` as they are."""
 
-    pooling: Literal["mean", "cls", "pooler", "gem"] = "mean"
-    projection_dim: int | None = None
-    classifier_dropout: float = 0.1
+    pooling: Literal["mean", "cls", "pooler", "gem"] = _SAVED.pooling
+    projection_dim: int | None = _SAVED.projection_dim
+    """Size of the projection MLP giving the metric embedding (null: the pooled output itself)."""
+    classifier_dropout: float = _SAVED.classifier_dropout
     knn_fusion_weight: float = 0.3
-    knn_fusion_k: int = 10
-    knn_fusion_temperature: float = 0.05
+    """At inference, `logits` = log((1 - w) * softmax(head) + w * p_knn) with p_knn the vote of the k nearest
+    stored training rows (0: off). Trained models fuse by default; a bare `MetricClassifierConfig` does not."""
+    knn_fusion_k: int = _SAVED.knn_fusion_k
+    knn_fusion_temperature: float = _SAVED.knn_fusion_temperature
     knn_reference_max_rows: int = 100_000
-    gem_p: float = 3.0
+    gem_p: float = _SAVED.gem_p
     """Exponent of GeM pooling (`pooling: gem`, for convolutional feature maps): 1 is the mean, large p the max."""
     store_knn_reference: bool = True
     """Store training rows' embeddings in the weights for kNN fusion; false drops them (and the fusion) so that
     a shared model holds nothing derived from individual training rows."""
+
+    MODEL_CONFIG_FIELDS = (
+        "pooling",
+        "projection_dim",
+        "classifier_dropout",
+        "knn_fusion_weight",
+        "knn_fusion_k",
+        "knn_fusion_temperature",
+        "gem_p",
+    )
+    """The keys that `MetricClassifierConfig` takes as they are (the others shape what `run` stores)."""
+
+    def model_config(self) -> dict[str, Any]:
+        """The `MetricClassifierConfig` fields this section sets."""
+        return {name: getattr(self, name) for name in self.MODEL_CONFIG_FIELDS}
 
     def validate(self) -> None:
         _check(self.projection_dim is None or self.projection_dim > 0, "model.projection_dim", "must be > 0")

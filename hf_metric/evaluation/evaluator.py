@@ -207,13 +207,7 @@ class MetricEvaluator:
 
     def losses(self, p: EvalPredictions) -> dict[str, float]:
         """The objective's loss and parts over the whole set at once (same numbers for any batch size)."""
-        return self.objective.dataset_losses(
-            torch.as_tensor(p.logits),
-            torch.as_tensor(p.embeddings, dtype=torch.float32),
-            torch.as_tensor(p.labels),
-            torch.as_tensor(p.classifier_rows),
-            torch.as_tensor(p.metric_rows),
-        )
+        return self.objective.dataset_losses(p.logits, p.embeddings, p.labels, p.classifier_rows, p.metric_rows)
 
     def retrieval_metrics(self, p: EvalPredictions, ref_emb, ref_labels) -> dict[str, float]:
         """Recall@K (queries: metric rows), kNN accuracy/F1 (queries: classifier rows) against the reference, and

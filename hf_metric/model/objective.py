@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from .losses import Candidates, build_classification_loss, build_metric_loss, masked_mean
 from .precision import float32_math
+
+ArrayLike = torch.Tensor | np.ndarray
+"""What validation hands `dataset_losses`: tensors or numpy arrays."""
 
 CLASSIFICATION_PART = "ce_loss"
 """Logged name of the classification part (whatever the classification loss type)."""
@@ -113,45 +117,66 @@ class TrainingObjective(nn.Module):
         zero = logits.new_zeros((), dtype=torch.float32)
         classification = metric = zero
         if self.classification_weight > 0:
-            rows, valid = self.classification.per_row(logits, labels, rows_in(labels, classifier_mask))
+            rows, valid = self.classification_rows(logits, labels, classifier_mask)
             classification = _part(rows, valid, None if denominators is None else denominators[0])
         if self.metric_weight > 0:
-            keep = rows_in(labels, metric_mask).to(torch.int64)
             if memory is not None:
                 if candidates is None:
-                    candidates, self_index = (embeddings, labels, keep), torch.arange(len(labels), device=labels.device)
+                    candidates = (embeddings, labels, metric_mask)
+                    self_index = torch.arange(len(labels), device=labels.device)
                 candidates = _with_memory(candidates, memory)
-            if candidates is not None:
-                cand_emb, cand_labels, cand_mask = candidates
-                candidates = (cand_emb, cand_labels, rows_in(cand_labels, cand_mask).to(torch.int64))
-            rows, valid = self.metric.per_anchor(embeddings, labels, keep, candidates=candidates, self_index=self_index)
+            rows, valid = self.metric_rows(embeddings, labels, metric_mask, candidates, self_index)
             metric = _part(rows, valid, None if denominators is None else denominators[1])
         return ObjectiveOutput(self.combine(classification, metric), classification, metric)
+
+    def classification_rows(
+        self, logits: torch.Tensor, labels: torch.Tensor, classifier_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classification loss of each row and whether it counts (`rows_in`)."""
+        return self.classification.per_row(logits, labels, rows_in(labels, classifier_mask))
+
+    def metric_rows(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        metric_mask: torch.Tensor | None,
+        candidates: Candidates | None = None,
+        self_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The metric loss of each anchor and whether it counts; anchors and `candidates` (default: the anchors)
+        are the rows `rows_in` their mask."""
+        keep = rows_in(labels, metric_mask).to(torch.int64)
+        if candidates is not None:
+            cand_emb, cand_labels, cand_mask = candidates
+            candidates = (cand_emb, cand_labels, rows_in(cand_labels, cand_mask).to(torch.int64))
+        return self.metric.per_anchor(embeddings, labels, keep, candidates=candidates, self_index=self_index)
 
     @torch.no_grad()
     def dataset_losses(
         self,
-        logits: torch.Tensor,
-        embeddings: torch.Tensor,
-        labels: torch.Tensor,
-        classifier_mask: torch.Tensor | None = None,
-        metric_mask: torch.Tensor | None = None,
+        logits: ArrayLike,
+        embeddings: ArrayLike,
+        labels: ArrayLike,
+        classifier_mask: ArrayLike | None = None,
+        metric_mask: ArrayLike | None = None,
         chunk_size: int = 1024,
     ) -> dict[str, float]:
-        """Loss and parts over a whole dataset at once (validation): every anchor against every other row, in
-        chunks of anchors, so the numbers do not depend on batch size or process count."""
-        rows, valid = self.classification.per_row(logits, labels, rows_in(labels, classifier_mask))
-        classification = masked_mean(rows, valid).item()
-        emb = embeddings.float()
-        keep = rows_in(labels, metric_mask).to(torch.int64)
+        """Loss and parts over a whole dataset at once (validation; arrays or tensors): every anchor against every
+        other row, in chunks of anchors, so the numbers do not depend on batch size or process count."""
+        logits, emb, labels = torch.as_tensor(logits), torch.as_tensor(embeddings).float(), torch.as_tensor(labels)
+        classifier_mask, metric_mask = (
+            None if m is None else torch.as_tensor(m) for m in (classifier_mask, metric_mask)
+        )
+        classification = masked_mean(*self.classification_rows(logits, labels, classifier_mask)).item()
+        everyone = (emb, labels, metric_mask)
         total, count = torch.zeros((), dtype=torch.float64), 0
         for start in range(0, len(emb), chunk_size):
             chunk = slice(start, start + chunk_size)
-            rows, valid = self.metric.per_anchor(
+            rows, valid = self.metric_rows(
                 emb[chunk],
                 labels[chunk],
-                keep[chunk],
-                candidates=(emb, labels, keep),
+                None if metric_mask is None else metric_mask[chunk],
+                candidates=everyone,
                 self_index=torch.arange(start, min(start + chunk_size, len(emb))),
             )
             total, count = total + rows[valid].double().sum(), count + int(valid.sum())
