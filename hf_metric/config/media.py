@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .schema import at_least as _at_least
 from .schema import check as _check
 
 
@@ -55,8 +56,7 @@ class AudioAugmentSection:
     freq_mask_fraction: float = 0.15
 
     def validate(self) -> None:
-        _check(self.time_shift_seconds >= 0, "data.audio_augment.time_shift_seconds", "must be >= 0")
-        _check(self.gain_db >= 0, "data.audio_augment.gain_db", "must be >= 0")
+        _at_least(self, "data.audio_augment.", time_shift_seconds=0, gain_db=0)
         if self.noise_snr_db is not None:
             _check_range(self.noise_snr_db, "data.audio_augment.noise_snr_db", -50.0, 200.0)
         _check(self.time_masks >= 0 and self.freq_masks >= 0, "data.audio_augment.time_masks", "counts must be >= 0")

@@ -33,6 +33,13 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def at_least(section: Any, prefix: str, **lows: float) -> None:
+    """Each named field of `section` must be >= its bound; the first one below it is `<prefix><name>: must be >=
+    <bound>` (the bounds most sections check)."""
+    for name, low in lows.items():
+        check(getattr(section, name) >= low, f"{prefix}{name}", f"must be >= {low}")
+
+
 def unknown_key(key: str, prefix: str, names: Iterable[str]) -> ConfigError:
     """The error for a key that is not in `names`, with the closest known key as a hint."""
     names = list(names)

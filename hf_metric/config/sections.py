@@ -10,6 +10,7 @@ from ..model.configuration import MetricClassifierConfig
 from ..optional import available
 from .components import check_options
 from .media import AudioAugmentSection, ImageAugmentSection
+from .schema import at_least as _at_least
 from .schema import check as _check
 
 _SAVED = MetricClassifierConfig
@@ -183,8 +184,7 @@ class BankNegativesSection:
     start_step: int = 100
 
     def validate(self) -> None:
-        _check(self.size >= 1, "training.bank_negatives.size", "must be >= 1")
-        _check(self.start_step >= 0, "training.bank_negatives.start_step", "must be >= 0")
+        _at_least(self, "training.bank_negatives.", size=1, start_step=0)
 
 
 @dataclass
@@ -197,8 +197,7 @@ class HardGroupMiningSection:
     min_weight: float = 0.25
 
     def validate(self) -> None:
-        _check(self.start_epoch >= 0, "training.hard_group_mining.start_epoch", "must be >= 0")
-        _check(self.max_oversample >= 1, "training.hard_group_mining.max_oversample", "must be >= 1")
+        _at_least(self, "training.hard_group_mining.", start_epoch=0, max_oversample=1)
         _check(0 < self.min_weight <= 1, "training.hard_group_mining.min_weight", "must be in (0, 1]")
 
 
@@ -228,8 +227,7 @@ class TrainingSection:
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
         _check(self.num_epochs > 0, "training.num_epochs", "must be > 0")
-        _check(self.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps", "must be >= 1")
-        _check(self.max_seq_length >= 2, "training.max_seq_length", "must be >= 2")
+        _at_least(self, "training.", gradient_accumulation_steps=1, max_seq_length=2)
         _check(
             self.gradient_clip_val is None or self.gradient_clip_val > 0,
             "training.gradient_clip_val",
