@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..atomic import write_atomic
@@ -50,6 +51,19 @@ def _class_colors(n: int) -> np.ndarray:
     return colormaps["gist_rainbow"]((np.arange(n) * 0.6180339887) % 1.0)
 
 
+def _figure(width: float, height: float) -> tuple[Figure, Axes]:
+    """A figure of one plot at 100 dpi, drawn without pyplot."""
+    fig = Figure(figsize=(width, height), dpi=100)
+    return fig, fig.add_subplot()
+
+
+def _finished(fig: Figure, ax: Axes, title: str) -> Figure:
+    """`fig` with its title (11 pt, as every picture here) and laid out so that labels and legends fit."""
+    ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def project_2d(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     """(N, 2) coordinates: the first two principal components (exact, by SVD), or UMAP (`umap-learn`)."""
     x = np.asarray(embeddings, dtype=np.float64)
@@ -85,8 +99,7 @@ def embedding_map(
     classes, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
     coords = project_2d(embeddings, method, seed) if len(labels) > 1 else np.zeros((len(labels), 2))
     colors = _class_colors(len(classes))
-    fig = Figure(figsize=(11, 8), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _figure(11, 8)
     ax.scatter(coords[:, 0], coords[:, 1], c=colors[codes], s=10, alpha=0.75, linewidths=0)
     names = _names(classes, class_names)
     largest = np.argsort(-counts, kind="stable")[:max_legend]
@@ -94,12 +107,10 @@ def embedding_map(
     title = f"Validation embeddings, {method.upper()} ({len(labels)} rows, {len(classes)} classes)"
     if len(classes) > max_legend:
         title += f"\nlegend: the {max_legend} largest classes, {len(classes) - max_legend} more not listed"
-    ax.set_title(title, fontsize=11)
     ax.set_xlabel(f"{method.upper()} 1")
     ax.set_ylabel(f"{method.upper()} 2")
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
-    fig.tight_layout()
-    return fig
+    return _finished(fig, ax, title)
 
 
 def confusion_matrix_plot(
@@ -121,8 +132,7 @@ def confusion_matrix_plot(
     sub = matrix[np.ix_(chosen, chosen)]
     names = _names(classes[chosen], class_names)
     size = 4 + 0.32 * len(chosen)
-    fig = Figure(figsize=(size + 1.5, size), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _figure(size + 1.5, size)
     from matplotlib import colormaps
 
     cmap = colormaps["Reds"].with_extremes(bad="0.88")  # the diagonal (correct rows) in grey, errors in red
@@ -139,9 +149,7 @@ def confusion_matrix_plot(
     shown = f"the {len(chosen)} most-confused of {n} classes" if n > len(chosen) else f"all {n} classes"
     wrong_rows = int(len(labels) - np.trace(matrix))
     title = f"Confusion matrix, {shown}\n({wrong_rows} wrong of {len(labels)} rows; diagonal: correct, grey)"
-    ax.set_title(title, fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finished(fig, ax, title)
 
 
 def per_class_f1_plot(
@@ -165,8 +173,7 @@ def per_class_f1_plot(
     order = np.lexsort((counts, f1))[:max_classes]
     names = _names(classes[order], class_names)
     width = min(40.0, max(8.0, 0.16 * len(order) + 2))
-    fig = Figure(figsize=(width, 6), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _figure(width, 6)
     colors = np.where(rare[order], "tab:orange", "tab:blue")
     ax.bar(range(len(order)), f1[order], color=colors, width=0.8)
     ax.axhline(f1.mean(), color="black", linestyle="--", linewidth=1, label=f"macro-F1 {f1.mean():.3f}")
@@ -178,18 +185,15 @@ def per_class_f1_plot(
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1")
     shown = f"the worst {len(order)} of {len(classes)}" if len(classes) > len(order) else f"{len(classes)}"
-    ax.set_title(f"Per-class F1, {shown} classes, worst first", fontsize=11)
     ax.legend(handles=[*ax.get_legend_handles_labels()[0], rare_patch], loc="upper left", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finished(fig, ax, f"Per-class F1, {shown} classes, worst first")
 
 
 def margin_histogram(embeddings: np.ndarray, labels: np.ndarray, bins: int = 50) -> Figure:
     """Histogram of `metrics.nearest_margins` (nearest same-class cosine minus nearest other-class cosine,
     leave-one-out): mass right of 0 means rows sit closer to their own class than to any other."""
     margins = nearest_margins(np.asarray(embeddings, dtype=np.float32), labels) if len(labels) > 1 else np.zeros(0)
-    fig = Figure(figsize=(9, 5), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _figure(9, 5)
     if len(margins):
         ax.hist(margins, bins=bins, color="tab:blue", alpha=0.85)
         ax.axvline(0.0, color="tab:red", linewidth=1.2)
@@ -199,32 +203,27 @@ def margin_histogram(embeddings: np.ndarray, labels: np.ndarray, bins: int = 50)
     else:
         ax.text(0.5, 0.5, "no row has both a same-class and an other-class neighbour", ha="center")
         title = "Margins: nothing to show"
-    ax.set_title(title, fontsize=11)
     ax.set_xlabel("nearest same-class cosine - nearest other-class cosine")
     ax.set_ylabel("rows")
-    fig.tight_layout()
-    return fig
+    return _finished(fig, ax, title)
 
 
 def top2_margin_histogram(margins: np.ndarray, errors: np.ndarray, threshold: float = 0.005, bins: int = 40) -> Figure:
     """Histogram of the top-1 minus top-2 softmax probability (`groups.top2_margins`), errors and correct rows
     apart: errors piled up at 0 are near-ties that a sharper model (or a re-ranker) could flip."""
     margins, errors = np.asarray(margins, dtype=float), np.asarray(errors, dtype=bool)
-    fig = Figure(figsize=(9, 5), dpi=100)
-    ax = fig.add_subplot()
+    fig, ax = _figure(9, 5)
     edges = np.linspace(0.0, 1.0, bins + 1)
     for rows, color, label in ((~errors, "tab:blue", "correct"), (errors, "tab:red", "errors")):
         if rows.any():
             ax.hist(margins[rows], bins=edges, color=color, alpha=0.6, label=f"{label} ({int(rows.sum())})")
     share = (margins[errors] < threshold).mean() if errors.any() else 0.0
-    ax.set_title(f"Top-1 minus top-2 probability: {share:.1%} of errors below {threshold:g}", fontsize=11)
     ax.set_xlabel("p(top-1) - p(top-2)")
     ax.set_ylabel("rows")
     ax.set_yscale("log")
     if len(margins):
         ax.legend()
-    fig.tight_layout()
-    return fig
+    return _finished(fig, ax, f"Top-1 minus top-2 probability: {share:.1%} of errors below {threshold:g}")
 
 
 def save_png(fig: Figure, path: str) -> str:
