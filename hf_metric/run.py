@@ -105,7 +105,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
     settings = FeaturizerSettings(cfg.training.max_seq_length, cfg.data, model_type, cfg.processor_config)
     featurizer = featurizer_for(model_path, input_column, settings=settings)
     with args.main_process_first(desc="prepare data"):
-        data = prepare_datasets(cfg.data, featurizer, cfg.training.seed)
+        data = prepare_datasets(cfg.data, featurizer, cfg.training.seed, train_with_oos=cfg.open_set.train_with_oos)
     t, mv = cfg.training, cfg.metric_validation
     _check_group_metric(cfg, data)
     class_margins = None
@@ -131,6 +131,9 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         same_group_pair_margin=cfg.head.group_margin.same_group_pair if group_ids else 0.0,
         gem_p=cfg.model.gem_p,
         modality=input_column,
+        out_of_scope_label=cfg.data.out_of_scope_label or "oos",
+        out_of_scope_negatives=cfg.open_set.train_with_oos,
+        outlier_exposure_weight=cfg.open_set.outlier_exposure_weight,
     )
     if cfg.model_config is not None:  # from scratch: random init (see `model_config`)
         model = MetricClassifierModel.from_scratch(cfg.model_config, data.id2label, **model_kwargs)
