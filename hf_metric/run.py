@@ -181,10 +181,16 @@ FUSED_METRICS = ("loss", "accuracy", "f1", "top5_accuracy")
 
 def store_training_reference(trainer, cfg: TrainConfig) -> None:
     """Store the trained model's embeddings of (at most `knn_reference_max_rows`, seeded) training rows in the
-    model (kNN fusion, the kNN pipeline and the open-set scores use them)."""
+    model (kNN fusion, the kNN pipeline and the open-set scores use them); known out-of-scope rows
+    (`open_set.train_with_oos`) are no class and stay out."""
     import numpy as np
 
+    from .data.prepare import labels_of
+
     dataset = trainer.train_dataset
+    in_scope = labels_of(dataset) >= 0
+    if not in_scope.all():
+        dataset = dataset.select(np.flatnonzero(in_scope))
     limit = cfg.model.knn_reference_max_rows
     if len(dataset) > limit:
         rng = np.random.default_rng(cfg.training.seed)
