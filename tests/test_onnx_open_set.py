@@ -94,3 +94,22 @@ def test_onnx_rejects_what_torch_rejects(tiny_model_dir, tmp_path, score):
     a, b = pq.read_table(tmp_path / "t.parquet"), pq.read_table(tmp_path / "o.parquet")
     assert a.column("is_out_of_scope").to_pylist() == rejected.tolist() == b.column("is_out_of_scope").to_pylist()
     assert a.column("predicted_label").to_pylist() == b.column("predicted_label").to_pylist()
+
+
+def test_evaluate_with_the_onnx_backend_gives_the_torch_open_set_metrics(tiny_model_dir, tmp_path):
+    from test_open_set_training import _oos_rows
+
+    rows = synthetic_rows(per_class=5, seed=12) + _oos_rows(8, seed=5)
+    texts = [r["text"] for r in rows]
+    path, _ = _ruled_model(tiny_model_dir, tmp_path / "best", "mahalanobis", texts)
+    assert app(["export", "--model", path, "--out", str(tmp_path / "onnx")]) == 0
+    data = write_parquet(tmp_path / "test.parquet", rows)
+    got = {}
+    for name, model in (("torch", [path]), ("onnx", [str(tmp_path / "onnx"), "--backend", "onnx"])):
+        out = tmp_path / f"eval_{name}"
+        assert app(["evaluate", "--model", *model, "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+        got[name] = json.loads((out / "metrics.json").read_text())["metrics"]
+    keys = [k for k in got["torch"] if k.startswith("oos_") or k.startswith("in_scope_")]
+    assert {"in_scope_accuracy", "oos_recall", "oos_auroc_mahalanobis", "oos_fpr95_knn"} <= set(keys)
+    for key in keys:
+        assert got["onnx"][key] == pytest.approx(got["torch"][key], abs=1e-6), key

@@ -39,17 +39,21 @@ class ModelOutputs:
     open_set_scores: np.ndarray | None = None
 
 
-def read_id2label(model_dir: str) -> dict[int, str]:
-    """Label names by id from a model (or export) folder's `config.json`, without loading the model."""
+def read_model_config(model_dir: str) -> dict[str, Any]:
+    """A model (or export) folder's `config.json` as a dict, without loading the model."""
     path = os.path.join(model_dir, "config.json")
     try:
         with open(path, encoding="utf-8") as fh:
-            config = json.load(fh)
+            return json.load(fh)
     except OSError:
         from ..errors import ConfigError
 
         raise ConfigError(f"{model_dir}: not a model folder (no config.json)") from None
-    return {int(i): str(name) for i, name in config["id2label"].items()}
+
+
+def read_id2label(model_dir: str) -> dict[int, str]:
+    """Label names by id from a model (or export) folder's `config.json`, without loading the model."""
+    return {int(i): str(name) for i, name in read_model_config(model_dir)["id2label"].items()}
 
 
 @contextmanager
@@ -219,8 +223,7 @@ class OnnxBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.id2label = read_id2label(export_dir)
         self.export_dir = export_dir
-        with open(os.path.join(export_dir, "config.json"), encoding="utf-8") as fh:
-            self.config = json.load(fh)
+        self.config = read_model_config(export_dir)
 
     @property
     def rejects(self) -> bool:
