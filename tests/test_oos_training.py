@@ -217,3 +217,23 @@ def test_tiny_run_trains_with_oos_rows(tmp_path, make_config, caplog):
     assert "| out_of_scope_train_rows | 30 |" in (best / "README.md").read_text()  # 75 % of 40 train
     model = MetricClassifierModel.from_pretrained(best)
     assert model.config.knn_reference_size > 0 and (model.knn_reference_labels >= 0).all()
+
+
+@pytest.mark.parametrize("name", ["supcon", "triplet", "multi_similarity"])
+def test_anchor_count_with_oos_negatives_and_memory_matches_the_loss(name):
+    """The window normalisation counts exactly the anchors the loss averages over, also when out-of-scope rows
+    give an anchor its only negatives and a cross-batch memory adds candidates."""
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 0, -1, -1, 1, -100, -1])
+    mask = torch.tensor([1, 1, 1, 1, 0, 1, 1, 1])
+    emb, memory = torch.randn(8, 6), (torch.randn(5, 6), torch.tensor([1, 2, 2, 0, 3]))
+    objective = _objective(name, True)
+    ones = torch.ones(())
+    mean = objective(torch.zeros(8, 3), emb, labels, metric_mask=mask, memory=memory).metric
+    total = objective(torch.zeros(8, 3), emb, labels, None, mask, (ones, ones, ones), memory=memory).metric
+    count = objective.metric_count(labels, objective.candidate_rows(labels, mask), memory[1])
+    assert total.item() == pytest.approx(mean.item() * count.item(), rel=1e-5)
+    # triplet: the class-0 anchors have negatives only through the out-of-scope rows (and the memory)
+    without = objective.metric_count(labels[:3], objective.candidate_rows(labels[:3], mask[:3]))
+    with_oos = objective.metric_count(labels[:4], objective.candidate_rows(labels[:4], mask[:4]))
+    assert with_oos.item() == 3 and without.item() == (0 if name == "triplet" else 3)
