@@ -105,7 +105,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
     settings = FeaturizerSettings(cfg.training.max_seq_length, cfg.data, model_type, cfg.processor_config)
     featurizer = featurizer_for(model_path, input_column, settings=settings)
     with args.main_process_first(desc="prepare data"):
-        data = prepare_datasets(cfg.data, featurizer, cfg.training.seed)
+        data = prepare_datasets(cfg.data, featurizer, cfg.training.seed, train_with_oos=cfg.open_set.train_with_oos)
     t, mv = cfg.training, cfg.metric_validation
     _check_group_metric(cfg, data)
     class_margins = None
@@ -125,6 +125,9 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         class_group_ids=group_ids,
         same_group_pair_margin=cfg.head.group_margin.same_group_pair if group_ids else 0.0,
         modality=input_column,
+        out_of_scope_label=cfg.data.out_of_scope_label or "oos",
+        out_of_scope_negatives=cfg.open_set.train_with_oos,
+        outlier_exposure_weight=cfg.open_set.outlier_exposure_weight,
     )
     if cfg.model_config is not None:  # from scratch: random init (see `model_config`)
         model = MetricClassifierModel.from_scratch(cfg.model_config, data.id2label, **model_kwargs)
@@ -172,10 +175,16 @@ FUSED_METRICS = ("loss", "accuracy", "f1", "top5_accuracy")
 
 def store_training_reference(trainer, cfg: TrainConfig) -> None:
     """Store the trained model's embeddings of (at most `knn_reference_max_rows`, seeded) training rows in the
-    model (kNN fusion, the kNN pipeline and the open-set scores use them)."""
+    model (kNN fusion, the kNN pipeline and the open-set scores use them); known out-of-scope rows
+    (`open_set.train_with_oos`) are no class and stay out."""
     import numpy as np
 
+    from .data.prepare import labels_of
+
     dataset = trainer.train_dataset
+    in_scope = labels_of(dataset) >= 0
+    if not in_scope.all():
+        dataset = dataset.select(np.flatnonzero(in_scope))
     limit = cfg.model.knn_reference_max_rows
     if len(dataset) > limit:
         rng = np.random.default_rng(cfg.training.seed)

@@ -98,3 +98,28 @@ def test_train_then_evaluate_then_push_from_the_command_line(tmp_path, make_conf
     assert app(["push", "--model", str(best), "--model-id", "me/tiny", "--set", "hub.commit_message=again"]) == 0
     assert commits[0]["commit_message"] == "again" and "Pushed" in capsys.readouterr().out
     assert "training_args.bin" not in {op.path_in_repo for op in commits[0]["operations"]}
+
+
+def test_card_states_the_open_set_rule_and_the_oos_training(tiny_model_dir, tmp_path):
+    from hf_metric.model.modeling import MetricClassifierModel
+
+    folder = tmp_path / "best"
+    save_tiny_model(tiny_model_dir, folder)
+    raw = tiny_config(tiny_model_dir, tmp_path / "t.parquet", tmp_path / "ckpt")
+    raw["data"]["out_of_scope_label"] = "other"
+    raw["open_set"] = {"enabled": True, "criterion": "accuracy_drop", "train_with_oos": True}
+    raw["open_set"]["outlier_exposure_weight"] = 0.5
+    cfg = config_from_dict(raw)
+    plain = str(card_for(folder, cfg, tmp_path))
+    assert "Out-of-scope rejection" not in plain  # no threshold stored: no rule on the card
+    model = MetricClassifierModel.from_pretrained(folder)
+    model.config.out_of_scope_label = "other"
+    model.set_open_set("knn", 0.123456789)
+    model.save_pretrained(folder)
+    metrics = {"eval_f1": 0.5, "eval_open_set_in_scope_accuracy": 0.91, "eval_open_set_oos_recall": 0.8}
+    text = str(build_model_card(cfg, metrics, {"train_rows": 24}, {"loss": 1.0}, {0: "a"}, folder=str(folder)))
+    line = next(ln for ln in text.splitlines() if "Out-of-scope rejection" in ln)
+    assert "`knn` score" in line and "**0.123457**" in line and "`other`" in line and "`accuracy_drop`" in line
+    assert "in scope accuracy 0.9100, oos recall 0.8000" in line
+    assert "known out-of-scope rows (`other`) trained as negatives" in text
+    assert "`+ 0.5 * CE(uniform, softmax)`" in text

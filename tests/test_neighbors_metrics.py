@@ -443,3 +443,22 @@ def test_evaluate_modules_load_by_path_offline(monkeypatch):
     preds = naive_knn(ref, ref, ry, 3, "cos", exclude_self=True)
     assert got["knn_accuracy"] == pytest.approx(accuracy_score(ry, preds))
     assert got["knn_f1"] == pytest.approx(f1_score(ry, preds, average="macro"))
+
+
+def test_topk_under_inference_mode_on_worker_threads():
+    """Worker threads write into result tensors made in the caller's inference mode (the model's kNN open-set
+    score at inference): they must share that mode, and the result must not change."""
+    from hf_metric.model.neighbors import topk_neighbors
+
+    gen = torch.Generator().manual_seed(0)
+    # enough small chunks that the pool's worker takes some before this thread has done them all
+    query, ref = torch.randn(2000, 32, generator=gen), torch.randn(3000, 32, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plain = topk_neighbors(query, ref, 3, chunk_size=8)
+        with torch.inference_mode():
+            inside = topk_neighbors(query, ref, 3, chunk_size=8)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(plain[0], inside[0]) and torch.equal(plain[1], inside[1])

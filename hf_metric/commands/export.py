@@ -8,8 +8,9 @@ from .common import add_config_arguments, add_model_arguments
 
 DESCRIPTION = (
     "Export a trained model to ONNX (dynamic batch and sequence axes; outputs logits, embeddings, head_logits "
-    "and, with stored kNN rows, knn_probabilities). The export is kept only if onnxruntime matches PyTorch "
-    "within 1e-4 on sample rows; the differences are printed. Serve it with `--backend onnx`."
+    "and, with stored kNN rows, knn_probabilities; with an open-set rule, open_set_scores: a row is out of scope "
+    "when its score is below the threshold in hf_metric_export.json). The export is kept only if onnxruntime "
+    "matches PyTorch within 1e-4 on sample rows; the differences are printed. Serve it with `--backend onnx`."
 )
 
 

@@ -84,6 +84,11 @@ class TrainConfig:
             section = getattr(self, f.name)
             if dataclasses.is_dataclass(section):
                 section.validate()
+        _check(
+            not self.open_set.train_with_oos or self.data.out_of_scope_label is not None,
+            "open_set.train_with_oos",
+            "needs data.out_of_scope_label (the label of the known out-of-scope rows)",
+        )
         memory, t = self.training.bank_negatives, self.training
         if memory is not None:
             held = self.metric_validation.keep_last_n_emb_steps * t.batch_size * t.gradient_accumulation_steps

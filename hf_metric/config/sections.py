@@ -368,8 +368,19 @@ class OpenSetSection:
     target: float | None = None
     mahalanobis_ridge: float = 1e-3
     energy_temperature: float = 1.0
+    train_with_oos: bool = False
+    """Known out-of-scope rows (`data.out_of_scope_label`) also train: split like a class between train and
+    validation, never a class for CE, negatives of every class in the metric loss (`model.objective`)."""
+    outlier_exposure_weight: float = 0.0
+    """With `train_with_oos`: weight of the outlier-exposure term, CE between their softmax and the uniform."""
 
     def validate(self) -> None:
+        _check(self.outlier_exposure_weight >= 0, "open_set.outlier_exposure_weight", "must be >= 0")
+        _check(
+            self.train_with_oos or self.outlier_exposure_weight == 0,
+            "open_set.outlier_exposure_weight",
+            "needs open_set.train_with_oos: true (outlier exposure trains on the out-of-scope rows)",
+        )
         _check(self.target is None or 0.0 <= self.target <= 1.0, "open_set.target", "must be in [0, 1] or null")
         _check(
             self.target is None or self.criterion not in ("auto", "accuracy"),

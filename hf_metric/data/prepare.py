@@ -32,8 +32,11 @@ class PreparedData:
         return {int(i): int(c) for i, c in zip(ids, counts, strict=True) if i >= 0}
 
 
-def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
-    """Validate, split, resample and featurize the configured Parquet file."""
+def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int, train_with_oos: bool = False) -> PreparedData:
+    """Validate, split, resample and featurize the configured Parquet file.
+
+    Out-of-scope rows (`data.out_of_scope_label`, id -1) all validate by default; with `train_with_oos` they are
+    split like a class (`val_ratio` of them validate, the rest train as negatives) and never resampled."""
     import datasets
 
     labeled = read_labeled_parquet(
@@ -44,10 +47,12 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
     labels = labeled.labels
     train_idx, val_idx = stratified_split(labels, data_cfg.val_ratio, seed)
     oos_train = labels[train_idx] == OUT_OF_SCOPE_ID
-    if oos_train.any():  # out-of-scope rows only validate (calibrate the rejection), never train a class
+    oos_rows = train_idx[oos_train] if train_with_oos else train_idx[:0]
+    if oos_train.any() and not train_with_oos:  # out-of-scope rows only validate (calibrate the rejection)
         val_idx = np.sort(np.concatenate([val_idx, train_idx[oos_train]]))
-        train_idx = train_idx[~oos_train]
+    train_idx = train_idx[~oos_train]
     train_idx = resample_per_class(train_idx, labels, data_cfg.upsample, data_cfg.downsample, seed)
+    train_idx = np.sort(np.concatenate([train_idx, oos_rows])) if len(oos_rows) else train_idx
     full = datasets.Dataset(labeled.table)
     if labeled.input_column != featurizer.input_column:
         raise DataError(
@@ -70,6 +75,8 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int) -> PreparedData:
     }
     if (labels == OUT_OF_SCOPE_ID).any():
         summary["out_of_scope_rows"] = int((labels == OUT_OF_SCOPE_ID).sum())
+        if train_with_oos:
+            summary["out_of_scope_train_rows"] = len(oos_rows)
     if labeled.input_column != "text":
         summary["rows_skipped_unreadable"] = labeled.bad_rows
     logger.info("data: %s", summary)

@@ -68,6 +68,15 @@ class EvalPredictions:
     metric_rows: np.ndarray
     head_logits: np.ndarray | None = None
     """The head's own logits when `logits` are kNN-fused (for the energy score); None: `logits`."""
+    predicted_logits: np.ndarray | None = None
+    """The logits the model predicts with when `logits` are the head's and the model fuses kNN votes (`evaluate`
+    reports the head, while the open-set rule judges the model's own prediction); None: `logits`."""
+
+    def open_set_inputs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(prediction logits, head logits or None) as the model's open-set rule sees them."""
+        if self.predicted_logits is None:
+            return self.logits, self.head_logits
+        return self.predicted_logits, self.head_logits if self.head_logits is not None else self.logits
 
     @classmethod
     def from_loop(cls, predictions, label_ids) -> EvalPredictions:
@@ -185,13 +194,14 @@ class MetricEvaluator:
         if reference is not None:
             ref_emb = reference[0].detach().float().cpu().numpy() if torch.is_tensor(reference[0]) else reference[0]
             ref = (np.asarray(ref_emb), np.asarray(reference[1]))
+        logits, head_logits = p.open_set_inputs()
         return evaluate_open_set(
-            p.logits[rows],
+            logits[rows],
             p.embeddings[rows] if p.embeddings is not None else None,
             p.labels[rows],
             self.open_set,
             ref,
-            p.head_logits[rows] if p.head_logits is not None else None,
+            head_logits[rows] if head_logits is not None else None,
         )
 
     def draw_open_set(self, p: EvalPredictions, scores: dict[str, np.ndarray], tag: str) -> dict[str, str]:
@@ -202,7 +212,7 @@ class MetricEvaluator:
         rows = p.classifier_rows | (p.labels == OUT_OF_SCOPE_ID)
         s = self.open_set
         point = (s.score, s.threshold) if s is not None and s.threshold is not None else None
-        fig = accuracy_recall_plot(scores, p.logits[rows], p.labels[rows], point)
+        fig = accuracy_recall_plot(scores, p.open_set_inputs()[0][rows], p.labels[rows], point)
         return {"open_set_curve": save_png(fig, os.path.join(self.plots.out_dir, f"open_set_curve_{tag}.png"))}
 
     def losses(self, p: EvalPredictions) -> dict[str, float]:

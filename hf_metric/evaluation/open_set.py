@@ -219,12 +219,18 @@ def evaluate_open_set(
     """(metrics, scores) of one labelled set: `oos_auroc_*`/`oos_fpr95_*` per score when it has out-of-scope
     rows, and the operating point of the settings' threshold when there is one (NaN entries left out)."""
     settings = settings or OpenSetSettings()
-    stats = settings.statistics
-    if stats is None or (stats.reference is None and stats.means is None):
+    stats = settings.statistics or OpenSetStatistics()
+    if stats.reference is None or stats.means is None:  # what the rule does not store is fitted on the reference
         fitted = OpenSetStatistics()
         if reference is not None and embeddings is not None and len(reference[1]) > 1:
             fitted = OpenSetStatistics.fit(reference[0], reference[1], np.asarray(logits).shape[1])
-        stats = OpenSetStatistics(fitted.reference, fitted.means, fitted.precision, stats and stats.fusion_stats)
+        stored = stats.means is not None
+        stats = OpenSetStatistics(
+            stats.reference if stats.reference is not None else fitted.reference,
+            stats.means if stored else fitted.means,
+            stats.precision if stored else fitted.precision,
+            stats.fusion_stats,
+        )
     else:
         stats = OpenSetStatistics(stats.reference, stats.means, stats.precision, stats.fusion_stats)
     scores = all_scores(logits, embeddings, stats, labels, head_logits, settings.energy_temperature)

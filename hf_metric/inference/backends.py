@@ -4,7 +4,8 @@
 into ONNX by `hf_metric.sharing.export`: the head's logits, the L2-normalised embedding, and, when the model
 stores kNN reference rows, the kNN vote's class probabilities and the fused log-probabilities
 ``log((1 - w) * softmax(head) + w * p_knn)`` (as `MetricClassifierModel` computes them, here with one dense
-top-k over the reference so that the graph exports).
+top-k over the reference so that the graph exports), and, when the model has an open-set rejection rule, its
+score (`open_set_graph.OpenSetGraphScore`; reject rows below `config.open_set_threshold`).
 """
 
 from __future__ import annotations
@@ -19,44 +20,55 @@ import numpy as np
 
 ONNX_FILE = "model.onnx"
 EXPORT_INFO_FILE = "hf_metric_export.json"
-OUTPUT_NAMES = ("logits", "embeddings", "head_logits", "knn_probabilities")
-"""ONNX outputs in order; a model without stored kNN rows has only the first three."""
+OPEN_SET_STATISTICS_FILE = "open_set_statistics.npz"
+"""In an export: the Mahalanobis class means and precision of the model's rejection rule (evaluate reads them)."""
+OUTPUT_NAMES = ("logits", "embeddings", "head_logits", "knn_probabilities", "open_set_scores")
+"""Every possible output; a model has the first three, `knn_probabilities` with stored kNN rows, and
+`open_set_scores` with an open-set rejection rule (the ONNX graph's output names)."""
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pixel_values", "input_values", "input_features")
 """What `InferenceModule` takes, in this order when given by position: text, then image, then audio inputs."""
 
 
 @dataclass
 class ModelOutputs:
-    """One batch's outputs as float32 numpy arrays (`knn_probabilities` None without stored kNN rows)."""
+    """One batch's outputs as float32 numpy arrays (`knn_probabilities` None without stored kNN rows,
+    `open_set_scores` None without a rejection rule)."""
 
     logits: np.ndarray
     embeddings: np.ndarray
     head_logits: np.ndarray
     knn_probabilities: np.ndarray | None = None
+    open_set_scores: np.ndarray | None = None
 
 
-def read_id2label(model_dir: str) -> dict[int, str]:
-    """Label names by id from a model (or export) folder's `config.json`, without loading the model."""
+def read_model_config(model_dir: str) -> dict[str, Any]:
+    """A model (or export) folder's `config.json` as a dict, without loading the model."""
     path = os.path.join(model_dir, "config.json")
     try:
         with open(path, encoding="utf-8") as fh:
-            config = json.load(fh)
+            return json.load(fh)
     except OSError:
         from ..errors import ConfigError
 
         raise ConfigError(f"{model_dir}: not a model folder (no config.json)") from None
-    return {int(i): str(name) for i, name in config["id2label"].items()}
+
+
+def read_id2label(model_dir: str) -> dict[int, str]:
+    """Label names by id from a model (or export) folder's `config.json`, without loading the model."""
+    return {int(i): str(name) for i, name in read_model_config(model_dir)["id2label"].items()}
 
 
 @contextmanager
 def _head_only(model: Any):
-    """Run the model's forward without its own kNN fusion (the caller fuses, in an exportable way)."""
-    weight = model.config.knn_fusion_weight
-    model.config.knn_fusion_weight = 0.0
+    """Run the model's forward without its own kNN fusion and open-set score (the caller computes both, in an
+    exportable way)."""
+    c = model.config
+    weight, threshold = c.knn_fusion_weight, c.open_set_threshold
+    c.knn_fusion_weight, c.open_set_threshold = 0.0, None
     try:
         yield
     finally:
-        model.config.knn_fusion_weight = weight
+        c.knn_fusion_weight, c.open_set_threshold = weight, threshold
 
 
 def inference_module(model: Any):
@@ -66,10 +78,11 @@ def inference_module(model: Any):
     from torch import nn
 
     from ..model.knn_fusion import fuse_probabilities
+    from .open_set_graph import OpenSetGraphScore
 
     class InferenceModule(nn.Module):
         """`(input_ids, attention_mask[, token_type_ids])` (or the pixel / audio inputs of an image or audio model)
-        -> `OUTPUT_NAMES` (see the module docstring)."""
+        -> the outputs named by `output_names` (see the module docstring)."""
 
         def __init__(self, model: Any) -> None:
             super().__init__()
@@ -77,9 +90,19 @@ def inference_module(model: Any):
             config = model.config
             self.fused = config.knn_fusion_weight > 0 and config.knn_reference_size > 0
             self.stored = config.knn_reference_size > 0
+            rejects = config.open_set_threshold is not None
+            self.open_set = OpenSetGraphScore(model) if rejects else None
+            self.output_names = [*OUTPUT_NAMES[: 4 if self.stored else 3], *(["open_set_scores"] if rejects else [])]
 
         def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
-            """The inputs by position in `INPUT_NAMES` order (as the ONNX export passes them) or by name."""
+            """The inputs by position in `INPUT_NAMES` order (as the ONNX export passes them) or by name; the
+            outputs named in `output_names`."""
+            outputs = self.outputs(*inputs, **named)
+            if self.open_set is None:
+                return outputs
+            return (*outputs, self.open_set(outputs[0], outputs[2], outputs[1]))
+
+        def outputs(self, *inputs: torch.Tensor, **named: torch.Tensor):
             if len(inputs) > len(INPUT_NAMES):
                 raise TypeError(f"at most {len(INPUT_NAMES)} inputs by position, got {len(inputs)}")
             given = {**dict(zip(INPUT_NAMES, inputs, strict=False)), **named}
@@ -137,6 +160,16 @@ class TorchBackend:
             )
         return scores.float().cpu().numpy()
 
+    def open_set_rule(self) -> tuple[float, str]:
+        """(threshold, out-of-scope label): rows whose open-set score is below the threshold get the label."""
+        return self.model.config.open_set_threshold, self.model.config.out_of_scope_label
+
+    def open_set_settings(self):
+        """The model's rejection rule and statistics for the evaluator (`OpenSetSettings`)."""
+        from ..evaluation.open_set import OpenSetSettings
+
+        return OpenSetSettings.from_model(self.model)
+
     @property
     def reference(self) -> tuple[Any, np.ndarray] | None:
         """The stored kNN rows (embeddings, label ids), or None."""
@@ -149,7 +182,9 @@ class TorchBackend:
         tensors = {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items() if k in INPUT_NAMES}
         with torch.inference_mode():
             outputs = self.module(**tensors)
-        return ModelOutputs(*(o.float().cpu().numpy() for o in outputs))
+        return ModelOutputs(
+            **{n: o.float().cpu().numpy() for n, o in zip(self.module.output_names, outputs, strict=True)}
+        )
 
 
 class OnnxBackend:
@@ -176,6 +211,44 @@ class OnnxBackend:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.id2label = read_id2label(export_dir)
         self.export_dir = export_dir
+        self.config = read_model_config(export_dir)
+
+    @property
+    def rejects(self) -> bool:
+        """Whether the exported model has an open-set rejection rule (its graph then outputs `open_set_scores`)."""
+        if self.config.get("open_set_threshold") is None:
+            return False
+        if "open_set_scores" not in self.output_names:
+            from ..errors import ConfigError
+
+            raise ConfigError(
+                f"{self.export_dir}: the model has an open-set rule but {ONNX_FILE} has no open_set_scores output "
+                "(exported by an older hf_metric); export it again"
+            )
+        return True
+
+    def open_set_scores(self, outputs: ModelOutputs) -> np.ndarray:
+        """The graph's open-set score of each row (reject where it is below `config.json`'s threshold)."""
+        return outputs.open_set_scores
+
+    def open_set_rule(self) -> tuple[float, str]:
+        """(threshold, out-of-scope label) from the export's `config.json`."""
+        return self.config["open_set_threshold"], self.config.get("out_of_scope_label", "oos")
+
+    def open_set_settings(self):
+        """The exported rule and its statistics (kNN rows, Mahalanobis fit) for the evaluator."""
+        from ..evaluation.open_set import OpenSetSettings, OpenSetStatistics
+
+        c, reference = self.config, self.reference
+        stats = OpenSetStatistics(
+            None if reference is None else reference[0], fusion_stats=c.get("open_set_fusion_stats")
+        )
+        path = os.path.join(self.export_dir, OPEN_SET_STATISTICS_FILE)
+        if os.path.isfile(path):
+            with np.load(path) as data:
+                stats.means, stats.precision = data["means"], data["precision"]
+        temperature = c.get("open_set_energy_temperature", 1.0)
+        return OpenSetSettings(c.get("open_set_score"), c.get("open_set_threshold"), stats, temperature)
 
     @property
     def reference(self) -> tuple[Any, np.ndarray] | None:
@@ -188,7 +261,7 @@ class OnnxBackend:
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> ModelOutputs:
         feed = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names}
-        return ModelOutputs(*self.session.run(self.output_names, feed))
+        return ModelOutputs(**dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True)))
 
 
 def load_backend(model_dir: str, backend: str = "torch", device: str = "cpu", threads: int | None = None):
@@ -211,7 +284,7 @@ def run_batches(backend: Any, featurizer: Any, values: list[Any], batch_size: in
     order = np.argsort([len(v) for v in values], kind="stable") if values and isinstance(values[0], str) else None
     ordered = [values[i] for i in order] if order is not None else list(values)
     parts = [backend(featurizer.encode(ordered[i : i + batch_size])) for i in range(0, len(ordered), batch_size)]
-    fields = ("logits", "embeddings", "head_logits", "knn_probabilities")
+    fields = OUTPUT_NAMES
     joined = {f: [getattr(p, f) for p in parts] for f in fields}
     out = {f: np.concatenate(v) if v and v[0] is not None else None for f, v in joined.items()}
     if order is not None:

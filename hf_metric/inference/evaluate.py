@@ -4,6 +4,13 @@ The file's labels are encoded through the MODEL's `id2label` (by name), so a tes
 classes, in any order, keeps the model's ids; a label the model does not know is a one-line `DataError` listing
 them. Retrieval metrics (Recall@K, kNN accuracy/F1) search the training rows stored in the model for kNN
 fusion, when it has them. The head alone and the kNN-fused classifier are reported side by side.
+
+Rows labelled with the model's out-of-scope label (`out_of_scope_label` in its config, e.g. "oos"; or the one
+given to `read_test_file`) count as out of scope: they are left out of every class metric and give the open-set
+metrics the evaluator reports in training (`oos_auroc_<score>`, `oos_fpr95_<score>` for every score; with the
+model's calibrated rule also `in_scope_accuracy` (a rejected in-scope row counts wrong), `in_scope_recall`,
+`oos_recall`, `oos_precision`, `open_set_accuracy`), plus the accuracy / OOS-recall curve. Any other unknown label
+is still an error.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from ..evaluation.evaluator import EvalPredictions, MetricEvaluator, PlotSetting
 from ..evaluation.metrics import classification_metrics, per_class_f1, top_k_accuracy
 from ..evaluation.report import PLOT_CAPTIONS
 from ..evaluation.tables import metrics_markdown_table
+from ..model.open_set_scores import OUT_OF_SCOPE_ID
 from .backends import run_batches
 
 TOP_KS = (1, 3, 5)
@@ -43,9 +51,12 @@ def _class_metrics(logits: np.ndarray, labels: np.ndarray, counts: Mapping[int, 
     return out
 
 
-def read_test_file(path: str, id2label: Mapping[int, str]) -> LabeledTable:
-    """A labelled file encoded with the model's label ids (by name); unknown labels are a `DataError`."""
-    return read_labeled_parquet(path, {name: i for i, name in id2label.items()})
+def read_test_file(path: str, id2label: Mapping[int, str], out_of_scope_label: str | None = None) -> LabeledTable:
+    """A labelled file encoded with the model's label ids (by name); rows labelled `out_of_scope_label` (unless
+    that is one of the model's classes) get the out-of-scope id -1; other unknown labels are a `DataError`."""
+    label2id = {name: i for i, name in id2label.items()}
+    oos = out_of_scope_label if out_of_scope_label not in label2id else None
+    return read_labeled_parquet(path, label2id, out_of_scope_label=oos)
 
 
 def evaluate_file(
@@ -65,16 +76,20 @@ def evaluate_file(
     column = input_column_of(path, labeled.table.column_names)
     outputs = run_batches(backend, featurizer, labeled.table.column(column).to_pylist(), batch_size)
     labels = np.array(labeled.labels)
+    oos = labels == OUT_OF_SCOPE_ID
     reference = backend.reference
-    counts = _training_counts(reference, labels, len(id2label))
+    counts = _training_counts(reference, labels[~oos], len(id2label))
+    fused = not np.array_equal(outputs.logits, outputs.head_logits)
     predictions = EvalPredictions(
         logits=outputs.head_logits,
         embeddings=outputs.embeddings,
         labels=labels,
         classifier_rows=labeled.table.column("classifier_mask").to_numpy().astype(bool),
         metric_rows=labeled.table.column("metric_mask").to_numpy().astype(bool),
+        predicted_logits=outputs.logits if fused else None,
     )
-    ce = predictions.classifier_rows
+    ce = predictions.classifier_rows & ~oos
+    open_set = backend.open_set_settings() if getattr(backend, "open_set_settings", None) else None
 
     def run(folder: str | None) -> dict[str, Any]:
         evaluator = MetricEvaluator(
@@ -83,6 +98,7 @@ def evaluate_file(
             plots=PlotSettings(os.path.join(folder, "plots"), embedding_map) if folder and plots else None,
             class_names=id2label,
             class_counts=counts,
+            open_set=open_set,
         )
         ref = None if reference is None else (_tensor(reference[0]), np.asarray(reference[1]))
         result = evaluator(predictions, ref, plot_tag="test")
@@ -91,9 +107,13 @@ def evaluate_file(
         if outputs.knn_probabilities is not None:
             knn = np.log(np.clip(outputs.knn_probabilities[ce], 1e-12, None))
             metrics.update(_class_metrics(knn, labels[ce], counts, "knn_vote_"))
-        if not np.array_equal(outputs.logits, outputs.head_logits):
+        if fused:
             metrics.update(_class_metrics(outputs.logits[ce], labels[ce], counts, "fused_"))
-        metrics.update(rows=len(labels), classifier_rows=int(ce.sum()), metric_rows=int(predictions.metric_rows.sum()))
+        metrics.update(
+            rows=len(labels), classifier_rows=int(ce.sum()), metric_rows=int((predictions.metric_rows & ~oos).sum())
+        )
+        if oos.any():
+            metrics["out_of_scope_rows"] = int(oos.sum())
         summary = {"metrics": metrics, "per_class": _per_class(outputs, labels[ce], ce, id2label)}
         if folder:
             write_json_atomic(os.path.join(folder, "metrics.json"), summary)

@@ -137,8 +137,6 @@ def predict_file(
     """Write `out` (Parquet): every column of `path` plus `PREDICTION_COLUMNS`, row order kept; returns rows."""
     settings = settings or StreamSettings()
     rejects = getattr(backend, "rejects", False)
-    if getattr(backend, "name", "") == "onnx" and _threshold_of(backend) is not None:
-        raise DataError(f"--model: open-set rejection needs the torch backend (drop --backend onnx for {path})")
     added = PREDICTION_COLUMNS + (OPEN_SET_COLUMNS if rejects else ())
     _check_no_clash(path, _open(path).schema_arrow.names, added)
     names = np.asarray([backend.id2label[i] for i in range(len(backend.id2label))], dtype=object)
@@ -147,25 +145,10 @@ def predict_file(
         out = prediction_columns(outputs, names, top_k)
         if not rejects:
             return out
-        config = backend.model.config
-        return open_set_columns(
-            out, backend.open_set_scores(outputs), config.open_set_threshold, config.out_of_scope_label
-        )
+        return open_set_columns(out, backend.open_set_scores(outputs), *backend.open_set_rule())
 
     with atomic_path(out) as tmp:
         return _write_parquet(path, tmp, _stream(path, backend, featurizer, settings), columns)
-
-
-def _threshold_of(backend: Any) -> float | None:
-    """The open-set threshold an exported folder carries in its config.json (None: no rejection)."""
-    import json
-    import os
-
-    config = os.path.join(getattr(backend, "export_dir", ""), "config.json")
-    if not os.path.isfile(config):
-        return None
-    with open(config, encoding="utf-8") as fh:
-        return json.load(fh).get("open_set_threshold")
 
 
 def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: StreamSettings | None = None) -> int:

@@ -43,6 +43,9 @@ class MetricClassifierConfig(PreTrainedConfig):
         gem_p: exponent of `gem` pooling.
         modality: `text`, `image` or `audio` (the input column the model was trained on; the model card and
             the pipelines read it).
+        out_of_scope_negatives, outlier_exposure_weight: training with known out-of-scope rows (label id -1): they
+            are negatives of every class in the metric loss, and get a uniform-target CE term of this weight
+            (`objective.py`); off by default.
     """
 
     model_type = "hf_metric_classifier"
@@ -77,6 +80,8 @@ class MetricClassifierConfig(PreTrainedConfig):
     same_group_pair_margin: float = 0.0
     gem_p: float = 3.0
     modality: str = "text"
+    out_of_scope_negatives: bool = False
+    outlier_exposure_weight: float = 0.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

@@ -260,8 +260,16 @@ def _run_workers(work: Callable[[Callable[[], tuple[int, int] | None]], None], s
     if workers == 1:
         work(next_span)
         return
+    inference = torch.is_inference_mode_enabled()
+
+    def in_callers_mode(take: Callable[[], tuple[int, int] | None]) -> None:
+        # grad and inference modes are per thread: a worker writing into the caller's inference-mode result
+        # tensors must be in inference mode too
+        with torch.inference_mode(inference), torch.no_grad():
+            work(take)
+
     with ThreadPoolExecutor(workers - 1, thread_name_prefix="hf_metric-knn") as pool:
-        others = [pool.submit(work, next_span) for _ in range(workers - 1)]
+        others = [pool.submit(in_callers_mode, next_span) for _ in range(workers - 1)]
         work(next_span)  # this thread is a worker too: one thread fewer to start and to give memory to
         for future in others:
             future.result()

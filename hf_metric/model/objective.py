@@ -2,6 +2,15 @@
 
     total = w_cls * classification(rows with label >= 0 and classifier_mask = 1)      (logged as `ce_loss`)
           + w_metric * metric(anchors with label >= 0 and metric_mask = 1)           (logged as `<name>_loss`)
+          + w_oe * outlier exposure(out-of-scope rows, label -1)                      (logged as `oe_loss`)
+
+Known out-of-scope rows (`out_of_scope_negatives=True`, the `open_set.train_with_oos` switch; label id -1) are
+never a class: CE and the anchors skip them, they enter the metric loss only as candidates under a label no
+class has (`NEGATIVE_ONLY`), so they are negatives of every anchor and never positives (not even of each other),
+and with `outlier_exposure_weight > 0` their softmax is pulled towards the uniform distribution (Hendrycks et al.
+2019, "Deep Anomaly Detection with Outlier Exposure"): the mean over those rows of
+CE(uniform, softmax(z)) = logsumexp(z) - mean_c z_c. Both off (the default), the objective is the one above
+without the last term, computed exactly as before.
 
 The model's forward (batch means), the trainer's `compute_loss` (normalised over a gradient-accumulation window
 and over processes, by passing `denominators`) and validation (`dataset_losses`, the whole set at once) all call
@@ -18,28 +27,56 @@ import torch
 from torch import nn
 
 from .losses import Candidates, build_classification_loss, build_metric_loss, masked_mean
-from .precision import float32_math
+from .open_set_scores import OUT_OF_SCOPE_ID
+from .precision import compute_dtype, float32_math
 
 ArrayLike = torch.Tensor | np.ndarray
 """What validation hands `dataset_losses`: tensors or numpy arrays."""
 
 CLASSIFICATION_PART = "ce_loss"
 """Logged name of the classification part (whatever the classification loss type)."""
+OUTLIER_EXPOSURE_PART = "oe_loss"
+"""Logged name of the outlier-exposure part (only when its weight is > 0)."""
+NEGATIVE_ONLY = torch.iinfo(torch.int64).max
+"""The candidate label known out-of-scope rows get in the metric loss: >= 0 (so a candidate), and no anchor's."""
 
 
 @dataclass
 class ObjectiveOutput:
-    """`loss` = w_cls * `classification` + w_metric * `metric`; the parts are unweighted."""
+    """`loss` = w_cls * `classification` + w_metric * `metric` (+ w_oe * `outlier_exposure`); parts unweighted."""
 
     loss: torch.Tensor
     classification: torch.Tensor
     metric: torch.Tensor
+    outlier_exposure: torch.Tensor | None = None
+
+    def parts(self) -> list[torch.Tensor]:
+        """The parts in the order of `TrainingObjective.part_names`."""
+        extra = [] if self.outlier_exposure is None else [self.outlier_exposure]
+        return [self.classification, self.metric, *extra]
 
 
 def rows_in(labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Rows a loss part may use: a real label (>= 0, not the ignore index -100) and mask != 0."""
     keep = labels >= 0
     return keep & mask.bool() if mask is not None else keep
+
+
+def outlier_rows(labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Known out-of-scope rows (label id -1) with mask != 0."""
+    keep = labels == OUT_OF_SCOPE_ID
+    return keep & mask.bool() if mask is not None else keep
+
+
+def negatives_only(labels: torch.Tensor) -> torch.Tensor:
+    """Candidate labels with the out-of-scope rows turned into `NEGATIVE_ONLY` (a label no anchor has)."""
+    return torch.where(labels == OUT_OF_SCOPE_ID, torch.full_like(labels, NEGATIVE_ONLY), labels)
+
+
+def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy between the uniform distribution and softmax(logits): logsumexp(z) - mean_c z_c."""
+    z = logits.to(compute_dtype(logits))
+    return torch.logsumexp(z, dim=-1) - z.mean(dim=-1)
 
 
 class TrainingObjective(nn.Module):
@@ -53,15 +90,19 @@ class TrainingObjective(nn.Module):
         classification_weight: float = 1.0,
         metric_weight: float = 1.0,
         metric_name: str = "supcon",
+        out_of_scope_negatives: bool = False,
+        outlier_exposure_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if classification_weight < 0 or metric_weight < 0:
+        if classification_weight < 0 or metric_weight < 0 or outlier_exposure_weight < 0:
             raise ValueError("loss weights must be >= 0")
         self.classification = classification
         self.metric = metric
         self.classification_weight = float(classification_weight)
         self.metric_weight = float(metric_weight)
         self.metric_part = f"{metric_name}_loss"
+        self.out_of_scope_negatives = bool(out_of_scope_negatives)
+        self.outlier_exposure_weight = float(outlier_exposure_weight)
 
     @classmethod
     def from_config(cls, config) -> TrainingObjective:
@@ -72,12 +113,16 @@ class TrainingObjective(nn.Module):
             config.classification_loss_weight,
             config.metric_loss_weight,
             config.metric_loss,
+            getattr(config, "out_of_scope_negatives", False),
+            getattr(config, "outlier_exposure_weight", 0.0),
         )
 
     @property
-    def part_names(self) -> tuple[str, str]:
-        """Logged names of the two parts: `ce_loss` and `<metric loss>_loss` (e.g. `supcon_loss`)."""
-        return CLASSIFICATION_PART, self.metric_part
+    def part_names(self) -> tuple[str, ...]:
+        """Logged names of the parts: `ce_loss` and `<metric loss>_loss` (e.g. `supcon_loss`), then `oe_loss` when
+        outlier exposure is on."""
+        extra = (OUTLIER_EXPOSURE_PART,) if self.outlier_exposure_weight > 0 else ()
+        return CLASSIFICATION_PART, self.metric_part, *extra
 
     def combine(self, classification: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
         return self.classification_weight * classification + self.metric_weight * metric
@@ -86,12 +131,28 @@ class TrainingObjective(nn.Module):
         """Rows the classification part averages over."""
         return rows_in(labels, classifier_mask).sum()
 
+    def row_counts(self, labels: torch.Tensor, classifier_mask: torch.Tensor | None) -> torch.Tensor:
+        """float32 `[classification rows, outlier-exposure rows]` (the second 0 when outlier exposure is off)."""
+        ce_rows = rows_in(labels, classifier_mask).sum()
+        outliers = outlier_rows(labels, classifier_mask).sum() if self.outlier_exposure_weight > 0 else 0 * ce_rows
+        return torch.stack([ce_rows, outliers]).float()
+
+    def candidate_rows(self, labels: torch.Tensor, metric_mask: torch.Tensor | None) -> torch.Tensor:
+        """Rows the metric loss compares anchors with: the anchors' rows, plus the known out-of-scope rows when they
+        are negatives (`out_of_scope_negatives`)."""
+        keep = rows_in(labels, metric_mask)
+        return keep | outlier_rows(labels, metric_mask) if self.out_of_scope_negatives else keep
+
     def metric_count(
         self, labels: torch.Tensor, metric_mask: torch.Tensor | None, memory_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Anchors the metric part averages over (the loss's own `num_anchors` on the rows in the loss; with a
         memory of past embeddings, an anchor may find its pairs there too)."""
         keep = rows_in(labels, metric_mask).to(torch.int64)
+        if self.out_of_scope_negatives:  # the batch's out-of-scope rows: extra candidates, never anchors
+            negatives = labels[outlier_rows(labels, metric_mask)]
+            extra = negatives if memory_labels is None else torch.cat([memory_labels.to(labels.device), negatives])
+            memory_labels = negatives_only(extra)
         if memory_labels is None:
             return self.metric.num_anchors(labels, keep)
         return self.metric.num_anchors(labels, keep, memory_labels)
@@ -104,13 +165,14 @@ class TrainingObjective(nn.Module):
         labels: torch.Tensor,
         classifier_mask: torch.Tensor | None = None,
         metric_mask: torch.Tensor | None = None,
-        denominators: tuple[torch.Tensor, torch.Tensor] | None = None,
+        denominators: tuple[torch.Tensor, ...] | None = None,
         candidates: Candidates | None = None,
         self_index: torch.Tensor | None = None,
         memory: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> ObjectiveOutput:
         """The loss of one batch. Each part is its sum over this batch's valid rows divided by `denominators`
-        (classification rows, metric anchors), by default this batch's own counts (a plain batch mean).
+        (classification rows, metric anchors, and out-of-scope rows with outlier exposure), by default this
+        batch's own counts (a plain batch mean).
         `candidates`/`self_index`: compare this batch's anchors with more rows (e.g. from every process).
         `memory`: detached `(embeddings, labels)` of past batches, extra candidates (positives and negatives) for
         the metric loss, as in cross-batch memory (XBM, Wang et al. 2020); never anchors, no gradient."""
@@ -120,14 +182,22 @@ class TrainingObjective(nn.Module):
             rows, valid = self.classification_rows(logits, labels, classifier_mask)
             classification = _part(rows, valid, None if denominators is None else denominators[0])
         if self.metric_weight > 0:
+            if (memory is not None or self.out_of_scope_negatives) and candidates is None:
+                own = self.candidate_rows(labels, metric_mask).to(torch.int64)
+                candidates, self_index = (embeddings, labels, own), torch.arange(len(labels), device=labels.device)
             if memory is not None:
-                if candidates is None:
-                    candidates = (embeddings, labels, metric_mask)
-                    self_index = torch.arange(len(labels), device=labels.device)
                 candidates = _with_memory(candidates, memory)
+            if candidates is not None and self.out_of_scope_negatives:
+                cand_emb, cand_labels, cand_mask = candidates
+                candidates = (cand_emb, negatives_only(cand_labels), cand_mask)
             rows, valid = self.metric_rows(embeddings, labels, metric_mask, candidates, self_index)
             metric = _part(rows, valid, None if denominators is None else denominators[1])
-        return ObjectiveOutput(self.combine(classification, metric), classification, metric)
+        if self.outlier_exposure_weight == 0:
+            return ObjectiveOutput(self.combine(classification, metric), classification, metric)
+        outliers = outlier_rows(labels, classifier_mask)
+        exposure = _part(uniform_cross_entropy(logits), outliers, None if denominators is None else denominators[2])
+        total = self.combine(classification, metric) + self.outlier_exposure_weight * exposure
+        return ObjectiveOutput(total, classification, metric, exposure)
 
     def classification_rows(
         self, logits: torch.Tensor, labels: torch.Tensor, classifier_mask: torch.Tensor | None
@@ -169,6 +239,8 @@ class TrainingObjective(nn.Module):
         )
         classification = masked_mean(*self.classification_rows(logits, labels, classifier_mask)).item()
         everyone = (emb, labels, metric_mask)
+        if self.out_of_scope_negatives:
+            everyone = (emb, negatives_only(labels), self.candidate_rows(labels, metric_mask).to(torch.int64))
         total, count = torch.zeros((), dtype=torch.float64), 0
         for start in range(0, len(emb), chunk_size):
             chunk = slice(start, start + chunk_size)

@@ -5,6 +5,11 @@ stored kNN rows, the kNN vote and the fused prediction), so onnxruntime serves e
 backend computes. optimum is not used: optimum-onnx pins transformers < 4.58. The export folder holds
 `model.onnx`, the model's `config.json` (labels), its tokenizer, the stored kNN rows (`knn_reference.npz`) for
 retrieval metrics, and `hf_metric_export.json` with the parity numbers.
+
+A model with an open-set rejection rule gets one more output, `open_set_scores` (its calibrated score, any of
+`open_set_graph.EXPORTABLE_SCORES`), and `hf_metric_export.json` states the rule: a row is out of scope when
+``open_set_scores < threshold`` (the threshold is also `config.json`'s `open_set_threshold`); it is then answered
+with `out_of_scope_label`. The Mahalanobis statistics are saved too (`open_set_statistics.npz`) for `evaluate`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ import numpy as np
 
 from ..atomic import atomic_directory, write_json_atomic
 from ..errors import HfMetricUserError
-from ..inference.backends import EXPORT_INFO_FILE, ONNX_FILE, OUTPUT_NAMES, OnnxBackend, TorchBackend
+from ..inference.backends import (
+    EXPORT_INFO_FILE,
+    ONNX_FILE,
+    OPEN_SET_STATISTICS_FILE,
+    OUTPUT_NAMES,
+    OnnxBackend,
+    TorchBackend,
+)
 
 PARITY_TOLERANCE = 1e-4
 SAMPLE_TEXTS = (
@@ -45,9 +57,7 @@ def export_onnx(
     texts = list(sample_texts or SAMPLE_TEXTS)
     dummy = featurizer.encode(texts[:2], return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in dummy]
-    with torch.no_grad():
-        n_outputs = len(module(**dummy))
-    outputs = list(OUTPUT_NAMES[:n_outputs])
+    outputs = list(module.output_names)
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic.update({name: {0: "batch"} for name in outputs})
     with atomic_directory(out_dir) as tmp:
@@ -66,22 +76,40 @@ def export_onnx(
         if torch_backend.reference is not None:
             emb, labels = torch_backend.reference
             np.savez(os.path.join(tmp, "knn_reference.npz"), embeddings=emb.numpy(), labels=labels)
+        config = torch_backend.model.config
+        if config.open_set_threshold is not None and config.open_set_mahalanobis:
+            model = torch_backend.model
+            means, precision = (
+                t.detach().float().cpu().numpy() for t in (model.open_set_means, model.open_set_precision)
+            )
+            np.savez(os.path.join(tmp, OPEN_SET_STATISTICS_FILE), means=means, precision=precision)
         parity = parity_check(torch_backend, OnnxBackend(tmp), featurizer, texts)
         worst = max(parity.values())
         if worst > PARITY_TOLERANCE:
             raise ExportParityError(
                 f"{model_dir}: ONNX outputs differ from PyTorch by {worst:.2e} > {PARITY_TOLERANCE} ({parity})"
             )
-        write_json_atomic(
-            os.path.join(tmp, EXPORT_INFO_FILE),
-            {"format": "onnx", "opset": opset, "outputs": outputs, "parity_max_abs_diff": parity},
-        )
+        info = {"format": "onnx", "opset": opset, "outputs": outputs, "parity_max_abs_diff": parity}
+        if config.open_set_threshold is not None:
+            info["open_set"] = open_set_rule(config)
+        write_json_atomic(os.path.join(tmp, EXPORT_INFO_FILE), info)
     return parity
+
+
+def open_set_rule(config: Any) -> dict[str, Any]:
+    """The rejection rule an ONNX user applies to the `open_set_scores` output."""
+    return {
+        "score": config.open_set_score,
+        "threshold": config.open_set_threshold,
+        "rule": "out of scope when open_set_scores < threshold (float32)",
+        "out_of_scope_label": config.out_of_scope_label,
+    }
 
 
 def parity_check(torch_backend: Any, onnx_backend: Any, featurizer: Any, texts: list[str]) -> dict[str, float]:
     """Max absolute difference per output between the two backends, over batches of 1 and of all `texts`
-    (different batch sizes and sequence lengths than the traced example)."""
+    (different batch sizes and sequence lengths than the traced example); for `open_set_scores` relative to the
+    largest score when that exceeds 1."""
     worst: dict[str, float] = {}
     for batch in ([texts[0]], texts):
         inputs = featurizer.encode(batch)
@@ -89,5 +117,7 @@ def parity_check(torch_backend: Any, onnx_backend: Any, featurizer: Any, texts: 
         for name in OUTPUT_NAMES:
             x, y = getattr(a, name), getattr(b, name)
             if x is not None:
-                worst[name] = max(worst.get(name, 0.0), float(np.abs(x - y).max()))
+                # open-set scores (a Mahalanobis distance may be in the thousands): relative beyond magnitude 1
+                scale = max(1.0, float(np.abs(x).max())) if name == "open_set_scores" else 1.0
+                worst[name] = max(worst.get(name, 0.0), float(np.abs(x - y).max()) / scale)
     return worst

@@ -113,7 +113,19 @@ def _objective(cfg: TrainConfig) -> str:
         f"- metric loss: `{metric.type}` ({settings(metric.options)}) on the L2-normalized embeddings of rows with "
         f"`metric_mask = 1`\n"
         f"- encoder `{cfg.model_name}`, `{cfg.model.pooling}` pooling, projection "
-        f"{cfg.model.projection_dim or 'none'}"
+        f"{cfg.model.projection_dim or 'none'}" + _oos_training(cfg)
+    )
+
+
+def _oos_training(cfg: TrainConfig) -> str:
+    """The objective's line on known out-of-scope training rows (`open_set.train_with_oos`), or nothing."""
+    if not cfg.open_set.train_with_oos:
+        return ""
+    weight = cfg.open_set.outlier_exposure_weight
+    exposure = f"; outlier exposure: `+ {weight} * CE(uniform, softmax)` on them" if weight > 0 else ""
+    return (
+        f"\n- known out-of-scope rows (`{cfg.data.out_of_scope_label}`) trained as negatives of every class in the "
+        f"metric loss (never a class){exposure}"
     )
 
 
@@ -169,6 +181,26 @@ def _prediction_section(cfg: TrainConfig, rows: int, config: Mapping[str, Any]) 
             "`classifier_logits`. `embeddings` are the L2-normalised metric embeddings."
         )
     return f"`logits` come from {head} alone (no kNN fusion). `embeddings` are the L2-normalised metric embeddings."
+
+
+def _open_set_line(cfg: TrainConfig, config: Mapping[str, Any], metrics: Mapping[str, object]) -> str:
+    """The stored rejection rule in one line (empty without one): score, threshold, label, and what it scored on
+    the validation split."""
+    threshold = config.get("open_set_threshold")
+    if threshold is None:
+        return ""
+    label, score = config.get("out_of_scope_label", "oos"), config.get("open_set_score")
+    measured = [
+        f"{name.replace('_', ' ')} {float(metrics[f'eval_open_set_{name}']):.4f}"
+        for name in ("in_scope_accuracy", "oos_recall", "oos_precision")
+        if f"eval_open_set_{name}" in metrics
+    ]
+    on_validation = f"; on the validation split: {', '.join(measured)}" if measured else ""
+    return (
+        f"\n\n**Out-of-scope rejection:** a row whose calibrated `{score}` score (higher = in-scope) is below "
+        f"**{threshold:.6g}** is answered with `{label}` (pipelines, `predict`'s `is_out_of_scope`; threshold chosen "
+        f"on the validation split, criterion `{cfg.open_set.criterion}`{on_validation})."
+    )
 
 
 def _stored_data_section(rows: int) -> str:
@@ -237,7 +269,7 @@ embedding (`embeddings`) for kNN search.{_from_scratch_note(cfg)}
 
 ## How predictions are made
 
-{_prediction_section(cfg, rows, saved_config)}
+{_prediction_section(cfg, rows, saved_config)}{_open_set_line(cfg, saved_config, metrics)}
 
 ## Labels
 

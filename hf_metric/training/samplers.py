@@ -93,3 +93,36 @@ class ClassBalancedBatchSampler(Sampler[int]):
             while len(batch) < self.p:
                 batch.append(self._fresh_group(rng, exclude))
             yield from (int(i) for i in np.concatenate(batch))
+
+
+def sampling_labels(labels: Sequence[int], out_of_scope_id: int = -1) -> np.ndarray:
+    """Labels for the P x K samplers only: known out-of-scope rows (`open_set.train_with_oos`) are dealt, in a
+    seeded order, into pseudo-classes -1, -2, ... of about the median in-scope class size each.
+
+    As one class, a large out-of-scope set would fill at most one K-row slot per batch and stretch the epoch until
+    all its rows were placed; as several class-sized pseudo-classes, a batch holds out-of-scope rows in about
+    their share of the data (as extra negatives for the metric loss), every row still appears once per epoch, and
+    the epoch length follows the row count. The loss still sees label -1 for all of them.
+    """
+    labels = np.asarray(labels)
+    oos = np.flatnonzero(labels == out_of_scope_id)
+    if not len(oos):
+        return labels
+    _, counts = np.unique(labels[labels >= 0], return_counts=True)
+    size = max(1, int(np.median(counts))) if len(counts) else len(oos)
+    pieces = math.ceil(len(oos) / size)
+    out = labels.copy()
+    out[np.random.default_rng(0).permutation(oos)] = -1 - (np.arange(len(oos)) % pieces)
+    return out
+
+
+def train_sampler(
+    labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int, num_replicas: int, group_sampling=None
+) -> Sampler[int]:
+    """The training sampler: group-aware P x K batches with `group_sampling` (`group_sampler.GroupSampling`), else
+    P x K batches; known out-of-scope rows are spread over pseudo-classes (`sampling_labels`); under group-aware
+    sampling each pseudo-class is a group of its own."""
+    labels = sampling_labels(labels)
+    if group_sampling is not None:
+        return group_sampling.sampler(labels, batch_size, samples_per_class, seed, num_replicas)
+    return ClassBalancedBatchSampler(labels, batch_size, samples_per_class, seed=seed)

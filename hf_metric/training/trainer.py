@@ -33,7 +33,6 @@ from transformers.trainer_utils import EvalLoopOutput
 
 from ..data.prepare import labels_of
 from ..evaluation.evaluator import EvalPredictions, MetricEvaluator
-from ..model.objective import rows_in
 from .bank import EmbeddingBank
 from .checkpoints import AtomicCheckpointsMixin
 from .collapse import CollapseWatch
@@ -41,7 +40,7 @@ from .distributed import CROSS_PROCESS_MODES, cross_process_candidates, gather_r
 from .group_sampler import GroupSampling
 from .guard import NonFiniteGuardMixin
 from .optim import parameter_groups
-from .samplers import ClassBalancedBatchSampler
+from .samplers import train_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +55,8 @@ class WindowCounts:
     metric_anchors: torch.Tensor
     memory: tuple[torch.Tensor, torch.Tensor] | None = None
     """`training.bank_negatives`: the bank's newest rows when the window began, extra metric-loss candidates."""
+    oos_rows: torch.Tensor | None = None
+    """Known out-of-scope rows of the outlier-exposure part (`open_set.outlier_exposure_weight`)."""
 
 
 class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Trainer):
@@ -114,7 +115,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         self.latest_plots: dict[str, str] = {}  # name -> PNG path of the latest evaluation's pictures
         self.latest_group_analysis = None  # the latest `eval` error analysis by group (report.md)
         self._pending_images: dict[str, str] = {}
-        self._part_sums: torch.Tensor | None = None  # (classification, metric) window means summed since the last log
+        self._part_sums: torch.Tensor | None = None  # the loss parts' window means summed since the last log
         self._part_steps = 0
         self._training_done = False
 
@@ -127,15 +128,14 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         if self.samples_per_class is None:
             return super()._get_train_sampler(dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        if self.group_sampling is not None:
-            batch, k, world = self._train_batch_size, self.samples_per_class, self.accelerator.num_processes
-            return self.group_sampling.sampler(labels_of(dataset), batch, k, seed, world)
-        return ClassBalancedBatchSampler(labels_of(dataset), self._train_batch_size, self.samples_per_class, seed=seed)
+        batch, k, world = self._train_batch_size, self.samples_per_class, self.accelerator.num_processes
+        return train_sampler(labels_of(dataset), batch, k, seed, world, self.group_sampling)
 
     def _global_rows(self, inputs: dict[str, torch.Tensor], mask_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labels and 0/1 mask of one micro-batch on every process, each padded to the largest (padding masked)."""
+        """Labels and 0/1 mask (the metric loss's candidates) of one micro-batch on every process, each padded to the
+        largest (padding masked)."""
         labels, mask = inputs["labels"], inputs.get(mask_name)
-        mask = rows_in(labels, mask).to(torch.int64)
+        mask = self.objective.candidate_rows(labels, mask).to(torch.int64)
         if self.accelerator.num_processes == 1:
             return labels, mask
         return gather_rows(labels, pad_value=-1), gather_rows(mask, pad_value=0)
@@ -146,17 +146,16 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
             return batch_samples, None
         self._part_steps += 1
         objective = self.objective
-        ce_rows = sum(objective.classification_count(b["labels"], b.get("classifier_mask")) for b in batch_samples)
-        ce_rows = torch.as_tensor(ce_rows, device=device).float()
+        counts = sum(objective.row_counts(b["labels"], b.get("classifier_mask")) for b in batch_samples).to(device)
         if self.accelerator.num_processes > 1:
-            ce_rows = self.accelerator.reduce(ce_rows, reduction="sum")
+            counts = self.accelerator.reduce(counts, reduction="sum")
         # Anchors are counted on the global micro-batch: under several processes an anchor's positives may sit on
         # another process, and the metric loss sees them (`distributed.cross_process_candidates`).
         memory = self._memory()
         memory_labels = memory[1] if memory is not None else None
         rows = [self._global_rows(b, "metric_mask") for b in batch_samples]
         anchors = sum(objective.metric_count(labels, mask, memory_labels).float() for labels, mask in rows)
-        return batch_samples, WindowCounts(ce_rows, torch.as_tensor(anchors, device=device), memory)
+        return batch_samples, WindowCounts(counts[0], torch.as_tensor(anchors, device=device), memory, counts[1])
 
     def _memory(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The cross-batch memory for this step: the bank's newest rows, once `bank_negatives`' first step has
@@ -188,12 +187,12 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         labels, ce_mask, metric_mask = inputs["labels"], inputs.get("classifier_mask"), inputs.get("metric_mask")
         candidates = self_index = None
         if self.accelerator.num_processes > 1 and self.objective.metric_weight > 0:
-            keep = rows_in(labels, metric_mask)
+            keep = self.objective.candidate_rows(labels, metric_mask)
             candidates, self_index = cross_process_candidates(
                 outputs.embeddings, labels, keep, self.distributed_metric_loss
             )
         scale = float(self.accelerator.num_processes)  # DDP averages gradients over processes
-        denominators = (window.ce_rows / scale, window.metric_anchors / scale)
+        denominators = (window.ce_rows / scale, window.metric_anchors / scale, window.oos_rows / scale)
         parts = self.objective(
             outputs.logits,
             outputs.embeddings,
@@ -206,7 +205,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
             window.memory,
         )
         # this process's share of each window mean; the shares of all processes add up to it
-        shares = torch.stack([parts.classification.detach().float(), parts.metric.detach().float()]) / scale
+        shares = torch.stack([part.detach().float() for part in parts.parts()]) / scale
         self._part_sums = shares if self._part_sums is None else self._part_sums + shares
         self._add_to_bank(outputs.embeddings, inputs)
         self.collapse_watch.watch_batch(self.state.global_step, outputs.logits, labels, ce_mask)
@@ -218,7 +217,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         embeddings = embeddings.detach().float()
         if self.accelerator.num_processes > 1:  # padded like the labels; the mask drops the padding
             embeddings = gather_rows(embeddings)
-        keep = keep.bool()
+        keep = keep.bool() & (labels >= 0)  # known out-of-scope rows are no class of the retrieval reference
         self.bank.add(self.state.global_step, embeddings[keep], labels[keep])
 
     # ---- logging and evaluation -----------------------------------------------------------------------
