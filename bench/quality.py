@@ -268,7 +268,8 @@ def train_variant(
     raw = yaml.safe_load(Path(config).read_text())
     raw = deep_update(raw, overrides)
     raw["data"]["parquet_path"] = str(split["parquet"])
-    raw["data"]["val_ratio"] = split.get("val_ratio", raw["data"]["val_ratio"])
+    if "val_ratio" in split:
+        raw["data"]["val_ratio"] = split["val_ratio"]
     raw["training"]["seed"] = seed
     if epochs is not None:
         raw["training"]["num_epochs"] = epochs
