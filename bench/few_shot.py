@@ -205,12 +205,13 @@ def write_docs(results: Path, docs: Path) -> None:
     for dataset in dict.fromkeys(r["dataset"] for r in tests):
         mine = [r for r in tests if r["dataset"] == dataset]
         run = [r for r in mine if r["run_id"] == mine[-1]["run_id"]]
-        commands = " and, at the same time, ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in run))
+        commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in run))
         loads = [r["load_avg"] for r in run]
         lines += [
             f"### {dataset}, run {run[0]['run_id']} ({run[0]['date']})",
             "",
-            f"Command: {commands}; {run[0]['machine']}, {run[0]['threads']} torch thread(s) per process, load "
+            f"Commands (one run id; several commands ran side by side): {commands}. {run[0]['machine']}, "
+            f"{run[0]['threads']} torch thread(s) per process, load "
             f"average {min(loads)}-{max(loads)}. {run[0]['classes']} classes, k training rows per class, "
             f"evaluated on {run[0]['eval_rows']} test rows. Mean +- sample std over seeds.",
             "",

@@ -303,10 +303,9 @@ def _dataset(row: dict[str, Any]) -> str:
 
 
 def mean_std(values: list[float], digits: int = 4, scale: float = 1.0) -> str:
-    """'mean +- std' (sample std, ddof 1; '-' for one value) of `values` times `scale`."""
+    """'mean +- std' (sample std, ddof 1) of `values` times `scale`; just the value when there is one."""
     v = np.asarray(values, dtype=float) * scale
-    std = f"{v.std(ddof=1):.{digits}f}" if len(v) > 1 else "-"
-    return f"{v.mean():.{digits}f} +- {std}"
+    return f"{v.mean():.{digits}f} +- {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
 
 def seeds_tables(rows: list[dict[str, Any]]) -> list[str]:
