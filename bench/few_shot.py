@@ -273,6 +273,9 @@ def parse_args() -> argparse.Namespace:
         "--setfit-iterations", type=int, default=None, help="SetFit num_iterations (default: its oversampling)"
     )
     parser.add_argument("--setfit-venv", default=str(SETFIT_VENV))
+    parser.add_argument(
+        "--arrays", default=None, help="folder: save eval logits and embeddings per cell (bench/fusion_grid.py)"
+    )
     parser.add_argument("--results", default=str(RESULTS), help="JSON lines, appended")
     parser.add_argument("--run-id", default=None, help="group rows of one comparison (e.g. processes side by side)")
     parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"), help="update this file ('' = no)")
@@ -294,6 +297,9 @@ def main() -> None:
                 for method in args.methods:
                     with tempfile.TemporaryDirectory(prefix="hf_metric_few_shot_") as tmp:
                         split = build_split(args, dataset, k, seed, Path(tmp) / "data")
+                        if args.arrays:
+                            split["arrays_dir"] = Path(args.arrays) / f"{args.protocol}_{dataset}_k{k}_seed{seed}"
+                            split["arrays_dir"].mkdir(parents=True, exist_ok=True)
                         start = time.perf_counter()
                         metrics, seconds, extra = run_method(method, split, args, seed, Path(tmp))
                         total = time.perf_counter() - start
