@@ -238,15 +238,16 @@ def write_docs(results: Path, docs: Path) -> None:
             "sample, scored on other rows of the train file (`--protocol val`). Runs shared the 2 cores with other "
             "work (load avg column), so their times are only roughly comparable.",
             "",
-            "| method | overrides | dataset | k | seed | dev rows | accuracy | macro-F1 | head-only acc | train s "
-            "| load avg |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | overrides | note | dataset | k | seed | dev rows | accuracy | macro-F1 | head-only acc | "
+            "train s | load avg |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in vals:
             overrides = json.dumps(r.get("overrides") or {}).replace("|", "/")
             head = f"{r['head_accuracy']:.4f}" if "head_accuracy" in r else "-"
             lines.append(
-                f"| {r['method']} | `{overrides}` | {r['dataset']} | {r['k']} | {r['seed']} | {r['eval_rows']} | "
+                f"| {r['method']} | `{overrides}` | {r.get('note', '')} | {r['dataset']} | {r['k']} | {r['seed']} | "
+                f"{r['eval_rows']} | "
                 f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {head} | {r['seconds']:.0f} | {r['load_avg']} |"
             )
         lines.append("")
@@ -277,6 +278,7 @@ def parse_args() -> argparse.Namespace:
         "--arrays", default=None, help="folder: save eval logits and embeddings per cell (bench/fusion_grid.py)"
     )
     parser.add_argument("--results", default=str(RESULTS), help="JSON lines, appended")
+    parser.add_argument("--note", default=None, help="a remark shown next to the validation rows")
     parser.add_argument("--run-id", default=None, help="group rows of one comparison (e.g. processes side by side)")
     parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"), help="update this file ('' = no)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite the docs section from --results")
@@ -320,6 +322,7 @@ def main() -> None:
                         "total_seconds": round(total, 1),
                         "max_steps": args.max_steps,
                         **extra,
+                        **({"note": args.note} if args.note else {}),
                         "threads": args.threads,
                         "load_avg": round(os.getloadavg()[0], 2),
                         "machine": f"{os.cpu_count()} CPU, {platform.machine()}",
