@@ -18,7 +18,9 @@ Methods (same packaged all-MiniLM-L6-v2 backbone, max_len 64):
   (it holds out `val_ratio` of the k rows, at least one per class, for checkpoint selection).
 - ``few_shot``: the preset `configs/few_shot.yaml` (all k rows train), plus `--overrides`.
 - ``setfit``: SetFit 1.2.0 defaults (contrastive pairs by oversampling, then a logistic-regression head), run
-  in its own virtualenv (`bench/.venv-setfit`, created on first use) by `bench/setfit_runner.py`.
+  in its own virtualenv (`bench/.venv-setfit`, created on first use) by `bench/setfit_runner.py`. Its default
+  trains on every pair (~36,600 steps at k = 10 on Banking77, ~19 h on one CPU thread): on CPU pass
+  `--setfit-iterations 20` (the SetFit paper's 20 pairs per row and side, 1,925 steps there).
 
 Scored by the same code as `bench/quality.py` (accuracy, macro-F1; kNN accuracy against the k-shot rows where
 the method has an embedding). Train s: wall time of the training call.
