@@ -96,6 +96,7 @@ def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
             "train_labels": names[train_idx],
             "eval_texts": texts[eval_idx],
             "eval_labels": names[eval_idx],
+            "val_ratio": VAL_RATIO,  # hf_metric must hold out exactly these rows
         }
     else:
         test = pq.read_table(data_dir / "test.parquet")
@@ -171,8 +172,16 @@ def score(model, tokenizer, split: dict[str, Any], save_to: Path | None = None) 
 
 
 # --------------------------------------------------------------------------------------------------- recipes
-def run_baseline(split: dict[str, Any], epochs: float, workdir: Path) -> tuple[dict[str, float], float]:
-    """Plain transformers: AutoModelForSequenceClassification + Trainer, CE, random batches."""
+def run_baseline(
+    split: dict[str, Any],
+    epochs: float,
+    workdir: Path,
+    seed: int = SEED,
+    learning_rate: float = 1e-4,
+    max_steps: int = -1,
+) -> tuple[dict[str, float], float]:
+    """Plain transformers: AutoModelForSequenceClassification + Trainer, CE, random batches (`max_steps` > 0
+    overrides `epochs`, for smoke runs)."""
     import datasets
     from transformers import (
         AutoModelForSequenceClassification,
@@ -198,7 +207,8 @@ def run_baseline(split: dict[str, Any], epochs: float, workdir: Path) -> tuple[d
         output_dir=str(workdir / "baseline"),
         per_device_train_batch_size=32,
         num_train_epochs=epochs,
-        learning_rate=1e-4,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
         weight_decay=0.01,
         lr_scheduler_type="linear",
         warmup_steps=0.1,
@@ -206,36 +216,61 @@ def run_baseline(split: dict[str, Any], epochs: float, workdir: Path) -> tuple[d
         save_strategy="no",
         logging_steps=50,
         report_to="none",
-        seed=SEED,
+        seed=seed,
         use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return score(model, tokenizer, split, split.get("arrays_dir") and split["arrays_dir"] / "baseline.npz"), seconds
+    return score(model, tokenizer, split, _arrays(split, seeded_name("baseline", seed))), seconds
+
+
+def seeded_name(name: str, seed: int) -> str:
+    """`name` for the default seed (the names of earlier single-seed runs), `name_seedN` otherwise."""
+    return name if seed == SEED else f"{name}_seed{seed}"
+
+
+def _arrays(split: dict[str, Any], name: str) -> Path | None:
+    return split["arrays_dir"] / f"{name}.npz" if split.get("arrays_dir") else None
 
 
 def run_hf_metric(
-    split: dict[str, Any], overrides: dict[str, Any], epochs: float | None, workdir: Path, name: str
+    split: dict[str, Any],
+    overrides: dict[str, Any],
+    epochs: float | None,
+    workdir: Path,
+    name: str,
+    seed: int = SEED,
+    config: Path = EXAMPLE_CONFIG,
 ) -> tuple[dict[str, float], float]:
-    model, tokenizer, seconds = train_variant(split, overrides, epochs, workdir, name)
-    return score(model, tokenizer, split, split.get("arrays_dir") and split["arrays_dir"] / f"{name}.npz"), seconds
+    model, tokenizer, seconds = train_variant(split, overrides, epochs, workdir, name, seed, config)
+    return score(model, tokenizer, split, _arrays(split, name)), seconds
 
 
-def train_variant(split: dict[str, Any], overrides: dict[str, Any], epochs: float | None, workdir: Path, name: str):
-    """Train the example config with `overrides` on `split["parquet"]`: (best model, its tokenizer, train seconds)."""
+def train_variant(
+    split: dict[str, Any],
+    overrides: dict[str, Any],
+    epochs: float | None,
+    workdir: Path,
+    name: str,
+    seed: int = SEED,
+    config: Path = EXAMPLE_CONFIG,
+):
+    """Train `config` (default: the example config) with `overrides` on `split["parquet"]`: (best model, its
+    tokenizer, train seconds). `split["val_ratio"]`, if set, replaces the config's `data.val_ratio`."""
     from transformers import AutoTokenizer
 
     from hf_metric.config import config_from_dict
     from hf_metric.model.modeling import MetricClassifierModel
     from hf_metric.run import train
 
-    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw = yaml.safe_load(Path(config).read_text())
     raw = deep_update(raw, overrides)
     raw["data"]["parquet_path"] = str(split["parquet"])
-    raw["data"]["val_ratio"] = VAL_RATIO if split["protocol"] == "val" else raw["data"]["val_ratio"]
-    raw["training"]["seed"] = SEED
+    if "val_ratio" in split:
+        raw["data"]["val_ratio"] = split["val_ratio"]
+    raw["training"]["seed"] = seed
     if epochs is not None:
         raw["training"]["num_epochs"] = epochs
     out_dir = workdir / name
@@ -263,10 +298,54 @@ def _fused_accuracy(npz: Path) -> str:
     return fused_scores(np.load(npz), [weight], temperature, KNN_K)[0]
 
 
+def _dataset(row: dict[str, Any]) -> str:
+    return row.get("dataset", "banking77")  # rows written before --data was recorded ran on Banking77
+
+
+def mean_std(values: list[float], digits: int = 4, scale: float = 1.0) -> str:
+    """'mean +- std' (sample std, ddof 1) of `values` times `scale`; just the value when there is one."""
+    v = np.asarray(values, dtype=float) * scale
+    return f"{v.mean():.{digits}f} +- {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
+
+
+def seeds_tables(rows: list[dict[str, Any]]) -> list[str]:
+    """One table per dataset: the latest `--seeds N` test run, mean +- std over seeds of every variant."""
+    lines: list[str] = []
+    for dataset in dict.fromkeys(_dataset(r) for r in rows):
+        mine = [r for r in rows if _dataset(r) == dataset]
+        run = [r for r in mine if r["run_id"] == mine[-1]["run_id"]]
+        commands = " and, at the same time, ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in run))
+        lines += [
+            f"### {dataset}: {run[0]['seeds']} seeds per recipe (run {run[0]['run_id']})",
+            "",
+            f"Command: {commands}; {run[0]['machine']}, {run[0]['threads']} torch thread(s) per process, load "
+            f"average {min(r['load_avg'] for r in run)}-{max(r['load_avg'] for r in run)}. Mean +- sample std over "
+            "seeds (training seed: split, batches, head init, dropout); min-max of the test accuracy in brackets.",
+            "",
+            "| recipe | seeds | test accuracy | test macro-F1 | kNN accuracy | train s |",
+            "|---|---|---|---|---|---|",
+        ]
+        by_variant = {v: [r for r in run if r["variant"] == v] for v in dict.fromkeys(r["variant"] for r in run)}
+        for variant, rs in by_variant.items():
+            acc = [r["accuracy"] for r in rs]
+            lines.append(
+                f"| {variant} | {', '.join(str(r['seed']) for r in rs)} | {mean_std(acc)} "
+                f"({min(acc):.4f}-{max(acc):.4f}) | {mean_std([r['macro_f1'] for r in rs])} | "
+                f"{mean_std([r['knn_accuracy'] for r in rs])} | {mean_std([r['seconds'] for r in rs], 0)} |"
+            )
+        base = [r["accuracy"] for r in by_variant.get("baseline", [])]
+        for variant, rs in by_variant.items():
+            if base and variant != "baseline":
+                above = min(r["accuracy"] for r in rs) > max(base)
+                lines.append(f"\n{variant}: every seed above every baseline seed: {'yes' if above else 'no'}.")
+        lines.append("")
+    return lines
+
+
 def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
     """Rewrite the quality section of `docs`: the latest test comparison and every validation ablation."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    tests = [r for r in rows if r["protocol"] == "test"]
+    tests = [r for r in rows if r["protocol"] == "test" and r.get("seeds", 1) == 1 and _dataset(r) == "banking77"]
     latest = tests[-1]["run_id"] if tests else None
     lines = [MARKS[0], "## CE + metric learning vs plain cross-entropy on Banking77 (`bench/quality.py`)", ""]
     if latest:
@@ -297,6 +376,7 @@ def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
                 f"{r['knn_f1']:.4f} | {r['seconds']:.0f} | {ratio} |"
             )
         lines.append("")
+    lines += seeds_tables([r for r in rows if r["protocol"] == "test" and r.get("seeds", 1) > 1])
     vals = [r for r in rows if r["protocol"] == "val"]
     if vals:
         w, t = FUSION_PROBE
@@ -333,6 +413,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=["baseline", "hf_metric"], help="baseline and/or VARIANTS")
     parser.add_argument("--arrays", default=None, help="folder: save eval logits and embeddings per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help=f"protocol test: train every variant with seeds {SEED}, {SEED + 1}, ..."
+    )
+    parser.add_argument("--max-steps", type=int, default=-1, help="smoke runs: stop every training after N steps")
     parser.add_argument("--results", default=str(ROOT / "docs" / "quality_results.jsonl"), help="appended")
     parser.add_argument(
         "--run-id", default=None, help="group rows of one comparison (e.g. recipes run side by side, one per process)"
@@ -348,6 +432,9 @@ def main() -> None:
     unknown = [v for v in args.variants if v != "baseline" and v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: baseline, {', '.join(VARIANTS)}")
+    if args.seeds > 1 and args.protocol == "val":
+        # hf_metric's own split follows training.seed: another seed would train on quality's val rows
+        parser.error("--seeds > 1 needs --protocol test (the val protocol's held-out rows depend on seed 42)")
     rows = []
     run_id = args.run_id or time.strftime("%Y-%m-%dT%H:%M:%S")
     command = "python bench/quality.py " + " ".join(sys.argv[1:])
@@ -358,14 +445,19 @@ def main() -> None:
         if args.arrays:
             split["arrays_dir"] = Path(args.arrays) / args.protocol
             split["arrays_dir"].mkdir(parents=True, exist_ok=True)
-        for name in args.variants:
+        steps = {"scheduler": {"num_training_steps": args.max_steps}} if args.max_steps > 0 else {}
+        for seed, name in [(SEED + i, name) for i in range(args.seeds) for name in args.variants]:
             if name == "baseline":
-                metrics, seconds = run_baseline(split, args.epochs or 5.0, workdir)
+                metrics, seconds = run_baseline(split, args.epochs or 5.0, workdir, seed, max_steps=args.max_steps)
             else:
-                metrics, seconds = run_hf_metric(split, VARIANTS[name], args.epochs, workdir, name)
+                overrides = deep_update(VARIANTS[name], steps)
+                metrics, seconds = run_hf_metric(split, overrides, args.epochs, workdir, seeded_name(name, seed), seed)
             row = {
                 "run_id": run_id,
                 "command": command,
+                "dataset": Path(args.data).name,
+                "seed": seed,
+                "seeds": args.seeds,
                 "variant": name,
                 "protocol": args.protocol,
                 "epochs": args.epochs,

@@ -146,3 +146,25 @@ def test_group_margins_are_larger_for_classes_sharing_a_group(tmp_path):
     table = read_labeled_parquet(path)
     assert table.class_groups == {0: {"loc1"}, 1: {"loc1"}, 2: {"loc2"}}
     assert group_class_margins(table.class_groups, same=0.7, default=0.5) == [0.7, 0.7, 0.5]
+
+
+@pytest.mark.parametrize("oos", [False, True])
+def test_validate_on_train_holds_out_no_row_and_validates_on_the_training_rows(tmp_path, oos):
+    """Few-shot: every labelled row trains, and the validation set is exactly those rows (plus out-of-scope)."""
+    import types
+
+    from hf_metric.config.sections import DataSection
+    from hf_metric.data.prepare import prepare_datasets
+
+    rows = synthetic_rows(3, seed=1)
+    if oos:
+        rows.append({"text": "weather today", "label": "oos", "metric_mask": 1, "classifier_mask": 1})
+    path = write_parquet(tmp_path / "k.parquet", rows)
+    featurizer = types.SimpleNamespace(input_column="text", prepare=lambda ds, train: ds)
+    section = DataSection(parquet_path=str(path), validate_on_train=True, out_of_scope_label="oos" if oos else None)
+    data = prepare_datasets(section, featurizer, seed=0)
+    in_scope = sorted(r["text"] for r in rows if r["label"] != "oos")
+    assert sorted(data.train["text"]) == in_scope
+    assert sorted(data.val["text"]) == sorted(r["text"] for r in rows)  # out-of-scope rows only validate, once
+    split = prepare_datasets(DataSection(parquet_path=str(path), val_ratio=0.34), featurizer, seed=0)
+    assert len(split.train) < len(in_scope)  # without the flag a share of every class is held out

@@ -156,6 +156,9 @@ class DataSection:
     """An image/audio row that cannot be read is skipped and counted (log, data summary) instead of stopping."""
     image_augment: ImageAugmentSection = field(default_factory=ImageAugmentSection)
     audio_augment: AudioAugmentSection = field(default_factory=AudioAugmentSection)
+    validate_on_train: bool = False
+    """Few-shot: hold out no rows (`val_ratio` is ignored); every row trains and validation re-scores the training
+    rows, so it measures fit, not generalisation (pair it with `checkpointing.save_best_by: loss`)."""
 
     def validate(self) -> None:
         _check(self.max_audio_seconds > 0, "data.max_audio_seconds", "must be > 0")

@@ -45,11 +45,14 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int, train_with_oos: 
         skip_bad_rows=getattr(data_cfg, "skip_bad_rows", False),
     )
     labels = labeled.labels
-    train_idx, val_idx = stratified_split(labels, data_cfg.val_ratio, seed)
+    if getattr(data_cfg, "validate_on_train", False):  # few-shot: no row can be spared for validation
+        train_idx = val_idx = np.arange(len(labels))
+    else:
+        train_idx, val_idx = stratified_split(labels, data_cfg.val_ratio, seed)
     oos_train = labels[train_idx] == OUT_OF_SCOPE_ID
     oos_rows = train_idx[oos_train] if train_with_oos else train_idx[:0]
     if oos_train.any() and not train_with_oos:  # out-of-scope rows only validate (calibrate the rejection)
-        val_idx = np.sort(np.concatenate([val_idx, train_idx[oos_train]]))
+        val_idx = np.unique(np.concatenate([val_idx, train_idx[oos_train]]))
     train_idx = train_idx[~oos_train]
     train_idx = resample_per_class(train_idx, labels, data_cfg.upsample, data_cfg.downsample, seed)
     train_idx = np.sort(np.concatenate([train_idx, oos_rows])) if len(oos_rows) else train_idx
