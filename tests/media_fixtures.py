@@ -48,6 +48,14 @@ TINY_BACKBONES = {
         "num_conv_pos_embedding_groups": 2,
         "mask_time_prob": 0.0,
     },
+    "resnet_spectrogram": {  # a vision CNN on log-mel spectrograms (the audio quickstart's recipe)
+        "model_type": "resnet",
+        "num_channels": 1,
+        "embedding_size": 8,
+        "hidden_sizes": [8, 16],
+        "depths": [1, 1],
+        "layer_type": "basic",
+    },
 }
 """Tiny random configs (`model_config`), one per backbone family the issue names."""
 
@@ -56,8 +64,9 @@ TINY_PROCESSORS = {
     "vit": {"size": {"height": 32, "width": 32}},
     "ast": {"num_mel_bins": 16, "max_length": 32},
     "wav2vec2": {},
+    "resnet_spectrogram": {"feature_extractor_type": "ASTFeatureExtractor", "num_mel_bins": 16, "max_length": 32},
 }
-MODALITY = {"convnext": "image", "vit": "image", "ast": "audio", "wav2vec2": "audio"}
+MODALITY = {"convnext": "image", "vit": "image", "ast": "audio", "wav2vec2": "audio", "resnet_spectrogram": "audio"}
 
 
 def png_bytes(colour: tuple[int, int, int], seed: int, size: tuple[int, int] = (40, 36)) -> bytes:

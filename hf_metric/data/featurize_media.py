@@ -3,7 +3,9 @@
 `ImageFeaturizer` uses the backbone's `AutoImageProcessor`, `AudioFeaturizer` its `AutoFeatureExtractor`
 (resampling to its rate, cutting or padding to `data.max_audio_seconds`). A from-scratch backbone
 (`model_config`) has no saved processor: `build_processor` makes the default one of its `model_type`, with
-`processor_config` as arguments. Augmentations (`hf_metric.data.augment`) run on the train split only.
+`processor_config` as arguments; a vision backbone trained on audio (a CNN on log-mel spectrograms, the usual
+recipe for sound classification from scratch) names its extractor there: `feature_extractor_type`.
+Augmentations (`hf_metric.data.augment`) run on the train split only.
 """
 
 from __future__ import annotations
@@ -49,10 +51,15 @@ def build_processor(column: str, model_path: str | None, model_type: str | None,
             feature_extractor_class_from_name,
         )
 
-        names, find = FEATURE_EXTRACTOR_MAPPING_NAMES.get(model_type), feature_extractor_class_from_name
+        # A vision backbone on log-mel spectrograms names its extractor: {feature_extractor_type: ASTFeatureExtractor}
+        chosen = overrides.pop("feature_extractor_type", None)
+        names, find = chosen or FEATURE_EXTRACTOR_MAPPING_NAMES.get(model_type), feature_extractor_class_from_name
     if not names or find(names) is None:
         kind = "image processor" if column == IMAGE_COLUMN else "audio feature extractor"
-        raise ConfigError(f"model_config.model_type: transformers has no {kind} for {model_type!r}")
+        hint = ""
+        if column != IMAGE_COLUMN:
+            hint = " (a vision backbone on spectrograms: processor_config.feature_extractor_type: ASTFeatureExtractor)"
+        raise ConfigError(f"model_config.model_type: transformers has no {kind} for {names or model_type!r}{hint}")
     try:
         return find(names)(**overrides)
     except TypeError as err:

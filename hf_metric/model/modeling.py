@@ -73,6 +73,20 @@ def _load_encoder(config: PreTrainedConfig | str, pooling: str, **kwargs: Any) -
     return load(config, **kwargs)
 
 
+def spectrogram_as_image(inputs: dict[str, torch.Tensor], main_input: str) -> dict[str, torch.Tensor]:
+    """A vision backbone (ResNet, ConvNeXt ...) fed audio features: `(batch, frames, mel_bins)` log-mel filter
+    banks (the AST extractor's `input_values`) become a one-channel image `(batch, 1, mel_bins, frames)`, so a
+    CNN, the usual choice for sound classification from little data, trains on them; other inputs unchanged."""
+    if main_input != "pixel_values" or "pixel_values" in inputs:
+        return inputs
+    key = next((k for k in ("input_values", "input_features") if k in inputs), None)
+    if key is None or inputs[key].ndim != 3:
+        return inputs
+    out = {k: v for k, v in inputs.items() if k not in (key, "attention_mask")}
+    out["pixel_values"] = inputs[key].transpose(1, 2).unsqueeze(1)
+    return out
+
+
 AUTO_CLASSES = (
     "AutoModel",
     "AutoModelForSequenceClassification",
@@ -277,10 +291,14 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
 
     def _encode(self, inputs: dict[str, torch.Tensor | None], attention_mask: torch.Tensor | None) -> torch.Tensor:
         """The pooled backbone output; the backbone receives only the inputs given (text, pixels or audio)."""
-        out = self.backbone(**{k: v for k, v in inputs.items() if v is not None}, return_dict=True)
+        given = {k: v for k, v in inputs.items() if v is not None}
+        given = spectrogram_as_image(given, self.backbone.main_input_name)
+        out = self.backbone(**given, return_dict=True)
         hidden = out.last_hidden_state
         mask = attention_mask
-        if mask is not None and hidden.ndim == 3 and mask.shape[1] != hidden.shape[1]:
+        if hidden.ndim != 3:  # a feature map: every position counts
+            mask = None
+        elif mask is not None and mask.shape[1] != hidden.shape[1]:
             # audio: a mask over samples -> a mask over the encoder's frames (Wav2Vec2 and kin)
             to_frames = getattr(self.backbone, "_get_feature_vector_attention_mask", None)
             mask = to_frames(hidden.shape[1], mask) if to_frames is not None else None
