@@ -72,7 +72,7 @@ def _check_group_metric(cfg: TrainConfig, data) -> None:
 
 
 def _class_group_ids(data) -> list[int]:
-    """Group index of each class id (-1: none), for the pair-wise same-group margin."""
+    """Group index of each class id (-1: none), for the pair-wise same-group margin and same-group-first mining."""
     from .evaluation.groups import class_group_names
 
     names = class_group_names(data.class_groups, len(data.id2label))
@@ -114,7 +114,11 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
             raise ConfigError(f"head.group_margin: {cfg.data.parquet_path} has no 'group' column")
         margins = cfg.head.group_margin
         class_margins = group_class_margins(data.class_groups, margins.same, margins.default)
-    group_ids = _class_group_ids(data) if cfg.head.group_margin and cfg.head.group_margin.same_group_pair else None
+    pair_margin = cfg.head.group_margin.same_group_pair if cfg.head.group_margin else 0.0
+    group_first = bool(cfg.loss.metric.options.get("same_group_first"))
+    if group_first and data.class_groups is None:
+        raise ConfigError(f"loss.metric.same_group_first: {cfg.data.parquet_path} has no 'group' column")
+    group_ids = _class_group_ids(data) if pair_margin or group_first else None
     set_seed(t.seed)  # the new head and projection start from the same weights in every run
     model_kwargs = dict(
         **cfg.model.model_config(),
@@ -123,7 +127,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         class_margins=class_margins,
         **cfg.loss.model_config(),
         class_group_ids=group_ids,
-        same_group_pair_margin=cfg.head.group_margin.same_group_pair if group_ids else 0.0,
+        same_group_pair_margin=pair_margin,
         modality=input_column,
         out_of_scope_label=cfg.data.out_of_scope_label or "oos",
         out_of_scope_negatives=cfg.open_set.train_with_oos,

@@ -70,6 +70,22 @@ def _label_pairs(
     return allowed & same, allowed & ~same
 
 
+def same_group_first(
+    negative: torch.Tensor, labels: torch.Tensor, cand_labels: torch.Tensor, class_groups: torch.Tensor
+) -> torch.Tensor:
+    """The negatives of each anchor restricted to the classes of its own group (`class_groups`: class id -> group
+    index, -1 none) when it has any there, else all its negatives: confusable classes are mined first."""
+    groups = class_groups.to(labels.device)
+
+    def group_of(ids: torch.Tensor) -> torch.Tensor:
+        inside = (ids >= 0) & (ids < len(groups))
+        return torch.where(inside, groups[ids.clamp(0, len(groups) - 1)], torch.full_like(ids, -1))
+
+    anchor_group, cand_group = group_of(labels), group_of(cand_labels)
+    same = negative & (anchor_group[:, None] == cand_group[None, :]) & (anchor_group[:, None] >= 0)
+    return torch.where(same.any(dim=1, keepdim=True), same, negative)
+
+
 class MetricLoss(nn.Module):
     """Base of metric losses: subclasses implement `pair_losses(pairs) -> (per_row, valid)` on the cosines and
     positive/negative pair masks that `per_anchor(embeddings, labels, mask, candidates=None, self_index=None)`
@@ -79,7 +95,18 @@ class MetricLoss(nn.Module):
     to normalise over a gradient-accumulation window before any forward pass), also when `extra_labels` (the
     labels of extra candidates, such as the memory of `training.bank_negatives`) are given; the default counts
     rows with at least one positive, override it when your anchors need something else.
+
+    A loss whose `same_group_first` is true mines its negatives inside the anchor's group first (see
+    `same_group_first`) once `use_class_groups` gave it the group of each class (the objective does, from the
+    data's `group` column).
     """
+
+    same_group_first: bool = False
+
+    def use_class_groups(self, class_group_ids: list[int]) -> None:
+        """Group index of each class id (-1: none), for `same_group_first` mining; a buffer, so it follows the
+        model to its device."""
+        self.register_buffer("class_groups", torch.tensor(class_group_ids, dtype=torch.int64), persistent=False)
 
     @staticmethod
     def num_anchors(
@@ -108,7 +135,12 @@ class MetricLoss(nn.Module):
         self_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-anchor loss and which anchors count: `pair_losses` on this batch's pairs, zero where not valid."""
-        per_row, valid = self.pair_losses(_pairs(embeddings, labels, mask, candidates, self_index))
+        pairs = _pairs(embeddings, labels, mask, candidates, self_index)
+        class_groups = getattr(self, "class_groups", None)  # a buffer once `use_class_groups` ran
+        if self.same_group_first and class_groups is not None:
+            cand_labels = labels if candidates is None else candidates[1]
+            pairs = pairs._replace(negative=same_group_first(pairs.negative, labels, cand_labels, class_groups))
+        per_row, valid = self.pair_losses(pairs)
         return torch.where(valid, per_row, torch.zeros_like(per_row)), valid
 
     def pair_losses(self, pairs: _Pairs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,12 +211,17 @@ class TripletMarginLoss(MetricLoss):
     only the non-zero ones by default). The margin is 0.2 (FaceNet's on normalised embeddings); pml's is 0.05.
 
     `candidates`/`self_index` work as in `SupConLoss`: positives and negatives are mined among the candidates.
+    `same_group_first=True` takes the hardest negative among the classes of the anchor's own group when there is
+    one (grouped identification: the confusable neighbours), else among all.
     """
 
     DISTANCES = ("euclidean", "cosine")
 
-    def __init__(self, margin: float = 0.2, distance: str = "euclidean", soft: bool = False) -> None:
+    def __init__(
+        self, margin: float = 0.2, distance: str = "euclidean", soft: bool = False, same_group_first: bool = False
+    ) -> None:
         super().__init__()
+        self.same_group_first = same_group_first
         if distance not in self.DISTANCES:
             raise ValueError(f"distance must be one of {self.DISTANCES}, got {distance!r}")
         self.margin = float(margin)
@@ -235,11 +272,15 @@ class MultiSimilarityLoss(MetricLoss):
     zero term); pml's mean is over every row, which is the same when every row has a pair.
     Defaults alpha = 2, beta = 50, base = 0.5 are pml's (the paper uses alpha = 2, beta = 50, lambda = 1).
 
-    `candidates`/`self_index` work as in `SupConLoss`.
+    `candidates`/`self_index` work as in `SupConLoss`. `same_group_first=True` keeps only the negatives of the
+    anchor's own group in the negative term when it has any (else all), as `TripletMarginLoss`.
     """
 
-    def __init__(self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5) -> None:
+    def __init__(
+        self, alpha: float = 2.0, beta: float = 50.0, base: float = 0.5, same_group_first: bool = False
+    ) -> None:
         super().__init__()
+        self.same_group_first = same_group_first
         if alpha <= 0 or beta <= 0:
             raise ValueError(f"alpha and beta must be > 0, got {alpha}, {beta}")
         self.alpha = float(alpha)

@@ -106,10 +106,14 @@ class TrainingObjective(nn.Module):
 
     @classmethod
     def from_config(cls, config) -> TrainingObjective:
-        """Built from a `MetricClassifierConfig` (its `classification_loss*` and `metric_loss*` fields)."""
+        """Built from a `MetricClassifierConfig` (its `classification_loss*` and `metric_loss*` fields; a metric
+        loss that mines `same_group_first` gets the config's `class_group_ids`)."""
+        metric = build_metric_loss(config.metric_loss, **(config.metric_loss_kwargs or {}))
+        if getattr(metric, "same_group_first", False) and getattr(config, "class_group_ids", None) is not None:
+            metric.use_class_groups(config.class_group_ids)
         return cls(
             build_classification_loss(config.classification_loss, **(config.classification_loss_kwargs or {})),
-            build_metric_loss(config.metric_loss, **(config.metric_loss_kwargs or {})),
+            metric,
             config.classification_loss_weight,
             config.metric_loss_weight,
             config.metric_loss,
