@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -131,6 +132,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         same_group_pair_margin=cfg.head.group_margin.same_group_pair if group_ids else 0.0,
         gem_p=cfg.model.gem_p,
         modality=input_column,
+        knn_index=dataclasses.asdict(cfg.model.knn_index) if cfg.model.knn_index is not None else None,
     )
     if cfg.model_config is not None:  # from scratch: random init (see `model_config`)
         model = MetricClassifierModel.from_scratch(cfg.model_config, data.id2label, **model_kwargs)

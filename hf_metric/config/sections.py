@@ -13,6 +13,26 @@ from .schema import check as _check
 
 
 @dataclass
+class KnnIndexSection:
+    """`model.knn_index`: which index the kNN pipeline uses for large references (`evaluation.ann`)."""
+
+    type: Literal["exact", "ivf", "hnsw"] = "exact"
+    min_size: int = 100_000
+    nlist: int | None = None
+    nprobe: int = 32
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+
+    def validate(self) -> None:
+        for name in ("min_size", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
+            _check(getattr(self, name) >= 1, f"model.knn_index.{name}", "must be >= 1")
+        _check(self.nlist is None or self.nlist >= 1, "model.knn_index.nlist", "must be >= 1")
+        if self.type != "exact" and not available("faiss"):
+            raise ConfigError('model.knn_index.type: ivf and hnsw need faiss: pip install "hf_metric[ann]"')
+
+
+@dataclass
 class ModelSection:
     """How the backbone output becomes an embedding."""
 
@@ -29,6 +49,9 @@ class ModelSection:
     """Store training rows' embeddings in the weights for kNN fusion; false drops them (and the fusion) so that
     a shared model holds nothing derived from individual training rows."""
 
+    knn_index: KnnIndexSection | None = None
+    """Approximate search (faiss IVF/HNSW, the `ann` extra) for kNN references from `min_size` rows on."""
+
     def validate(self) -> None:
         _check(self.projection_dim is None or self.projection_dim > 0, "model.projection_dim", "must be > 0")
         _check(0.0 <= self.classifier_dropout < 1.0, "model.classifier_dropout", "must be in [0, 1)")
@@ -37,6 +60,8 @@ class ModelSection:
         _check(self.knn_fusion_temperature > 0, "model.knn_fusion_temperature", "must be > 0")
         _check(self.knn_reference_max_rows >= 1, "model.knn_reference_max_rows", "must be >= 1")
         _check(self.gem_p > 0, "model.gem_p", "must be > 0")
+        if self.knn_index is not None:
+            self.knn_index.validate()
 
 
 @dataclass

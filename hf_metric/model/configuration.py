@@ -77,6 +77,7 @@ class MetricClassifierConfig(PreTrainedConfig):
     same_group_pair_margin: float = 0.0
     gem_p: float = 3.0
     modality: str = "text"
+    knn_index: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
