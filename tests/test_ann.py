@@ -44,12 +44,12 @@ def test_below_min_size_is_the_exact_search():
 @pytest.mark.parametrize("distance", ["cos", "l2"])
 def test_index_recall_against_float64_exact(index_type, distance):
     ref, ry = clustered(4000, 1)
-    query, qy = clustered(200, 2)
+    query, _qy = clustered(200, 2)
     search = IndexedSearch({"type": index_type, "min_size": 1000, "nprobe": 8})
     scores, indices = search(query, ref, 10, distance)
     want = naive_top(query, ref, 10, distance)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(indices.numpy(), want, strict=True)])
-    assert 0.9 <= recall  # approximate, but close
+    assert recall >= 0.9  # approximate, but close
     exact_scores = topk_neighbors(query, ref, 10, distance)[0]
     order = 1 if distance == "cos" else -1
     assert (order * torch.diff(scores, dim=1) <= 1e-6).all()  # nearest first, like topk_neighbors
@@ -65,17 +65,17 @@ def test_ivf_probes_with_too_few_rows_fall_back_to_exact():
     ref, _ = clustered(2000, 3)
     query, _ = clustered(30, 4)
     search = IndexedSearch({"type": "ivf", "min_size": 10, "nlist": 400, "nprobe": 1})  # ~5 rows per list
-    s, i = search(query, ref, 20, "cos")
+    _s, i = search(query, ref, 20, "cos")
     assert (i >= 0).all() and i.shape == (30, 20)
     unit = query / np.linalg.norm(query, axis=1, keepdims=True)
     short = (search._index.search(unit, 20)[1] < 0).any(axis=1)  # the probed list held fewer than 20 rows
     assert short.sum() > 5
-    want_s, want_i = topk_neighbors(query[short], ref, 20, "cos")
+    _want_s, want_i = topk_neighbors(query[short], ref, 20, "cos")
     assert torch.equal(i[torch.from_numpy(short)], want_i)
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="knn_index.type"):
+    with pytest.raises(ValueError, match=r"knn_index\.type"):
         KnnIndexSettings(type="lsh")
     with pytest.raises(ValueError, match="nprobe"):
         KnnIndexSettings(nprobe=0)
