@@ -149,6 +149,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         processing_class=featurizer.processor,
         data_collator=featurizer.collator(),
         samples_per_class=t.samples_per_class if t.sampler in ("pk", "group_pk") else None,
+        length_grouping=t.length_grouping,
         evaluator=MetricEvaluator(
             model.objective,
             RetrievalSettings(tuple(mv.recall_at_k), mv.distance, mv.knn_k),

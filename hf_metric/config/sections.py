@@ -226,9 +226,12 @@ class TrainingSection:
     group_mix: float = 0.25
     groups_per_batch: int = 2
     hard_group_mining: HardGroupMiningSection | None = None
+    length_grouping: bool = False
+    """P x K batches of rows of similar token length (`samplers.ClassBalancedBatchSampler`): less padding."""
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
+        _check(not self.length_grouping or self.sampler == "pk", "training.length_grouping", "needs sampler: pk")
         _check(self.num_epochs > 0, "training.num_epochs", "must be > 0")
         _check(self.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps", "must be >= 1")
         _check(self.max_seq_length >= 2, "training.max_seq_length", "must be >= 2")
