@@ -76,3 +76,22 @@ def test_length_grouping_cuts_padding_and_still_mixes_lengths_over_the_epoch():
 def test_length_grouping_needs_one_length_per_row():
     with pytest.raises(ValueError, match="lengths"):
         ClassBalancedBatchSampler([0, 1, 1, 0], 4, 2, lengths=[3, 4])
+
+
+def test_trainer_draws_length_grouped_batches_from_the_token_counts(tmp_path, make_config):
+    from conftest import synthetic_rows, write_parquet
+
+    from hf_metric.config import load_config
+    from hf_metric.run import build_trainer
+
+    config = make_config(
+        write_parquet(tmp_path / "m.parquet", synthetic_rows(12)),
+        training={"length_grouping": True, "batch_size": 8, "samples_per_class": 2},
+    )
+    trainer = build_trainer(load_config(config), max_steps=1, report_to=[])
+    sampler = trainer._get_train_sampler()
+    data = trainer.train_dataset
+    assert sampler.lengths.tolist() == [len(data[i]["input_ids"]) for i in range(len(data))]
+    batches = _batches(sampler)
+    assert set(batches.ravel().tolist()) == set(range(len(data)))  # every row, in P x K batches
+    assert all(len(np.unique(np.asarray(data["labels"])[b])) == 4 for b in batches)
