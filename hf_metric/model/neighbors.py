@@ -46,6 +46,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .bf16_search import CHUNK_SIZE as BF16_CHUNK_SIZE
 from .bf16_search import Bf16Bounds, bf16_chunk_topk, cpu_has_fast_bf16
 from .topk_merge import _key_indices, _key_values, _merge_block
 
@@ -327,16 +328,17 @@ def topk_neighbors(
         cpu = q.device.type == "cpu"
         threads = torch.get_num_threads() if cpu else 1
         ref_chunk_size = ref_chunk_size or (CPU_REF_CHUNK_SIZE if cpu else DEFAULT_REF_CHUNK_SIZE)
-        chunk_size = chunk_size or default_chunk_size(q, r, ref_chunk_size, threads)
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+        low = cpu and distance == "cos" and (precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()))
+        default = default_chunk_size(q, r, ref_chunk_size, threads)
+        chunk_size = chunk_size or (min(default, BF16_CHUNK_SIZE) if low else default)
         if chunk_size < 1 or ref_chunk_size < 1:
             raise ValueError(f"chunk sizes must be >= 1, got {chunk_size}, {ref_chunk_size}")
         ref_spans = balanced_spans(r.shape[0], ref_chunk_size)
         parts = -(-n_query // chunk_size)
         parts = min(n_query, -(-parts // threads) * threads)  # a multiple of the workers: none idles at the end
         spans = balanced_spans(n_query, -(-n_query // parts))
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-        low = cpu and distance == "cos" and (precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()))
         bounds = Bf16Bounds(scorer, ref_chunk_size) if low else None
 
         def work(next_span: Callable[[], tuple[int, int] | None]) -> None:
