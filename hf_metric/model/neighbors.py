@@ -60,6 +60,9 @@ Precision = Literal["auto", "fp32", "bf16"]
 
 DEFAULT_CHUNK_SIZE = 4096
 """Queries per chunk (at most)."""
+CPU_CHUNK_SIZE = 2048
+"""Queries per chunk (at most) of the search on CPU: as fast as 4096 (1.90 vs 1.89 CPU s, float32, 4096 x 50k x
+384) at half the working memory (30k x 30k x 384: 38 vs 71 MB over the data; bf16 path 73 vs 121 MB)."""
 MIN_CHUNK_SIZE = 256
 """The default chunk never goes below this, however small the data: thinner products run slower."""
 CPU_REF_CHUNK_SIZE = 1024
@@ -332,7 +335,7 @@ def topk_neighbors(
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
         low = cpu and distance == "cos" and (precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()))
         default = default_chunk_size(q, r, ref_chunk_size, threads)
-        chunk_size = chunk_size or (min(default, BF16_CHUNK_SIZE) if low else default)
+        chunk_size = chunk_size or (min(default, BF16_CHUNK_SIZE if low else CPU_CHUNK_SIZE) if cpu else default)
         if chunk_size < 1 or ref_chunk_size < 1:
             raise ValueError(f"chunk sizes must be >= 1, got {chunk_size}, {ref_chunk_size}")
         ref_spans = balanced_spans(r.shape[0], ref_chunk_size)
