@@ -76,9 +76,9 @@ def test_ivf_probes_with_too_few_rows_fall_back_to_exact():
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match=r"knn_index\.type"):
-        KnnIndexSettings(type="lsh")
+        KnnIndexSettings.from_dict({"type": "lsh"})
     with pytest.raises(ValueError, match="nprobe"):
-        KnnIndexSettings(nprobe=0)
+        IndexedSearch({"nprobe": 0})
     cfg = config_from_dict(
         {"data": {"parquet_path": "x.parquet"}, "model": {"knn_index": {"type": "ivf", "min_size": 5}}}
     )

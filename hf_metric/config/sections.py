@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..evaluation.ann import KnnIndexSettings
 from ..optional import available
 from .components import check_options
 from .media import AudioAugmentSection, ImageAugmentSection
@@ -13,21 +14,12 @@ from .schema import check as _check
 
 
 @dataclass
-class KnnIndexSection:
+class KnnIndexSection(KnnIndexSettings):
     """`model.knn_index`: which index the kNN pipeline uses for large references (`evaluation.ann`)."""
 
-    type: Literal["exact", "ivf", "hnsw"] = "exact"
-    min_size: int = 100_000
-    nlist: int | None = None
-    nprobe: int = 32
-    hnsw_m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 128
-
     def validate(self) -> None:
-        for name in ("min_size", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
-            _check(getattr(self, name) >= 1, f"model.knn_index.{name}", "must be >= 1")
-        _check(self.nlist is None or self.nlist >= 1, "model.knn_index.nlist", "must be >= 1")
+        problem = self.problem()
+        _check(problem is None, f"model.knn_index.{(problem or '').split(':')[0]}", (problem or "").split(": ", 1)[-1])
         if self.type != "exact" and not available("faiss"):
             raise ConfigError('model.knn_index.type: ivf and hnsw need faiss: pip install "hf_metric[ann]"')
 

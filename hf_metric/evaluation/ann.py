@@ -13,8 +13,8 @@ faiss comes with the `ann` extra (`pip install "hf_metric[ann]"`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ INDEX_TYPES = ("exact", "ivf", "hnsw")
 class KnnIndexSettings:
     """Which index answers kNN queries (YAML `model.knn_index`, stored in the model's config)."""
 
-    type: str = "exact"
+    type: Literal["exact", "ivf", "hnsw"] = "exact"
     min_size: int = 100_000
     """References with fewer rows are searched exactly."""
     nlist: int | None = None
@@ -42,23 +42,23 @@ class KnnIndexSettings:
     ef_search: int = 128
     """HNSW: candidate list size at query time (more: higher recall, slower)."""
 
-    def __post_init__(self) -> None:
+    def problem(self) -> str | None:
+        """What is wrong with these settings ("field: reason"), or None."""
         if self.type not in INDEX_TYPES:
-            raise ValueError(f"knn_index.type must be one of {INDEX_TYPES}, got {self.type!r}")
+            return f"type: must be one of {INDEX_TYPES}, got {self.type!r}"
         for name in ("min_size", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
             if getattr(self, name) < 1:
-                raise ValueError(f"knn_index.{name} must be >= 1, got {getattr(self, name)}")
+                return f"{name}: must be >= 1, got {getattr(self, name)}"
         if self.nlist is not None and self.nlist < 1:
-            raise ValueError(f"knn_index.nlist must be >= 1, got {self.nlist}")
+            return f"nlist: must be >= 1, got {self.nlist}"
+        return None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | KnnIndexSettings | None) -> KnnIndexSettings:
-        if isinstance(values, KnnIndexSettings):
-            return values
-        return cls(**(values or {}))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        settings = values if isinstance(values, KnnIndexSettings) else cls(**(values or {}))
+        if (problem := settings.problem()) is not None:
+            raise ValueError(f"knn_index.{problem}")
+        return settings
 
 
 def build_index(ref: np.ndarray, distance: Distance, settings: KnnIndexSettings):
