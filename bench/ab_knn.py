@@ -12,6 +12,7 @@ Methods and data are those of `bench_knn.py` (its `make_data` and `run_method`);
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import statistics
@@ -49,7 +50,11 @@ def main() -> None:
     parser.add_argument("--baseline", help="also time hf_metric with neighbors.py from this git ref")
     args = parser.parse_args()
     current = hf_metric.evaluation.metrics.topk_neighbors
-    methods = {"faiss": ("faiss", current), "hf_metric": ("hf_metric", current)}
+    methods = {
+        "faiss": ("faiss", current),
+        "hf_metric": ("hf_metric", current),
+        "hf_metric_fp32": ("hf_metric", functools.partial(current, precision="fp32")),
+    }
     if args.baseline:
         methods[f"hf_metric@{args.baseline}"] = ("hf_metric", baseline_search(args.baseline))
     for n in args.sizes:

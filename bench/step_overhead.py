@@ -2,11 +2,18 @@
 `transformers.Trainer` (CE, linear head, random batches) on the same backbone, batch, max_len and rows.
 
     python bench/step_overhead.py --steps 40 --warmup 8 --repeats 3     # writes its table to docs/benchmarks.md
+    python bench/step_overhead.py --data ../shared/data/banking77/train.parquet ...   # another training file
 
 Each measurement is its own process (fresh allocator and caches); variants alternate (A B C ... A B C ...) so a
 change in machine load hits all of them alike. A callback records the wall time of every optimizer step; the
 median of the steps after `--warmup` is the variant's figure, and the table reports medians over repeats and the
 ratio to the plain Trainer measured in the same rounds. Evaluation and saving are off: this is the training step.
+
+Throughput: the collator is wrapped to count, per batch, the tokens fed (batch x longest row) and the real
+(non-padding) tokens. Real tokens / s is the sum of real tokens over the timed steps divided by their time. The
+FLOP bound of a training step is 6 x (non-embedding parameters) x tokens fed plus attention (12 x layers x
+hidden x longest row per token fed); "x peak" divides the FLOP/s achieved on real tokens (useful work) and on
+fed tokens by the float32 matmul peak measured in the same process (a 2048^3 `torch.mm`, best of 5).
 """
 
 from __future__ import annotations
@@ -33,8 +40,44 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe_no_supcon": {"loss": {"metric": {"weight": 0.0}}},
     "recipe_random_batches": {"training": {"sampler": "random"}},
     "recipe_no_collapse_watch": {"training": {"collapse_check_steps": 1_000_000}},
+    "recipe_length_grouping": {"training": {"length_grouping": True}},
 }
 """Name -> overrides of the example config (`plain_trainer` is transformers alone)."""
+
+
+class TokenCounter:
+    """Wraps a data collator: (tokens fed, real tokens) of every batch it pads, in order."""
+
+    def __init__(self, collator) -> None:
+        self.collator, self.batches = collator, []
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        mask = batch["attention_mask"]
+        self.batches.append((int(mask.numel()), int(mask.sum())))
+        return batch
+
+
+def matmul_peak() -> float:
+    """Best float32 FLOP/s of a 2048^3 torch.mm over 5 tries, with the current torch threads."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best
+
+
+def model_flops(model, fed: int, longest: int) -> float:
+    """Training FLOPs of one batch: 6 N tokens (N: non-embedding parameters) + attention scores and sums."""
+    config = getattr(model.config, "encoder_config", None) or model.config
+    embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    params = sum(p.numel() for p in model.parameters()) - embeddings
+    return 6 * params * fed + 12 * config.num_hidden_layers * config.hidden_size * longest * fed
 
 
 def _step_timer():
@@ -81,7 +124,7 @@ def plain_trainer(steps: int, out_dir: str) -> list[float]:
     from hf_metric.packaged_models import resolve_model_path
 
     path = resolve_model_path(MODEL_NAME)
-    table = pq.read_table(DATA, columns=["text", "label"]).to_pydict()
+    table = pq.read_table(os.environ.get("BENCH_DATA", DATA), columns=["text", "label"]).to_pydict()
     names = sorted(set(table["label"]))
     ids = {n: i for i, n in enumerate(names)}
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -89,16 +132,16 @@ def plain_trainer(steps: int, out_dir: str) -> list[float]:
     train = Dataset.from_dict({"text": table["text"], "label": [ids[v] for v in table["label"]]}).map(
         lambda b: tokenizer(b["text"], truncation=True, max_length=MAX_LEN), batched=True, remove_columns=["text"]
     )
-    timer = _step_timer()
+    timer, counter = _step_timer(), TokenCounter(DataCollatorWithPadding(tokenizer))
     trainer = Trainer(
         model=model,
         args=_arguments(out_dir, steps),
         train_dataset=train,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=counter,
         callbacks=[timer],
     )
     trainer.train()
-    return timer.times
+    return timer.times, counter.batches, model
 
 
 def hf_metric_trainer(overrides: dict[str, Any], steps: int, out_dir: str) -> list[float]:
@@ -108,7 +151,7 @@ def hf_metric_trainer(overrides: dict[str, Any], steps: int, out_dir: str) -> li
     from hf_metric.run import build_trainer
 
     raw = yaml.safe_load((ROOT / "configs" / "metric_classifier_training.example.yaml").read_text())
-    raw["data"]["parquet_path"] = str(DATA)
+    raw["data"]["parquet_path"] = os.environ.get("BENCH_DATA", str(DATA))
     raw["training"].update(batch_size=BATCH, max_seq_length=MAX_LEN)
     raw["checkpointing"]["checkpoints_dir"] = out_dir
     raw["metric_validation"]["plots"] = False
@@ -121,19 +164,34 @@ def hf_metric_trainer(overrides: dict[str, Any], steps: int, out_dir: str) -> li
                 target[key] = value
     timer = _step_timer()
     trainer = build_trainer(config_from_dict(raw), max_steps=steps, eval_strategy="no", save_strategy="no")
+    trainer.data_collator = counter = TokenCounter(trainer.data_collator)
     trainer.add_callback(timer)
     trainer.train()
-    return timer.times
+    return timer.times, counter.batches, trainer.model
 
 
-def child(name: str, steps: int, out_dir: str) -> None:
+def child(name: str, steps: int, out_dir: str, warmup: int) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    times = (
+    times, batches, model = (
         plain_trainer(steps, out_dir) if name == "plain_trainer" else hf_metric_trainer(VARIANTS[name], steps, out_dir)
     )
-    print("RESULT " + json.dumps({"variant": name, "times": times}), flush=True)
+    timed = batches[warmup : len(times)]  # one batch per step (no gradient accumulation)
+    seconds = sum(times[warmup:])
+    fed, real = sum(b[0] for b in timed), sum(b[1] for b in timed)
+    flops = sum(model_flops(model, b[0], b[0] // BATCH) for b in timed)
+    peak = matmul_peak()
+    result = {
+        "variant": name,
+        "times": times,
+        "real_tokens_per_s": real / seconds,
+        "padding_share": 1 - real / fed,
+        "fed_flop_share": flops / seconds / peak,
+        "real_flop_share": flops * real / fed / seconds / peak,
+        "peak_gflops": peak / 1e9,
+    }
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 def median(values: list[float]) -> float:
@@ -151,25 +209,44 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="/tmp/hf_metric_step_overhead")
     parser.add_argument("--no-docs", action="store_true", help="print the table only")
+    parser.add_argument("--data", default=str(DATA), help="training Parquet (text, label)")
     args = parser.parse_args()
+    os.environ["BENCH_DATA"] = args.data
     if args.child:
-        child(args.child, args.steps, args.out)
+        child(args.child, args.steps, args.out, args.warmup)
         return
     load_before = os.getloadavg()
     per_variant: dict[str, list[float]] = {v: [] for v in args.variants}
+    throughput: dict[str, list[dict]] = {v: [] for v in args.variants}
     for _ in range(args.repeats):
         for name in args.variants:
             cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--out", args.out]
+            cmd += ["--warmup", str(args.warmup), "--data", args.data]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
-            times = json.loads(out.split("RESULT ", 1)[1])["times"][args.warmup :]
-            per_variant[name].append(median(times))
-            print(f"{name}: {per_variant[name][-1]:.3f} s/step", flush=True)
+            result = json.loads(out.split("RESULT ", 1)[1])
+            per_variant[name].append(median(result["times"][args.warmup :]))
+            throughput[name].append(result)
+            print(
+                f"{name}: {per_variant[name][-1]:.3f} s/step, {result['real_tokens_per_s']:.0f} real tokens/s, "
+                f"padding {result['padding_share']:.3f}",
+                flush=True,
+            )
     load_after = os.getloadavg()
     base = median(per_variant.get("plain_trainer", [float("nan")]))
-    rows = ["| variant | s / step (median of repeats) | x plain Trainer |", "|---|---|---|"]
+    rows = [
+        "| variant | s / step (median of repeats) | x plain Trainer | real tokens / s | padding share "
+        "| x peak (real tokens) | x peak (fed tokens) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in args.variants:
         value = median(per_variant[name])
-        rows.append(f"| {name} | {value:.3f} | {value / base:.3f} |")
+        t = {key: median([r[key] for r in throughput[name]]) for key in throughput[name][0] if key != "times"}
+        rows.append(
+            f"| {name} | {value:.3f} | {value / base:.3f} | {t['real_tokens_per_s']:,.0f} | {t['padding_share']:.3f} "
+            f"| {t['real_flop_share']:.3f} | {t['fed_flop_share']:.3f} |"
+        )
+    peak = median([r["peak_gflops"] for runs in throughput.values() for r in runs])
+    rows.append(f"\nfloat32 matmul peak (2048^3 torch.mm, median of the runs' best): {peak:.1f} GFLOP/s.")
     command = "python bench/step_overhead.py " + " ".join(sys.argv[1:])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     section = "\n".join(
@@ -179,7 +256,8 @@ def main() -> None:
             "",
             f"Command: `{command}`; {time.strftime('%Y-%m-%d')}; {machine}; load average "
             f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; batch {BATCH}, max_len {MAX_LEN}, "
-            f"{args.steps} steps ({args.warmup} warm-up), {args.repeats} alternating repeats.",
+            f"{args.steps} steps ({args.warmup} warm-up), {args.repeats} alternating repeats; data "
+            f"{Path(args.data).name} ({Path(args.data).parent.name}).",
             "",
             *rows,
             "<!-- step-overhead:end -->",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -132,6 +133,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         out_of_scope_label=cfg.data.out_of_scope_label or "oos",
         out_of_scope_negatives=cfg.open_set.train_with_oos,
         outlier_exposure_weight=cfg.open_set.outlier_exposure_weight,
+        knn_index=dataclasses.asdict(cfg.model.knn_index) if cfg.model.knn_index is not None else None,
     )
     if cfg.model_config is not None:  # from scratch: random init (see `model_config`)
         model = MetricClassifierModel.from_scratch(cfg.model_config, data.id2label, **model_kwargs)
@@ -148,6 +150,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
         processing_class=featurizer.processor,
         data_collator=featurizer.collator(),
         samples_per_class=t.samples_per_class if t.sampler in ("pk", "group_pk") else None,
+        length_grouping=t.length_grouping,
         evaluator=MetricEvaluator(
             model.objective,
             RetrievalSettings(tuple(mv.recall_at_k), mv.distance, mv.knn_k),

@@ -4,6 +4,7 @@ dist_worker.py supcon OUT_JSON MODE        cross-process SupCon loss and gradien
 dist_worker.py train OUT_DIR CONFIG        one SGD step of the real trainer, then an evaluation
 dist_worker.py pk OUT_DIR CONFIG [CKPT]    P x K batches with gradient accumulation 2 (resumed from CKPT)
 dist_worker.py group_sampler OUT_DIR       the rows accelerate's prepared DataLoader gives each process
+dist_worker.py sharded_search OUT_PT       top k of every query, each process searching half the references
 """
 
 import json
@@ -131,11 +132,38 @@ def group_sampler(out_dir: str) -> None:
     torch.save(rows, os.path.join(out_dir, f"rank{accelerator.process_index}.pt"))
 
 
+def sharded_search_data():
+    """Gaussian rows (distinct scores) and +-1 rows (many exact ties), 13 references: shards of 7 and 6."""
+    g = torch.Generator().manual_seed(0)
+    gauss = (torch.randn(9, 5, generator=g), torch.randn(13, 5, generator=g))
+    dyadic = tuple(torch.randint(0, 2, (n, 4), generator=g).float() * 2 - 1 for n in (9, 13))
+    return {"gauss": gauss, "dyadic": dyadic}
+
+
+def sharded_search(out: str) -> None:
+    from hf_metric.evaluation.sharded_search import distributed_topk_neighbors, shard_span, sharded_topk_neighbors
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results = {}
+    for kind, (query, ref) in sharded_search_data().items():
+        start, stop = shard_span(len(ref), rank, world)
+        for distance in ("cos", "l2"):
+            for k in (1, 4, 9, 20):  # 9 > the 6 rows of rank 1's shard; 20 > all 13 rows
+                results[(kind, distance, k, "shard")] = distributed_topk_neighbors(query, ref[start:stop], k, distance)
+                results[(kind, distance, k, "whole")] = sharded_topk_neighbors(query, ref, k, distance)
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "supcon":
         supcon(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "pk":
         pk(*sys.argv[2:])
+    elif sys.argv[1] == "sharded_search":
+        sharded_search(sys.argv[2])
     elif sys.argv[1] == "group_sampler":
         group_sampler(sys.argv[2])
     else:

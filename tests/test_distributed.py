@@ -89,6 +89,29 @@ def test_training_step_and_evaluation_match_a_single_process(tmp_path, make_conf
         assert np.isclose(ranks[0]["metrics"][key], value, rtol=1e-4, atol=1e-5), (key, ranks[0]["metrics"][key], value)
 
 
+def test_search_split_across_2_processes_equals_the_one_process_search(tmp_path):
+    """Each process searches its half of the references; the merged top k is the one-process top k (ties by
+    lower index, across the shard boundary too), for k beyond one shard's rows and beyond all rows."""
+    from dist_worker import sharded_search_data
+
+    from hf_metric.evaluation.sharded_search import shard_span
+    from hf_metric.model.neighbors import topk_neighbors
+
+    assert [shard_span(13, r, 2) for r in (0, 1)] == [(0, 7), (7, 13)]
+    assert [shard_span(5, r, 3) for r in (0, 1, 2)] == [(0, 2), (2, 4), (4, 5)]
+    out = tmp_path / "search.pt"
+    _torchrun("sharded_search", str(out))
+    got = torch.load(out)
+    data = sharded_search_data()
+    assert len(got) == 2 * 2 * 4 * 2
+    for (kind, distance, k, how), (scores, indices) in got.items():
+        query, ref = data[kind]
+        want_s, want_i = topk_neighbors(query, ref, k, distance, precision="fp32")
+        assert indices.shape == (len(query), min(k, len(ref)))
+        assert torch.equal(indices, want_i), (kind, distance, k, how)
+        assert torch.allclose(scores, want_s, atol=1e-6), (kind, distance, k, how)
+
+
 def _keys(rows) -> Counter:
     return Counter((tuple(tokens), label) for tokens, label in rows)
 

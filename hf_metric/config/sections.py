@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..evaluation.ann import KnnIndexSettings
 from ..model.configuration import MetricClassifierConfig
 from ..optional import available
 from .components import check_options
@@ -15,6 +16,17 @@ from .schema import check as _check
 
 _SAVED = MetricClassifierConfig
 """The saved model's own defaults, which the YAML keeps (all but `knn_fusion_weight`)."""
+
+
+@dataclass
+class KnnIndexSection(KnnIndexSettings):
+    """`model.knn_index`: which index the kNN pipeline uses for large references (`evaluation.ann`)."""
+
+    def validate(self) -> None:
+        problem = self.problem()
+        _check(problem is None, f"model.knn_index.{(problem or '').split(':')[0]}", (problem or "").split(": ", 1)[-1])
+        if self.type != "exact" and not available("faiss"):
+            raise ConfigError('model.knn_index.type: ivf and hnsw need faiss: pip install "hf_metric[ann]"')
 
 
 @dataclass
@@ -37,6 +49,9 @@ class ModelSection:
     store_knn_reference: bool = True
     """Store training rows' embeddings in the weights for kNN fusion; false drops them (and the fusion) so that
     a shared model holds nothing derived from individual training rows."""
+
+    knn_index: KnnIndexSection | None = None
+    """Approximate search (faiss IVF/HNSW, the `ann` extra) for kNN references from `min_size` rows on."""
 
     MODEL_CONFIG_FIELDS = (
         "pooling",
@@ -61,6 +76,8 @@ class ModelSection:
         _check(self.knn_fusion_temperature > 0, "model.knn_fusion_temperature", "must be > 0")
         _check(self.knn_reference_max_rows >= 1, "model.knn_reference_max_rows", "must be >= 1")
         _check(self.gem_p > 0, "model.gem_p", "must be > 0")
+        if self.knn_index is not None:
+            self.knn_index.validate()
 
 
 @dataclass
@@ -226,9 +243,12 @@ class TrainingSection:
     group_mix: float = 0.25
     groups_per_batch: int = 2
     hard_group_mining: HardGroupMiningSection | None = None
+    length_grouping: bool = False
+    """P x K batches of rows of similar token length (`samplers.ClassBalancedBatchSampler`): less padding."""
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
+        _check(not self.length_grouping or self.sampler == "pk", "training.length_grouping", "needs sampler: pk")
         _check(self.num_epochs > 0, "training.num_epochs", "must be > 0")
         _at_least(self, "training.", gradient_accumulation_steps=1, max_seq_length=2)
         _check(

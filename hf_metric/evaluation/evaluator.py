@@ -38,6 +38,7 @@ from .metrics import (
     top_k_accuracy,
 )
 from .names import metric_names
+from .sharded_search import sharded_topk_neighbors
 
 
 @dataclass
@@ -140,6 +141,10 @@ class MetricEvaluator:
         self.open_set = open_set
         self.class_groups = class_groups
         self.always_fail_min_rows = always_fail_min_rows
+        self.search = sharded_topk_neighbors
+        """The neighbour search of the retrieval metrics. In a multi-process run (torch.distributed initialised)
+        each process searches its share of the reference and the top k are merged, so every process must call
+        the evaluator, as the trainer's evaluation does; otherwise the plain local search."""
 
     def metric_names(self) -> tuple[str, ...]:
         metric_part = self.objective.metric_part if self.objective is not None else "supcon_loss"
@@ -227,11 +232,17 @@ class MetricEvaluator:
         out: dict[str, float] = {}
         if p.metric_rows.any():
             m = p.metric_rows
-            recalls = recall_at_k(p.embeddings[m], p.labels[m], ref_emb, ref_labels, r.recall_at_k, r.distance)
+            recalls = recall_at_k(
+                p.embeddings[m], p.labels[m], ref_emb, ref_labels, r.recall_at_k, r.distance, search=self.search
+            )
             out.update({f"recall@{k}": v for k, v in recalls.items()})
         if p.classifier_rows.any():
             c = p.classifier_rows
-            out.update(knn_metrics(p.embeddings[c], p.labels[c], ref_emb, ref_labels, r.knn_k, None, r.distance))
+            out.update(
+                knn_metrics(
+                    p.embeddings[c], p.labels[c], ref_emb, ref_labels, r.knn_k, None, r.distance, search=self.search
+                )
+            )
         out.update({f"bank_{k}": float(v) for k, v in bank_statistics(ref_emb, ref_labels).items()})
         return out
 

@@ -8,7 +8,7 @@ bank statistics, collapse detection) that need no trainer: they take arrays or t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,8 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
 
 LabelArray = np.ndarray | torch.Tensor | Sequence[Any]
 Embeddings = np.ndarray | torch.Tensor
+Search = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""`topk_neighbors(query, ref, k, distance, chunk_size, exclude_self)` or a function like it."""
 
 L2_WEIGHT_EPS = 1e-6
 """Added to Euclidean distances before inverting them into vote weights, so that a distance of 0 is finite."""
@@ -178,6 +180,7 @@ def recall_at_k(
     distance: Distance = "cos",
     exclude_self: bool = False,
     chunk_size: int | None = None,
+    search: Search = topk_neighbors,
 ) -> dict[int, float]:
     """Recall@K of a query set against a reference bank: the fraction of queries with their label among
     their K nearest reference rows.
@@ -185,11 +188,12 @@ def recall_at_k(
     Queries whose label is absent from the bank (or, with `exclude_self`, present only in their own row) are
     misses, so recall@K is comparable across banks; `queries_without_bank_label` counts them. When the bank
     has fewer than K rows (K - 1 with `exclude_self`), all of them are searched. With `exclude_self` the
-    query set is the bank (leave-one-out): a row is never its own neighbour.
+    query set is the bank (leave-one-out): a row is never its own neighbour. `search`: a function with the
+    signature of `topk_neighbors` (e.g. `sharded_search.sharded_topk_neighbors` in a multi-process run).
     """
     ks = _ks_tuple(ks)
     query_labels, ref_labels = _labels_array(query_labels), _labels_array(ref_labels)
-    _, indices = topk_neighbors(query_emb, ref_emb, max(ks), distance, chunk_size, exclude_self)
+    _, indices = search(query_emb, ref_emb, max(ks), distance, chunk_size, exclude_self)
     return recall_from_neighbor_labels(query_labels, ref_labels[indices.cpu().numpy()], ks)
 
 
@@ -201,13 +205,14 @@ def knn_predict(
     distance: Distance = "cos",
     exclude_self: bool = False,
     chunk_size: int | None = None,
+    search: Search = topk_neighbors,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`knn_classify`'s labels and, per query, the winner's share of the total vote weight (a confidence in
     [0, 1]: 1 when every neighbour voted for it), for callers that report a score (the kNN pipeline)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     ref_labels = _labels_array(ref_labels)
-    scores, indices = topk_neighbors(query_emb, ref_emb, k, distance, chunk_size, exclude_self)
+    scores, indices = search(query_emb, ref_emb, k, distance, chunk_size, exclude_self)
     neighbor_labels, weights = ref_labels[indices.cpu().numpy()], neighbor_weights(scores, distance)
     predicted = knn_vote(neighbor_labels, weights)
     winner_weight = np.where(neighbor_labels == predicted[:, None], weights, 0.0).sum(axis=1)
@@ -235,6 +240,7 @@ def knn_metrics(
     distance: Distance = "cos",
     exclude_self: bool = False,
     chunk_size: int | None = None,
+    search: Search = topk_neighbors,
 ) -> dict[str, float]:
     """kNN accuracy and macro-F1 (`knn_classify`), and recall@K for `ks`, from a single neighbour search.
 
@@ -246,7 +252,7 @@ def knn_metrics(
         raise ValueError(f"k must be >= 1, got {k}")
     ks = _ks_tuple(ks) if ks else ()
     query_labels, ref_labels = _labels_array(query_labels), _labels_array(ref_labels)
-    scores, indices = topk_neighbors(query_emb, ref_emb, max((k, *ks)), distance, chunk_size, exclude_self)
+    scores, indices = search(query_emb, ref_emb, max((k, *ks)), distance, chunk_size, exclude_self)
     neighbor_labels = ref_labels[indices.cpu().numpy()]
     predictions = knn_vote(neighbor_labels[:, :k], neighbor_weights(scores[:, :k], distance))
     out = {"knn_accuracy": accuracy(predictions, query_labels), "knn_f1": macro_f1(predictions, query_labels)}

@@ -82,6 +82,7 @@ class MetricClassifierConfig(PreTrainedConfig):
     modality: str = "text"
     out_of_scope_negatives: bool = False
     outlier_exposure_weight: float = 0.0
+    knn_index: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)

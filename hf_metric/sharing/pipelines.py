@@ -31,6 +31,7 @@ import torch
 from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline, TextClassificationPipeline
 
+from ..evaluation.ann import IndexedSearch
 from ..evaluation.metrics import knn_predict
 from ..model.open_set_scores import is_out_of_scope
 from ..training.bank import BANK_FORMAT
@@ -143,6 +144,8 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
     `<model folder>/knn_reference.safetensors` if present, else the training rows stored in the model for kNN
     fusion (`model.knn_fusion_weight`); or set it later with `fit` / `load_reference`.
     `k` and `distance` ("cos" or "l2") are call options; their defaults come from the reference file.
+    `knn_index` (default: the model config's `knn_index`, YAML `model.knn_index`) switches references of at
+    least `min_size` rows to an approximate faiss index (`evaluation.ann`; the `ann` extra).
     """
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -151,11 +154,18 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
             return {"embeddings": out.embeddings}
         return {"embeddings": out.embeddings, "open_set_scores": out.open_set_scores}
 
-    def __init__(self, *args: Any, reference: str | os.PathLike | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        reference: str | os.PathLike | None = None,
+        knn_index: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.reference_embeddings: torch.Tensor | None = None
         self.reference_labels: np.ndarray | None = None
         self.k, self.distance = 10, "cos"
+        self.search = IndexedSearch(knn_index or getattr(self.model.config, "knn_index", None))
         saved = os.path.join(str(getattr(self.model, "name_or_path", "")), KNN_REFERENCE_FILE)
         if reference is not None:
             self.load_reference(reference)
@@ -243,7 +253,9 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
     ) -> dict[str, Any]:
         embeddings, labels = self._reference()
         query = model_outputs["embeddings"].float().cpu()
-        predicted, share = knn_predict(query, embeddings, labels, k or self.k, distance or self.distance)
+        predicted, share = knn_predict(
+            query, embeddings, labels, k or self.k, distance or self.distance, search=self.search
+        )
         answer = {"label": predicted[0].item(), "score": float(share[0])}
         return open_set_answer(answer, self.model.config, model_outputs.get("open_set_scores"))
 

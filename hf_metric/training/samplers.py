@@ -4,6 +4,14 @@ Random batches drawn from many classes hold almost no same-class pairs, and SupC
 sampler cuts every class into groups of K rows and packs P groups of distinct classes into each batch. Every
 row appears in every epoch (groups short of K are topped up from their own class), and the epoch length is
 fixed in advance, which the Trainer needs for its schedule and for resuming mid-epoch.
+
+With `lengths` (token counts, `training.length_grouping`), each class's rows are ordered by length (plus a
+random jitter of `LENGTH_JITTER` tokens, so groups differ between epochs) before they are cut into groups, and
+the batches of the epoch are dealt out in a random order. Groups are then rows of similar length, and since
+every batch takes the next group of each of its classes, the P groups of a batch are of similar length too:
+the collator pads less (on Banking77 with MiniLM and max_len 64, padding falls from 64 % to 30 % of the
+tokens of a 8 x 4 batch, 48 % fewer tokens per epoch; `bench/padding_waste.py`). The P x K promise is kept:
+P classes x K rows per batch, every row once per epoch, the order a function of seed + epoch.
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from torch.utils.data import Sampler
+
+LENGTH_JITTER = 3.0
+"""Tokens of random noise added to the lengths before sorting (`lengths`)."""
 
 
 class ClassBalancedBatchSampler(Sampler[int]):
@@ -28,9 +39,17 @@ class ClassBalancedBatchSampler(Sampler[int]):
         samples_per_class: K, the rows of one class in a batch.
         seed: base seed; the order of epoch `e` depends only on `seed + e`, which makes runs reproducible and
             lets a resumed run skip exactly the batches it has already seen.
+        lengths: tokens of every row; given, batches hold rows of similar length (module doc).
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        samples_per_class: int,
+        seed: int = 0,
+        lengths: Sequence[int] | None = None,
+    ) -> None:
         if batch_size % samples_per_class:
             raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {samples_per_class}")
         self.labels = np.asarray(labels)
@@ -39,6 +58,9 @@ class ClassBalancedBatchSampler(Sampler[int]):
         self.p = batch_size // samples_per_class
         self.seed = seed
         self.epoch = 0
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.float64)
+        if self.lengths is not None and self.lengths.shape != self.labels.shape:
+            raise ValueError(f"lengths has {len(self.lengths)} rows, labels {len(self.labels)}")
         self.class_rows = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
         groups_per_class = [math.ceil(len(rows) / self.k) for rows in self.class_rows]
         self.distinct = len(self.class_rows) >= self.p
@@ -60,6 +82,8 @@ class ClassBalancedBatchSampler(Sampler[int]):
             short = (-len(rows)) % self.k
             if short:
                 rows = np.concatenate([rows, rng.choice(rows, size=short, replace=len(rows) < short)])
+            if self.lengths is not None:  # ascending: `pop` takes the longest first, in every class alike
+                rows = rows[np.argsort(self.lengths[rows] + rng.random(len(rows)) * LENGTH_JITTER, kind="stable")]
             groups.append(list(rows.reshape(-1, self.k)))
         return groups
 
@@ -73,7 +97,16 @@ class ClassBalancedBatchSampler(Sampler[int]):
         return rng.choice(rows, size=self.k, replace=len(rows) < self.k)
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng(self.seed + self.epoch)
+        batches = self._batches(np.random.default_rng(self.seed + self.epoch))
+        if self.lengths is not None:  # long-to-short as drawn: deal the batches out in a random order instead
+            order = np.random.default_rng([self.seed + self.epoch, 1]).permutation(len(batches))
+            batches = [batches[i] for i in order]
+        for batch in batches:
+            yield from (int(i) for i in np.concatenate(batch))
+
+    def _batches(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
+        """The epoch's batches, each a list of P groups of K rows."""
+        batches = []
         groups = self._class_groups(rng)
         if not self.distinct:  # fewer classes than P: classes may repeat within a batch
             flat = [g for class_groups in groups for g in class_groups]
@@ -92,7 +125,15 @@ class ClassBalancedBatchSampler(Sampler[int]):
                 exclude = set()
             while len(batch) < self.p:
                 batch.append(self._fresh_group(rng, exclude))
-            yield from (int(i) for i in np.concatenate(batch))
+            batches.append(batch)
+        return batches
+
+
+def row_lengths(dataset) -> list[int]:
+    """Tokens of every row of a tokenized dataset (`input_ids`), for `training.length_grouping`."""
+    if "input_ids" not in dataset.column_names:
+        raise ValueError("training.length_grouping needs tokenized text rows (an input_ids column)")
+    return [len(ids) for ids in dataset["input_ids"]]
 
 
 def sampling_labels(labels: Sequence[int], out_of_scope_id: int = -1) -> np.ndarray:
@@ -117,12 +158,18 @@ def sampling_labels(labels: Sequence[int], out_of_scope_id: int = -1) -> np.ndar
 
 
 def train_sampler(
-    labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int, num_replicas: int, group_sampling=None
+    labels: Sequence[int],
+    batch_size: int,
+    samples_per_class: int,
+    seed: int,
+    num_replicas: int,
+    group_sampling=None,
+    lengths: Sequence[int] | None = None,
 ) -> Sampler[int]:
     """The training sampler: group-aware P x K batches with `group_sampling` (`group_sampler.GroupSampling`), else
-    P x K batches; known out-of-scope rows are spread over pseudo-classes (`sampling_labels`); under group-aware
-    sampling each pseudo-class is a group of its own."""
+    P x K batches (length-grouped with `lengths`, `training.length_grouping`); known out-of-scope rows are spread
+    over pseudo-classes (`sampling_labels`); under group-aware sampling each pseudo-class is a group of its own."""
     labels = sampling_labels(labels)
     if group_sampling is not None:
         return group_sampling.sampler(labels, batch_size, samples_per_class, seed, num_replicas)
-    return ClassBalancedBatchSampler(labels, batch_size, samples_per_class, seed=seed)
+    return ClassBalancedBatchSampler(labels, batch_size, samples_per_class, seed, lengths)

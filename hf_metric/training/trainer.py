@@ -40,7 +40,7 @@ from .distributed import CROSS_PROCESS_MODES, cross_process_candidates, gather_r
 from .group_sampler import GroupSampling
 from .guard import NonFiniteGuardMixin
 from .optim import parameter_groups
-from .samplers import train_sampler
+from .samplers import row_lengths, train_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         collapse_check_steps: every this many optimizer steps, the collapse watch looks at the training batch
             (logged as `batch_*` with the next training log); None: never.
         max_nonfinite_steps: consecutive non-finite steps (skipped) that stop training; None: never stop.
-        group_sampling: group-aware P x K batches (needs `samples_per_class`), optionally with a curriculum.
+        group_sampling, length_grouping: group-aware P x K batches (with a curriculum); batches of similar lengths.
         Everything else as `transformers.Trainer`. Pass `TrainingArguments(label_names=["labels",
         "classifier_mask", "metric_mask"], remove_unused_columns=False)` so evaluation sees the masks
         (`hf_metric.training.arguments.build_training_arguments` does).
@@ -93,12 +93,13 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         max_nonfinite_steps: int | None = 10,
         bank_negatives: tuple[int, int] | None = None,
         group_sampling: GroupSampling | None = None,
+        length_grouping: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         if distributed_metric_loss not in CROSS_PROCESS_MODES:
             raise ValueError(f"distributed_metric_loss must be one of {CROSS_PROCESS_MODES}")
-        self.samples_per_class = samples_per_class
+        self.samples_per_class, self.length_grouping = samples_per_class, length_grouping
         self.group_sampling = group_sampling
         self.curriculum = group_sampling.curriculum if group_sampling is not None else None
         self.distributed_metric_loss = distributed_metric_loss
@@ -129,7 +130,8 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
             return super()._get_train_sampler(dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         batch, k, world = self._train_batch_size, self.samples_per_class, self.accelerator.num_processes
-        return train_sampler(labels_of(dataset), batch, k, seed, world, self.group_sampling)
+        lengths = row_lengths(dataset) if self.length_grouping else None
+        return train_sampler(labels_of(dataset), batch, k, seed, world, self.group_sampling, lengths)
 
     def _global_rows(self, inputs: dict[str, torch.Tensor], mask_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels and 0/1 mask (the metric loss's candidates) of one micro-batch on every process, each padded to the
@@ -158,8 +160,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         return batch_samples, WindowCounts(counts[0], torch.as_tensor(anchors, device=device), memory, counts[1])
 
     def _memory(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The cross-batch memory for this step: the bank's newest rows, once `bank_negatives`' first step has
-        passed (embeddings of a model many steps older only mislead the loss: XBM's warm-up)."""
+        """The bank's newest rows as cross-batch memory, from `bank_negatives`' first step on (XBM's warm-up)."""
         if self.bank_negatives is None or self.state.global_step < self.bank_negatives[1] or not len(self.bank):
             return None
         embeddings, labels = self.bank.recent(self.bank_negatives[0])
@@ -278,8 +279,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
 
     # ---- checkpoints and resume -----------------------------------------------------------------------
     def save_extra_checkpoint_files(self, checkpoint_dir: str) -> None:
-        """The embedding bank travels with each checkpoint, so a resumed run evaluates against the same rows; so does
-        the curriculum, so a resumed run draws its epoch with the same group weights."""
+        """The bank and the curriculum travel with each checkpoint: a resumed run evaluates and draws as before."""
         self.bank.save(os.path.join(checkpoint_dir, BANK_FILE))
         if self.curriculum is not None:
             self.curriculum.save_checkpoint_files(checkpoint_dir)

@@ -1,0 +1,126 @@
+"""Optional approximate neighbour search (faiss IVF or HNSW) for large kNN references, exact below a size.
+
+Exact search costs N_ref x dim per query: at a few million reference rows (image banks) a single query takes
+tens of milliseconds, a validation set minutes. An inverted-file (IVF) or graph (HNSW) index of faiss answers
+in a small fraction of that at a recall@10 below 1 (`bench/bench_ann.py` measures both against exact search).
+Results are then no longer exact, so the index is only used from `min_size` reference rows on; smaller
+references, leave-one-out searches and `type: exact` use `neighbors.topk_neighbors`.
+
+`IndexedSearch` has the signature of `topk_neighbors`, so it plugs into `knn_predict`, `knn_metrics` and the
+kNN pipeline (`search=`). It builds one index per reference and reuses it while the same reference comes back.
+faiss comes with the `ann` extra (`pip install "hf_metric[ann]"`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..model.neighbors import Distance, as_float_tensor, topk_neighbors
+from ..optional import require
+
+INDEX_TYPES = ("exact", "ivf", "hnsw")
+
+
+@dataclass
+class KnnIndexSettings:
+    """Which index answers kNN queries (YAML `model.knn_index`, stored in the model's config)."""
+
+    type: Literal["exact", "ivf", "hnsw"] = "exact"
+    min_size: int = 100_000
+    """References with fewer rows are searched exactly."""
+    nlist: int | None = None
+    """IVF: number of clusters (default 4 sqrt(N_ref))."""
+    nprobe: int = 32
+    """IVF: clusters searched per query (more: higher recall, slower)."""
+    hnsw_m: int = 32
+    """HNSW: links per node."""
+    ef_construction: int = 80
+    ef_search: int = 128
+    """HNSW: candidate list size at query time (more: higher recall, slower)."""
+
+    def problem(self) -> str | None:
+        """What is wrong with these settings ("field: reason"), or None."""
+        if self.type not in INDEX_TYPES:
+            return f"type: must be one of {INDEX_TYPES}, got {self.type!r}"
+        for name in ("min_size", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
+            if getattr(self, name) < 1:
+                return f"{name}: must be >= 1, got {getattr(self, name)}"
+        if self.nlist is not None and self.nlist < 1:
+            return f"nlist: must be >= 1, got {self.nlist}"
+        return None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | KnnIndexSettings | None) -> KnnIndexSettings:
+        settings = values if isinstance(values, KnnIndexSettings) else cls(**(values or {}))
+        if (problem := settings.problem()) is not None:
+            raise ValueError(f"knn_index.{problem}")
+        return settings
+
+
+def build_index(ref: np.ndarray, distance: Distance, settings: KnnIndexSettings):
+    """A faiss index over `ref` (float32, already L2-normalised for "cos"), trained and filled."""
+    require("faiss", "ann", "knn_index type ivf/hnsw")
+    import faiss
+
+    dim = ref.shape[1]
+    metric = faiss.METRIC_INNER_PRODUCT if distance == "cos" else faiss.METRIC_L2
+    if settings.type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, settings.hnsw_m, metric)
+        index.hnsw.efConstruction = settings.ef_construction
+        index.hnsw.efSearch = settings.ef_search
+    else:
+        nlist = settings.nlist or max(1, int(4 * np.sqrt(len(ref))))
+        quantizer = faiss.IndexFlatIP(dim) if distance == "cos" else faiss.IndexFlatL2(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, min(nlist, len(ref)), metric)
+        index.train(ref)
+        index.nprobe = settings.nprobe
+    index.add(ref)
+    return index
+
+
+def _unit_rows(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x, dim=1).numpy()
+
+
+class IndexedSearch:
+    """`topk_neighbors` through a faiss index from `settings.min_size` reference rows on (module doc)."""
+
+    def __init__(self, settings: dict[str, Any] | KnnIndexSettings | None = None) -> None:
+        self.settings = KnnIndexSettings.from_dict(settings)
+        self._key: tuple | None = None
+        self._index = None
+
+    def uses_index(self, n_ref: int, exclude_self: bool = False) -> bool:
+        return self.settings.type != "exact" and n_ref >= self.settings.min_size and not exclude_self
+
+    def __call__(
+        self,
+        query: torch.Tensor | np.ndarray,
+        ref: torch.Tensor | np.ndarray,
+        k: int,
+        distance: Distance = "cos",
+        chunk_size: int | None = None,
+        exclude_self: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.uses_index(len(ref), exclude_self):
+            return topk_neighbors(query, ref, k, distance, chunk_size, exclude_self)
+        q, r = as_float_tensor(query, "cpu"), as_float_tensor(ref, "cpu")
+        key = (r.data_ptr(), tuple(r.shape), float(r[:: max(1, len(r) // 64)].double().sum()), distance)
+        if key != self._key:  # a new (or changed) reference: build its index once
+            self._index = build_index(_unit_rows(r) if distance == "cos" else r.numpy(), distance, self.settings)
+            self._key = key
+        k = min(k, len(ref))
+        queries = _unit_rows(q) if distance == "cos" else np.ascontiguousarray(q.numpy())
+        found, indices = self._index.search(queries, k)
+        missing = (indices < 0).any(axis=1)  # an IVF probe can hold fewer than k rows: search those exactly
+        if missing.any():
+            rows = np.flatnonzero(missing)
+            exact_s, exact_i = topk_neighbors(q[rows], r, k, distance, chunk_size)
+            found[rows] = exact_s.numpy() if distance == "cos" else exact_s.numpy() ** 2
+            indices[rows] = exact_i.numpy()
+        scores = torch.from_numpy(found if distance == "cos" else np.sqrt(np.maximum(found, 0.0)))
+        return scores.to(torch.float32), torch.from_numpy(indices.astype(np.int64))
