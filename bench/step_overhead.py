@@ -240,7 +240,11 @@ def main() -> None:
     ]
     for name in args.variants:
         value = median(per_variant[name])
-        t = {key: median([r[key] for r in throughput[name]]) for key in throughput[name][0] if key != "times"}
+        t = {
+            key: median([r[key] for r in throughput[name]])
+            for key in throughput[name][0]
+            if key not in ("times", "variant")
+        }
         rows.append(
             f"| {name} | {value:.3f} | {value / base:.3f} | {t['real_tokens_per_s']:,.0f} | {t['padding_share']:.3f} "
             f"| {t['real_flop_share']:.3f} | {t['fed_flop_share']:.3f} |"

@@ -97,17 +97,10 @@ class IndexedSearch:
     def uses_index(self, n_ref: int, exclude_self: bool = False) -> bool:
         return self.settings.type != "exact" and n_ref >= self.settings.min_size and not exclude_self
 
-    def __call__(
-        self,
-        query: torch.Tensor | np.ndarray,
-        ref: torch.Tensor | np.ndarray,
-        k: int,
-        distance: Distance = "cos",
-        chunk_size: int | None = None,
-        exclude_self: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.uses_index(len(ref), exclude_self):
-            return topk_neighbors(query, ref, k, distance, chunk_size, exclude_self)
+    def __call__(self, query, ref, k: int, distance: Distance = "cos", **options: Any):
+        """`topk_neighbors(query, ref, k, distance, **options)`, through the index when `uses_index`."""
+        if not self.uses_index(len(ref), options.get("exclude_self", False)):
+            return topk_neighbors(query, ref, k, distance, **options)
         q, r = as_float_tensor(query, "cpu"), as_float_tensor(ref, "cpu")
         key = (r.data_ptr(), tuple(r.shape), float(r[:: max(1, len(r) // 64)].double().sum()), distance)
         if key != self._key:  # a new (or changed) reference: build its index once
@@ -119,7 +112,7 @@ class IndexedSearch:
         missing = (indices < 0).any(axis=1)  # an IVF probe can hold fewer than k rows: search those exactly
         if missing.any():
             rows = np.flatnonzero(missing)
-            exact_s, exact_i = topk_neighbors(q[rows], r, k, distance, chunk_size)
+            exact_s, exact_i = topk_neighbors(q[rows], r, k, distance, options.get("chunk_size"))
             found[rows] = exact_s.numpy() if distance == "cos" else exact_s.numpy() ** 2
             indices[rows] = exact_i.numpy()
         scores = torch.from_numpy(found if distance == "cos" else np.sqrt(np.maximum(found, 0.0)))

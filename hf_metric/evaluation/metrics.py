@@ -193,7 +193,7 @@ def recall_at_k(
     """
     ks = _ks_tuple(ks)
     query_labels, ref_labels = _labels_array(query_labels), _labels_array(ref_labels)
-    _, indices = search(query_emb, ref_emb, max(ks), distance, chunk_size, exclude_self)
+    _, indices = search(query_emb, ref_emb, max(ks), distance, chunk_size=chunk_size, exclude_self=exclude_self)
     return recall_from_neighbor_labels(query_labels, ref_labels[indices.cpu().numpy()], ks)
 
 
@@ -212,7 +212,7 @@ def knn_predict(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     ref_labels = _labels_array(ref_labels)
-    scores, indices = search(query_emb, ref_emb, k, distance, chunk_size, exclude_self)
+    scores, indices = search(query_emb, ref_emb, k, distance, chunk_size=chunk_size, exclude_self=exclude_self)
     neighbor_labels, weights = ref_labels[indices.cpu().numpy()], neighbor_weights(scores, distance)
     predicted = knn_vote(neighbor_labels, weights)
     winner_weight = np.where(neighbor_labels == predicted[:, None], weights, 0.0).sum(axis=1)
@@ -252,7 +252,9 @@ def knn_metrics(
         raise ValueError(f"k must be >= 1, got {k}")
     ks = _ks_tuple(ks) if ks else ()
     query_labels, ref_labels = _labels_array(query_labels), _labels_array(ref_labels)
-    scores, indices = search(query_emb, ref_emb, max((k, *ks)), distance, chunk_size, exclude_self)
+    scores, indices = search(
+        query_emb, ref_emb, max((k, *ks)), distance, chunk_size=chunk_size, exclude_self=exclude_self
+    )
     neighbor_labels = ref_labels[indices.cpu().numpy()]
     predictions = knn_vote(neighbor_labels[:, :k], neighbor_weights(scores[:, :k], distance))
     out = {"knn_accuracy": accuracy(predictions, query_labels), "knn_f1": macro_f1(predictions, query_labels)}

@@ -14,7 +14,8 @@ holds whole (the trainer's bank), and falls back to the local search outside a m
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -34,16 +35,11 @@ def shard_span(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + base + (rank < extra)
 
 
-def distributed_topk_neighbors(
-    query: torch.Tensor | np.ndarray,
-    ref_shard: torch.Tensor | np.ndarray,
-    k: int,
-    distance: Distance = "cos",
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def distributed_topk_neighbors(query, ref_shard, k: int, distance: Distance = "cos", **options: Any):
     """`topk_neighbors` of `query` (the same on every process) against the union of every process's
-    `ref_shard`, in rank order: global reference indices count rank 0's rows first. Every process gets the
-    full result. Collective: all processes must call it with the same `query` shape and `k`."""
+    `ref_shard`, in rank order: global reference indices count rank 0's rows first; `options` go to each
+    process's local search (not `exclude_self`). Every process gets the full result. Collective: all processes
+    must call it with the same `query` shape and `k`."""
     q = as_float_tensor(query)
     sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([len(ref_shard)], dtype=torch.int64))
@@ -52,7 +48,7 @@ def distributed_topk_neighbors(
     k = min(k, total)
     keys = torch.full((q.shape[0], k), _EMPTY, dtype=torch.int64)
     if len(ref_shard) and k:
-        scores, indices = topk_neighbors(q, as_float_tensor(ref_shard, q.device), k, distance, chunk_size)
+        scores, indices = topk_neighbors(q, as_float_tensor(ref_shard, q.device), k, distance, **options)
         higher = scores if distance == "cos" else scores.neg()  # keys order "higher is nearer"
         keys[:, : scores.shape[1]] = _keys(higher.cpu(), indices.cpu() + offset)
     parts = [torch.empty_like(keys) for _ in range(dist.get_world_size())]
@@ -62,17 +58,11 @@ def distributed_topk_neighbors(
     return (scores if distance == "cos" else scores.neg()).to(q.device), indices.to(q.device)
 
 
-def sharded_topk_neighbors(
-    query: torch.Tensor | np.ndarray,
-    ref: torch.Tensor | np.ndarray,
-    k: int,
-    distance: Distance = "cos",
-    chunk_size: int | None = None,
-    exclude_self: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`topk_neighbors` with its work split among the processes (module doc); `ref` is whole on every process.
-    Leave-one-out (`exclude_self`) and one-process runs use the local search."""
-    if world() == 1 or exclude_self:
-        return topk_neighbors(query, ref, k, distance, chunk_size, exclude_self)
+def sharded_topk_neighbors(query, ref, k: int, distance: Distance = "cos", **options: Any):
+    """`topk_neighbors(query, ref, k, distance, **options)` with its work split among the processes (module
+    doc); `ref` is whole on every process. Leave-one-out (`exclude_self`) and one-process runs use the local
+    search; the split search hands the other options to each process's local search."""
+    if world() == 1 or options.get("exclude_self"):
+        return topk_neighbors(query, ref, k, distance, **options)
     start, stop = shard_span(len(ref), dist.get_rank(), dist.get_world_size())
-    return distributed_topk_neighbors(query, ref[start:stop], k, distance, chunk_size)
+    return distributed_topk_neighbors(query, ref[start:stop], k, distance, **options)

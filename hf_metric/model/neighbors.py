@@ -16,9 +16,10 @@ Speed on CPU (measured against faiss `IndexFlatIP` in bench/bench_knn.py and ben
   BLAS thread counts are process-wide: they are 1 during the call, then restored.)
 - NumPy's BLAS for the products (OpenBLAS in the PyPI wheels), which on AMD CPUs is about 1.35x faster per
   thread than the MKL that CPU builds of torch use (MKL takes slower code paths on non-Intel CPUs).
-- On CPUs with bf16 instructions (AVX512-BF16, AMX), cosine candidates from a bf16 product (2x the float32
-  speed per thread), re-scored in float32 with a proven error margin, so the result stays exact
-  (`bf16_search`; `precision="fp32"` turns it off).
+- Optionally (`precision="bf16"` or `"auto"`), on CPUs with bf16 instructions (AVX512-BF16, AMX), cosine
+  candidates from a bf16 product (2x the float32 speed per thread), re-scored in float32 with a proven error
+  margin, so the result stays exact (`bf16_search`). Off by default: end to end it measured no faster than the
+  float32 path (0.77x vs 0.76x faiss at 50k, docs/benchmarks.md), the wider merge and re-scoring eat the gain.
 - A threshold pre-selection (`_merge_block`): once a query has k neighbours, only scores strictly above its
   k-th best can enter, and whole groups of columns are ruled out by their maxima. After the first few blocks
   almost nothing passes, so most blocks cost one pass (the group maxima) over their scores.
@@ -292,7 +293,7 @@ def topk_neighbors(
     chunk_size: int | None = None,
     exclude_self: bool = False,
     ref_chunk_size: int | None = None,
-    precision: Precision = "auto",
+    precision: Precision = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The `k` nearest reference rows of every query row, exactly, in blocked memory.
 
@@ -312,7 +313,7 @@ def topk_neighbors(
         precision: products used to find the candidates. "bf16" (cosine on CPU only): a bf16 product picks
             candidates and float32 ranks them, with a proven error margin, so the result is still the exact
             float32 top k (`bf16_search`); about 2x faster where the CPU has bf16 instructions. "fp32": float32
-            products only. "auto": "bf16" for cosine on CPUs with AVX512-BF16/AMX, else "fp32".
+            products only (default). "auto": "bf16" for cosine on CPUs with AVX512-BF16/AMX, else "fp32".
 
     On CPU the query chunks are shared out among `torch.get_num_threads()` worker threads, each running
     single-threaded operations (module doc); on other devices one loop issues the blocks in order.
