@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+
+def table_row(cells: list[Any]) -> str:
+    """One markdown table row from already formatted cells."""
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def append_result(path: str | Path, row: dict[str, Any]) -> None:
+    """Print one benchmark result and append it as a JSON line to `path` (results accumulate across runs)."""
+    print(json.dumps(row), flush=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
 
 
 def write_section(path: Path, section: str, marks: tuple[str, str]) -> None:

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 import quality
 import torch
 import yaml
-from docs_section import write_section
+from docs_section import append_result, table_row, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -135,11 +135,11 @@ def run_method(method: str, split: dict[str, Any], args: argparse.Namespace, see
         metrics, seconds = quality.run_baseline(split, epochs, workdir, seed, float(lr), args.max_steps)
         return metrics, seconds, {"epochs": epochs, "learning_rate": float(lr)}
     if method == "hf_metric":
-        metrics, seconds = quality.run_hf_metric(split, steps, None, workdir, method, seed)
+        metrics, seconds = quality.run_hf_metric(split, steps, None, workdir, method, seed=seed)
         return metrics, seconds, {}
     if method == "few_shot":
         overrides = preset_overrides(args)
-        metrics, seconds = quality.run_hf_metric(split, overrides, None, workdir, method, seed, PRESET)
+        metrics, seconds = quality.run_hf_metric(split, overrides, None, workdir, method, seed=seed, config=PRESET)
         return metrics, seconds, {"overrides": json.loads(args.overrides) if args.overrides else {}}
     return run_setfit(split, args, seed, workdir)
 
@@ -247,11 +247,9 @@ def write_docs(results: Path, docs: Path) -> None:
         for r in vals:
             overrides = json.dumps(r.get("overrides") or {}).replace("|", "/")
             head = f"{r['head_accuracy']:.4f}" if "head_accuracy" in r else "-"
-            lines.append(
-                f"| {r['method']} | `{overrides}` | {r.get('note', '')} | {r['dataset']} | {r['k']} | {r['seed']} | "
-                f"{r['eval_rows']} | "
-                f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {head} | {r['seconds']:.0f} | {r['load_avg']} |"
-            )
+            cells = [r["method"], f"`{overrides}`", r.get("note", ""), r["dataset"], r["k"], r["seed"], r["eval_rows"]]
+            scores = [f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", head, f"{r['seconds']:.0f}", r["load_avg"]]
+            lines.append(table_row(cells + scores))
         lines.append("")
     lines.append(MARKS[1])
     write_section(docs, "\n".join(lines), MARKS)
@@ -329,9 +327,7 @@ def main() -> None:
                         "load_avg": round(os.getloadavg()[0], 2),
                         "machine": f"{os.cpu_count()} CPU, {platform.machine()}",
                     }
-                    print(json.dumps(row), flush=True)
-                    with open(args.results, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                    append_result(args.results, row)
     if args.docs:
         write_docs(Path(args.results), Path(args.docs))
 

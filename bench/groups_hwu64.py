@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from docs_section import write_section
+from docs_section import append_result, table_row, write_section
 from quality import SEED, VAL_RATIO, deep_update, encode, train_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,11 +136,14 @@ def write_docs(results: Path, docs: Path) -> None:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in run:
+            shares = ("within_group_error_share", "worst10_groups_error_share", "error_rank2_share")
             lines.append(
-                f"| {r['variant']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-                f"{r.get('within_group_accuracy', float('nan')):.4f} | {r['within_group_error_share']:.3f} | "
-                f"{r['worst10_groups_error_share']:.3f} | {r['error_rank2_share']:.3f} | "
-                f"{r['error_margin_below_0.005_share']:.3f} | {r['always_failing_classes']:.0f} | {r['seconds']:.0f} |"
+                table_row(
+                    [r["variant"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}"]
+                    + [f"{r.get('within_group_accuracy', float('nan')):.4f}"]
+                    + [f"{r[key]:.3f}" for key in (*shares, "error_margin_below_0.005_share")]
+                    + [f"{r['always_failing_classes']:.0f}", f"{r['seconds']:.0f}"]
+                )
             )
         lines.append("")
     lines.append(MARKS[1])
@@ -171,9 +174,7 @@ def main() -> None:
             row.update({k: round(float(v), 4) for k, v in metrics.items()})
             row.update({"threads": torch.get_num_threads(), "load_avg": round(os.getloadavg()[0], 2)})
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            with open(args.results, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_result(args.results, row)
     if args.docs:
         write_docs(Path(args.results), Path(args.docs))
 

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
-from docs_section import write_section
+from docs_section import append_result, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "configs" / "metric_classifier_training.example.yaml"
@@ -236,15 +236,10 @@ def _arrays(split: dict[str, Any], name: str) -> Path | None:
 
 
 def run_hf_metric(
-    split: dict[str, Any],
-    overrides: dict[str, Any],
-    epochs: float | None,
-    workdir: Path,
-    name: str,
-    seed: int = SEED,
-    config: Path = EXAMPLE_CONFIG,
+    split: dict[str, Any], overrides: dict[str, Any], epochs: float | None, workdir: Path, name: str, **options: Any
 ) -> tuple[dict[str, float], float]:
-    model, tokenizer, seconds = train_variant(split, overrides, epochs, workdir, name, seed, config)
+    """`train_variant` (`options`: its seed and config), then the test/validation scores of the best model."""
+    model, tokenizer, seconds = train_variant(split, overrides, epochs, workdir, name, **options)
     return score(model, tokenizer, split, _arrays(split, name)), seconds
 
 
@@ -469,9 +464,7 @@ def main() -> None:
                 "machine": f"{os.cpu_count()} CPU, {platform.machine()}",
             }
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            with open(args.results, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_result(args.results, row)
     if args.docs:
         write_docs(Path(args.results), Path(args.docs), Path(args.arrays) if args.arrays else None)
     print(f"\n| variant | protocol | epochs | accuracy | macro-F1 | kNN acc | kNN F1 | train s |\n|{'---|' * 8}")
