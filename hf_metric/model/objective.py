@@ -131,10 +131,6 @@ class TrainingObjective(nn.Module):
     def combine(self, classification: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
         return self.classification_weight * classification + self.metric_weight * metric
 
-    def classification_count(self, labels: torch.Tensor, classifier_mask: torch.Tensor | None) -> torch.Tensor:
-        """Rows the classification part averages over."""
-        return rows_in(labels, classifier_mask).sum()
-
     def row_counts(self, labels: torch.Tensor, classifier_mask: torch.Tensor | None) -> torch.Tensor:
         """float32 `[classification rows, outlier-exposure rows]` (the second 0 when outlier exposure is off)."""
         ce_rows = rows_in(labels, classifier_mask).sum()
