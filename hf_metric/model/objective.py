@@ -143,6 +143,20 @@ class TrainingObjective(nn.Module):
         keep = rows_in(labels, metric_mask)
         return keep | outlier_rows(labels, metric_mask) if self.out_of_scope_negatives else keep
 
+    def own_candidates(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, metric_mask: torch.Tensor | None
+    ) -> Candidates:
+        """The rows themselves as the metric loss's candidates (a batch in `forward`, a dataset in
+        `dataset_losses`): the `candidate_rows`, known out-of-scope rows as negatives only."""
+        return self.as_negatives((embeddings, labels, self.candidate_rows(labels, metric_mask).to(torch.int64)))
+
+    def as_negatives(self, candidates: Candidates) -> Candidates:
+        """Candidates with the out-of-scope rows relabelled `NEGATIVE_ONLY` when they are negatives (idempotent)."""
+        if not self.out_of_scope_negatives:
+            return candidates
+        emb, labels, mask = candidates
+        return emb, negatives_only(labels), mask
+
     def metric_count(
         self, labels: torch.Tensor, metric_mask: torch.Tensor | None, memory_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -183,13 +197,12 @@ class TrainingObjective(nn.Module):
             classification = _part(rows, valid, None if denominators is None else denominators[0])
         if self.metric_weight > 0:
             if (memory is not None or self.out_of_scope_negatives) and candidates is None:
-                own = self.candidate_rows(labels, metric_mask).to(torch.int64)
-                candidates, self_index = (embeddings, labels, own), torch.arange(len(labels), device=labels.device)
+                candidates = self.own_candidates(embeddings, labels, metric_mask)
+                self_index = torch.arange(len(labels), device=labels.device)
             if memory is not None:
                 candidates = _with_memory(candidates, memory)
-            if candidates is not None and self.out_of_scope_negatives:
-                cand_emb, cand_labels, cand_mask = candidates
-                candidates = (cand_emb, negatives_only(cand_labels), cand_mask)
+            if candidates is not None:
+                candidates = self.as_negatives(candidates)
             rows, valid = self.metric_rows(embeddings, labels, metric_mask, candidates, self_index)
             metric = _part(rows, valid, None if denominators is None else denominators[1])
         if self.outlier_exposure_weight == 0:
@@ -238,9 +251,7 @@ class TrainingObjective(nn.Module):
             None if m is None else torch.as_tensor(m) for m in (classifier_mask, metric_mask)
         )
         classification = masked_mean(*self.classification_rows(logits, labels, classifier_mask)).item()
-        everyone = (emb, labels, metric_mask)
-        if self.out_of_scope_negatives:
-            everyone = (emb, negatives_only(labels), self.candidate_rows(labels, metric_mask).to(torch.int64))
+        everyone = self.own_candidates(emb, labels, metric_mask)
         total, count = torch.zeros((), dtype=torch.float64), 0
         for start in range(0, len(emb), chunk_size):
             chunk = slice(start, start + chunk_size)
