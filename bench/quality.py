@@ -65,6 +65,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cosine_llrd08": {"head": {"type": "cosine", "scale": 30.0}, "optimizer": {"layerwise_lr_decay": 0.8}},
     "cosface": {"head": {"type": "cosface", "scale": 30.0, "margin": 0.1}},
     "arcface": {"head": {"type": "arcface", "scale": 30.0, "margin": 0.1}},
+    "xbm": {"training": {"bank_negatives": {"size": 1024, "start_step": 100}}},
 }
 """Ablation variants: overrides of the example config, section by section."""
 
