@@ -338,6 +338,37 @@ def seeds_tables(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ablation_tables(vals: list[dict[str, Any]], arrays: Path | None) -> list[str]:
+    """One table per (dataset, epochs) of validation rows: ablations are only comparable within one."""
+    lines: list[str] = []
+    w, t = FUSION_PROBE
+    for dataset, epochs in dict.fromkeys((_dataset(r), r["epochs"]) for r in vals):
+        lines += [
+            f"### Ablations on {dataset}, {epochs} epochs (validation split of train only; the test file is not read)",
+            "",
+            "Each lever alone on top of the example config of the time, trained on 90 % of train and scored on the "
+            "stratified 10 % (seed 42). 'fused': the head's logits fused with the kNN vote (weight "
+            f"{w}, temperature {t}), computed afterwards from the saved logits and embeddings "
+            "(`bench/fusion_grid.py` tunes these values on the same validation arrays). The load avg column says "
+            "whether a run shared the 2 cores with other work.",
+            "",
+            "| variant | overrides | accuracy | macro-F1 | fused acc / F1 | kNN acc | kNN F1 | load avg |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in vals:
+            if (_dataset(r), r["epochs"]) != (dataset, epochs):
+                continue
+            npz = arrays / "val" / f"{r['variant']}.npz" if arrays else None
+            fused = _fused_accuracy(npz) if npz and npz.is_file() else r.get("fused", "-")
+            overrides = json.dumps(r["overrides"]).replace("|", "/") if r["overrides"] else "-"
+            lines.append(
+                f"| {r['variant']} | `{overrides}` | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {fused} | "
+                f"{r['knn_accuracy']:.4f} | {r['knn_f1']:.4f} | {r['load_avg']} |"
+            )
+        lines.append("")
+    return lines
+
+
 def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
     """Rewrite the quality section of `docs`: the latest test comparison and every validation ablation."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
@@ -373,28 +404,7 @@ def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
             )
         lines.append("")
     lines += seeds_tables([r for r in rows if r["protocol"] == "test" and r.get("seeds", 1) > 1])
-    vals = [r for r in rows if r["protocol"] == "val"]
-    if vals:
-        w, t = FUSION_PROBE
-        lines += [
-            "### Ablations (validation split of train only; the test file is not read)",
-            "",
-            f"Each lever alone on top of the example config of the time, {vals[0]['epochs']} epochs, trained on "
-            "90 % of train and scored on the stratified 10 % (seed 42). 'fused': the head's logits fused with "
-            f"the kNN vote (weight {w}, temperature {t}), computed afterwards from the saved logits and "
-            "embeddings (`bench/fusion_grid.py` tunes these values on the same validation arrays). Runs shared "
-            "the 2 cores with other work (load avg column), so their times are not comparable.",
-            "",
-            "| variant | overrides | accuracy | macro-F1 | fused acc / F1 | kNN acc | kNN F1 | load avg |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in vals:
-            fused = _fused_accuracy(arrays / "val" / f"{r['variant']}.npz") if arrays else "-"
-            overrides = json.dumps(r["overrides"]).replace("|", "/") if r["overrides"] else "-"
-            lines.append(
-                f"| {r['variant']} | `{overrides}` | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {fused} | "
-                f"{r['knn_accuracy']:.4f} | {r['knn_f1']:.4f} | {r['load_avg']} |"
-            )
+    lines += ablation_tables([r for r in rows if r["protocol"] == "val"], arrays)
     lines.append(MARKS[1])
     section = "\n".join(lines)
     write_section(docs, section, MARKS)
