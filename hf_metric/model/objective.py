@@ -147,11 +147,11 @@ class TrainingObjective(nn.Module):
         self, embeddings: torch.Tensor, labels: torch.Tensor, metric_mask: torch.Tensor | None
     ) -> Candidates:
         """The rows themselves as the metric loss's candidates (a batch in `forward`, a dataset in
-        `dataset_losses`): the `candidate_rows`, known out-of-scope rows as negatives only."""
-        return self.as_negatives((embeddings, labels, self.candidate_rows(labels, metric_mask).to(torch.int64)))
+        `dataset_losses`): the `candidate_rows`; the callers relabel them once with `as_negatives`."""
+        return embeddings, labels, self.candidate_rows(labels, metric_mask).to(torch.int64)
 
     def as_negatives(self, candidates: Candidates) -> Candidates:
-        """Candidates with the out-of-scope rows relabelled `NEGATIVE_ONLY` when they are negatives (idempotent)."""
+        """Candidates with the out-of-scope rows relabelled `NEGATIVE_ONLY` when they are negatives."""
         if not self.out_of_scope_negatives:
             return candidates
         emb, labels, mask = candidates
@@ -251,7 +251,7 @@ class TrainingObjective(nn.Module):
             None if m is None else torch.as_tensor(m) for m in (classifier_mask, metric_mask)
         )
         classification = masked_mean(*self.classification_rows(logits, labels, classifier_mask)).item()
-        everyone = self.own_candidates(emb, labels, metric_mask)
+        everyone = self.as_negatives(self.own_candidates(emb, labels, metric_mask))
         total, count = torch.zeros((), dtype=torch.float64), 0
         for start in range(0, len(emb), chunk_size):
             chunk = slice(start, start + chunk_size)
