@@ -157,6 +157,15 @@ def sharded_search(out: str) -> None:
     dist.destroy_process_group()
 
 
+def _shut_down_process_group() -> None:
+    """Wait for the other rank, then tear gloo down before the interpreter exits: a rank that exits while its
+    process group is still alive can abort in gloo's destructor ("terminate called without an active
+    exception"), which failed the 2-process training test once although both ranks had finished their work."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "supcon":
         supcon(sys.argv[2], sys.argv[3])
@@ -168,3 +177,4 @@ if __name__ == "__main__":
         group_sampler(sys.argv[2])
     else:
         train(sys.argv[2], sys.argv[3])
+    _shut_down_process_group()
