@@ -288,8 +288,6 @@ def _fused_accuracy(npz: Path) -> str:
     """Accuracy / macro-F1 of the head's logits fused with the kNN vote at `FUSION_PROBE`, from saved arrays."""
     from fusion_grid import fused_scores
 
-    if not npz.is_file():
-        return "-"
     weight, temperature = FUSION_PROBE
     return fused_scores(np.load(npz), [weight], temperature, KNN_K)[0]
 

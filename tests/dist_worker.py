@@ -44,7 +44,6 @@ def supcon(out: str, mode: str) -> None:
     if rank == 0:
         with open(out, "w") as fh:
             json.dump({"loss": total.item(), "grad": torch.cat(grads).tolist()}, fh)
-    dist.destroy_process_group()
 
 
 def train(out_dir: str, config: str) -> None:
@@ -154,13 +153,12 @@ def sharded_search(out: str) -> None:
                 results[(kind, distance, k, "whole")] = sharded_topk_neighbors(query, ref, k, distance)
     if rank == 0:
         torch.save(results, out)
-    dist.destroy_process_group()
 
 
 def _shut_down_process_group() -> None:
-    """Wait for the other rank, then tear gloo down before the interpreter exits: a rank that exits while its
-    process group is still alive can abort in gloo's destructor ("terminate called without an active
-    exception"), which failed the 2-process training test once although both ranks had finished their work."""
+    """Every mode's one teardown: wait for the other rank, then tear gloo down before the interpreter exits. A
+    rank that exits while its process group is still alive can abort in gloo's destructor ("terminate called
+    without an active exception"), which failed the 2-process training test once after both ranks had finished."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
