@@ -173,6 +173,18 @@ def score(model, tokenizer, split: dict[str, Any], save_to: Path | None = None) 
 
 
 # --------------------------------------------------------------------------------------------------- recipes
+def baseline_model(path: str | Path, names: list[str], seed: int) -> torch.nn.Module:
+    """The plain arm's model, its new classification head drawn from `seed`: `Trainer` seeds only at its own
+    construction, after the model exists, so without this the head's init was unseeded and a seed's run could
+    not be repeated (HWU64 seed 42: 91.45 then 90.80 % test accuracy)."""
+    from transformers import AutoModelForSequenceClassification, set_seed
+
+    set_seed(seed)
+    return AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)}
+    )
+
+
 def run_baseline(
     split: dict[str, Any],
     epochs: float,
@@ -185,7 +197,6 @@ def run_baseline(
     overrides `epochs`, for smoke runs)."""
     import datasets
     from transformers import (
-        AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
@@ -198,9 +209,7 @@ def run_baseline(
     names = sorted(set(split["train_labels"]))
     label2id = {n: i for i, n in enumerate(names)}
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id
-    )
+    model = baseline_model(path, names, seed)
     train = datasets.Dataset.from_dict(
         {"text": list(split["train_texts"]), "label": [label2id[v] for v in split["train_labels"]]}
     ).map(lambda b: tokenizer(b["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"])

