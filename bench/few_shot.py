@@ -199,14 +199,16 @@ def _cell_rows(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
 
 
 def write_docs(results: Path, docs: Path) -> None:
-    """Rewrite the few-shot section: per dataset, the latest test run, mean +- std over seeds per method and k;
-    then every validation (preset selection) row."""
+    """Rewrite the few-shot section: per dataset and k, the latest test run, mean +- std over seeds per method
+    (a run of one k does not hide an earlier run of another); then every validation (preset selection) row."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     lines = [MARKS[0], "## Few-shot: plain CE vs hf_metric vs SetFit (`bench/few_shot.py`)", ""]
     tests = [r for r in rows if r["protocol"] == "test"]
-    for dataset in dict.fromkeys(r["dataset"] for r in tests):
-        mine = [r for r in tests if r["dataset"] == dataset]
-        run = [r for r in mine if r["run_id"] == mine[-1]["run_id"]]
+    latest = {(r["dataset"], r["k"]): r["run_id"] for r in tests}
+    for dataset, run_id in dict.fromkeys((d, run_id) for (d, _), run_id in sorted(latest.items())):
+        run = [
+            r for r in tests if (r["dataset"], r["run_id"]) == (dataset, run_id) and latest[dataset, r["k"]] == run_id
+        ]
         commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in run))
         loads = [r["load_avg"] for r in run]
         lines += [

@@ -1,0 +1,36 @@
+"""The benchmark tables in docs/benchmarks.md are rendered from result rows: a later run must replace only the
+cells it measured, never hide another k's numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def few_shot_row(run_id: str, k: int, seed: int, accuracy: float, method: str = "few_shot") -> dict:
+    return {
+        "run_id": run_id, "dataset": "toy", "k": k, "seed": seed, "method": method, "protocol": "test",
+        "accuracy": accuracy, "macro_f1": accuracy, "seconds": 10.0, "command": f"python bench/few_shot.py {run_id}",
+        "load_avg": 1.0, "date": "2026-12-03", "machine": "2 CPU", "threads": 1, "classes": 3, "eval_rows": 9,
+    }  # fmt: skip
+
+
+def test_few_shot_docs_show_the_latest_run_of_every_k(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import few_shot
+
+    rows = [
+        few_shot_row("k10-old", 10, 0, 0.10),
+        few_shot_row("k10", 10, 0, 0.80),
+        few_shot_row("k10", 10, 1, 0.90),
+        few_shot_row("k5", 5, 0, 0.70),
+    ]
+    results, docs = tmp_path / "results.jsonl", tmp_path / "benchmarks.md"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    few_shot.write_docs(results, docs)
+    text = docs.read_text()
+    assert "run k10 " in text and "run k5 " in text and "k10-old" not in text
+    assert "| few_shot | 10 | 0, 1 | 85.00 +- 7.07 |" in text  # mean +- sample std of 80 and 90
+    assert "| few_shot | 5 | 0 | 70.00 |" in text
