@@ -198,17 +198,73 @@ def _cell_rows(rows: list[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     return cells
 
 
+def _percent_by_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
+    return {r["seed"]: 100 * r["accuracy"] for r in rows}
+
+
+def _arm_cell(values: dict[int, float]) -> str:
+    """'mean +- std (seed 0 / seed 1 / ...)' of per-seed accuracies in %, '-' for an arm that did not run."""
+    if not values:
+        return "-"
+    spread = " / ".join(f"{values[s]:.2f}" for s in sorted(values))
+    return quality.mean_std(list(values.values()), 2) + (f" ({spread})" if len(values) > 1 else "")
+
+
+def comparison_table(cells: dict[tuple, dict[str, list[dict[str, Any]]]]) -> list[str]:
+    """Preset vs SetFit per (dataset, k): both means, the difference at every seed both ran (paired: same k-shot
+    sample) and its mean, the training-time ratio, and the other two arms for context.
+
+    Generated from the same rows as the per-run tables so that the headline comparison cannot drift from them."""
+    lines = [
+        "Preset vs SetFit, seed by seed (test accuracy %, mean +- sample std; per-seed values in brackets; "
+        "the difference is paired by seed, i.e. by k-shot sample, and averaged over the seeds both ran):",
+        "",
+        "| dataset, k | seeds | few-shot preset | SetFit | preset - SetFit (per seed) | preset time / SetFit time | "
+        "plain CE | full-data recipe |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, k), by_method in cells.items():
+        preset, setfit = by_method.get("few_shot", []), by_method.get("setfit", [])
+        if not preset or not setfit:
+            continue
+        mine, theirs = _percent_by_seed(preset), _percent_by_seed(setfit)
+        paired = sorted(set(mine) & set(theirs))
+        differences = [mine[s] - theirs[s] for s in paired]
+        per_seed = " / ".join(f"{d:+.2f}" for d in differences)
+        preset_s, setfit_s = np.mean([r["seconds"] for r in preset]), np.mean([r["seconds"] for r in setfit])
+        seeds = ", ".join(str(s) for s in sorted(set(mine) | set(theirs)))
+        lines.append(
+            table_row(
+                [
+                    f"{dataset}, k = {k}",
+                    seeds,
+                    _arm_cell(mine),
+                    _arm_cell(theirs),
+                    f"{np.mean(differences):+.2f} ({per_seed})" if differences else "-",
+                    f"{preset_s / setfit_s:.2f}x ({preset_s:,.0f} vs {setfit_s:,.0f} s)",
+                    _arm_cell(_percent_by_seed(by_method.get("ce", []))),
+                    _arm_cell(_percent_by_seed(by_method.get("hf_metric", []))),
+                ]
+            )
+        )
+    return [*lines, ""]
+
+
 def write_docs(results: Path, docs: Path) -> None:
     """Rewrite the few-shot section: per dataset and k, the latest test run, mean +- std over seeds per method
-    (a run of one k does not hide an earlier run of another); then every validation (preset selection) row."""
+    (a run of one k does not hide an earlier run of another); the preset-vs-SetFit comparison of those runs;
+    then every validation (preset selection) row."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     lines = [MARKS[0], "## Few-shot: plain CE vs hf_metric vs SetFit (`bench/few_shot.py`)", ""]
     tests = [r for r in rows if r["protocol"] == "test"]
     latest = {(r["dataset"], r["k"]): r["run_id"] for r in tests}
+    compared: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for dataset, run_id in dict.fromkeys((d, run_id) for (d, _), run_id in sorted(latest.items())):
         run = [
             r for r in tests if (r["dataset"], r["run_id"]) == (dataset, run_id) and latest[dataset, r["k"]] == run_id
         ]
+        for (method, k), rs in _cell_rows(run).items():
+            compared.setdefault((dataset, k), {})[method] = rs
         commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in run))
         loads = [r["load_avg"] for r in run]
         lines += [
@@ -233,6 +289,7 @@ def write_docs(results: Path, docs: Path) -> None:
                 f"{quality.mean_std([r['seconds'] for r in rs], 0)} | {f'{ratio:.2f}' if ratio else '-'} |"
             )
         lines.append("")
+    lines += comparison_table(dict(sorted(compared.items())))
     vals = [r for r in rows if r["protocol"] == "val"]
     if vals:
         lines += [

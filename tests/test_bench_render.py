@@ -34,3 +34,28 @@ def test_few_shot_docs_show_the_latest_run_of_every_k(tmp_path, monkeypatch):
     assert "run k10 " in text and "run k5 " in text and "k10-old" not in text
     assert "| few_shot | 10 | 0, 1 | 85.00 +- 7.07 |" in text  # mean +- sample std of 80 and 90
     assert "| few_shot | 5 | 0 | 70.00 |" in text
+
+
+def test_few_shot_comparison_pairs_preset_and_setfit_by_seed(tmp_path, monkeypatch):
+    """The headline table is rendered from the rows: per-seed differences only where both arms ran that seed."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import few_shot
+
+    rows = [
+        few_shot_row("k10", 10, 0, 0.80),
+        few_shot_row("k10", 10, 1, 0.90),
+        few_shot_row("k10", 10, 2, 0.50),  # SetFit did not run seed 2: not in the paired difference
+        {**few_shot_row("k10", 10, 0, 0.75, "setfit"), "seconds": 40.0},
+        {**few_shot_row("k10", 10, 1, 0.80, "setfit"), "seconds": 40.0},
+        few_shot_row("k10", 10, 0, 0.60, "ce"),
+        few_shot_row("k5", 5, 0, 0.70),  # no SetFit at k = 5: no comparison row
+    ]
+    results, docs = tmp_path / "results.jsonl", tmp_path / "benchmarks.md"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    few_shot.write_docs(results, docs)
+    table = [line for line in docs.read_text().splitlines() if line.startswith("| toy, k = ")]
+    mean_difference = ((80 - 75) + (90 - 80)) / 2
+    assert table == [
+        "| toy, k = 10 | 0, 1, 2 | 73.33 +- 20.82 (80.00 / 90.00 / 50.00) | 77.50 +- 3.54 (75.00 / 80.00) | "
+        f"+{mean_difference:.2f} (+5.00 / +10.00) | 0.25x (10 vs 40 s) | 60.00 | - |"
+    ]
