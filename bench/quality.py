@@ -66,6 +66,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cosface": {"head": {"type": "cosface", "scale": 30.0, "margin": 0.1}},
     "arcface": {"head": {"type": "arcface", "scale": 30.0, "margin": 0.1}},
     "xbm": {"training": {"bank_negatives": {"size": 1024, "start_step": 100}}},
+    "ls01": {"loss": {"classification": {"label_smoothing": 0.1}}},
+    "headlr10": {"optimizer": {"head_lr_multiplier": 10.0}},
 }
 """Ablation variants: overrides of the example config, section by section."""
 
