@@ -347,19 +347,26 @@ def seeds_tables(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _epochs_label(epochs: float | None) -> str:
+    """Rows run without --epochs trained for the config's own num_epochs, which the row does not record."""
+    return f"{epochs:g} epochs" if epochs is not None else "the config's epochs"
+
+
 def ablation_tables(vals: list[dict[str, Any]], arrays: Path | None) -> list[str]:
     """One table per (dataset, epochs) of validation rows: ablations are only comparable within one."""
     lines: list[str] = []
     w, t = FUSION_PROBE
     for dataset, epochs in dict.fromkeys((_dataset(r), r["epochs"]) for r in vals):
         lines += [
-            f"### Ablations on {dataset}, {epochs} epochs (validation split of train only; the test file is not read)",
+            f"### Ablations on {dataset}, {_epochs_label(epochs)} (validation split of train only; the test file is "
+            "not read)",
             "",
             "Each lever alone on top of the example config of the time, trained on 90 % of train and scored on the "
-            "stratified 10 % (seed 42). 'fused': the head's logits fused with the kNN vote (weight "
-            f"{w}, temperature {t}), computed afterwards from the saved logits and embeddings "
-            "(`bench/fusion_grid.py` tunes these values on the same validation arrays). The load avg column says "
-            "whether a run shared the 2 cores with other work.",
+            "stratified 10 % (seed 42). 'accuracy': the head alone; 'fused': the head's logits fused with the kNN "
+            "vote, the model's prediction where the config fuses (rows that record the head apart), else computed "
+            f"afterwards from the saved logits and embeddings (weight {w}, temperature {t}; `bench/fusion_grid.py` "
+            "tunes these values on the same validation arrays). The load avg column says whether a run shared the "
+            "2 cores with other work.",
             "",
             "| variant | overrides | accuracy | macro-F1 | fused acc / F1 | kNN acc | kNN F1 | load avg |",
             "|---|---|---|---|---|---|---|---|",
@@ -368,10 +375,15 @@ def ablation_tables(vals: list[dict[str, Any]], arrays: Path | None) -> list[str
             if (_dataset(r), r["epochs"]) != (dataset, epochs):
                 continue
             npz = arrays / "val" / f"{r['variant']}.npz" if arrays else None
-            fused = _fused_accuracy(npz) if npz and npz.is_file() else r.get("fused", "-")
+            if "head_accuracy" in r:  # the run's own prediction is the fused one; the head is recorded apart
+                head_acc, head_f1 = r["head_accuracy"], r["head_macro_f1"]
+                fused = f"{r['accuracy']:.4f} / {r['macro_f1']:.4f}"
+            else:
+                head_acc, head_f1 = r["accuracy"], r["macro_f1"]
+                fused = _fused_accuracy(npz) if npz and npz.is_file() else r.get("fused", "-")
             overrides = json.dumps(r["overrides"]).replace("|", "/") if r["overrides"] else "-"
             lines.append(
-                f"| {r['variant']} | `{overrides}` | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {fused} | "
+                f"| {r['variant']} | `{overrides}` | {head_acc:.4f} | {head_f1:.4f} | {fused} | "
                 f"{r['knn_accuracy']:.4f} | {r['knn_f1']:.4f} | {r['load_avg']} |"
             )
         lines.append("")

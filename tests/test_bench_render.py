@@ -59,3 +59,27 @@ def test_few_shot_comparison_pairs_preset_and_setfit_by_seed(tmp_path, monkeypat
         "| toy, k = 10 | 0, 1, 2 | 73.33 +- 20.82 (80.00 / 90.00 / 50.00) | 77.50 +- 3.54 (75.00 / 80.00) | "
         f"+{mean_difference:.2f} (+5.00 / +10.00) | 0.25x (10 vs 40 s) | 60.00 | - |"
     ]
+
+
+def test_ablation_table_separates_the_head_from_the_fused_prediction():
+    """Newer rows record the model's (fused) prediction as accuracy and the head apart; older rows only the head.
+    One table must put each number in its own column, whichever kind of row it holds."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    base = {"dataset": "toy", "protocol": "val", "overrides": {}, "knn_accuracy": 0.5, "knn_f1": 0.5, "load_avg": 2.0}
+    rows = [
+        {**base, "variant": "old", "epochs": None, "accuracy": 0.80, "macro_f1": 0.79},
+        {**base, "variant": "new", "epochs": None, "accuracy": 0.90, "macro_f1": 0.89, "head_accuracy": 0.85,
+         "head_macro_f1": 0.84},
+        {**base, "variant": "short", "epochs": 2.0, "accuracy": 0.70, "macro_f1": 0.69},
+    ]  # fmt: skip
+    text = "\n".join(quality.ablation_tables(rows, arrays=None))
+    assert "| old | `-` | 0.8000 | 0.7900 | - |" in text
+    assert "| new | `-` | 0.8500 | 0.8400 | 0.9000 / 0.8900 |" in text
+    assert "toy, the config's epochs (" in text and "toy, 2 epochs (" in text and "None" not in text
