@@ -374,12 +374,12 @@ def ablation_tables(vals: list[dict[str, Any]], arrays: Path | None) -> list[str
         for r in vals:
             if (_dataset(r), r["epochs"]) != (dataset, epochs):
                 continue
-            npz = arrays / "val" / f"{r['variant']}.npz" if arrays else None
             if "head_accuracy" in r:  # the run's own prediction is the fused one; the head is recorded apart
                 head_acc, head_f1 = r["head_accuracy"], r["head_macro_f1"]
                 fused = f"{r['accuracy']:.4f} / {r['macro_f1']:.4f}"
             else:
                 head_acc, head_f1 = r["accuracy"], r["macro_f1"]
+                npz = arrays / "val" / f"{r['variant']}.npz" if arrays else None
                 fused = _fused_accuracy(npz) if npz and npz.is_file() else r.get("fused", "-")
             overrides = json.dumps(r["overrides"]).replace("|", "/") if r["overrides"] else "-"
             lines.append(

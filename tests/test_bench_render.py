@@ -61,16 +61,11 @@ def test_few_shot_comparison_pairs_preset_and_setfit_by_seed(tmp_path, monkeypat
     ]
 
 
-def test_ablation_table_separates_the_head_from_the_fused_prediction():
+def test_ablation_table_separates_the_head_from_the_fused_prediction(monkeypatch):
     """Newer rows record the model's (fused) prediction as accuracy and the head apart; older rows only the head.
     One table must put each number in its own column, whichever kind of row it holds."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import quality
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import quality
 
     base = {"dataset": "toy", "protocol": "val", "overrides": {}, "knn_accuracy": 0.5, "knn_f1": 0.5, "load_avg": 2.0}
     rows = [
