@@ -47,6 +47,8 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SEED = 42
 VAL_RATIO = 0.1
 KNN_K = 10
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+"""Where the scores are computed: the device the Trainer trained on."""
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "hf_metric": {},
@@ -68,6 +70,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "xbm": {"training": {"bank_negatives": {"size": 1024, "start_step": 100}}},
     "ls01": {"loss": {"classification": {"label_smoothing": 0.1}}},
     "headlr10": {"optimizer": {"head_lr_multiplier": 10.0}},
+    "llrd08": {"optimizer": {"layerwise_lr_decay": 0.8}},
+    "lr5e5": {"optimizer": {"learning_rate": 5.0e-5}},
+    "lr2e4": {"optimizer": {"learning_rate": 2.0e-4}},
+    "bs64": {"training": {"batch_size": 64}},
+    "supcon05": {"loss": {"metric": {"weight": 0.5}}},
+    "sched_cosine": {"scheduler": {"name": "cosine"}},
 }
 """Ablation variants: overrides of the example config, section by section."""
 
@@ -123,11 +131,14 @@ def encode(model, tokenizer, texts: np.ndarray, batch_size: int = 128) -> dict[s
     """Logits (the model's prediction), head logits (before kNN fusion, if any) and L2-normalised embeddings
     of `texts`, in order. Texts are sorted by length so that batches pad little."""
     model.eval()
+    device = next(model.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
     parts: dict[str, list[torch.Tensor]] = {"logits": [], "head_logits": [], "embeddings": []}
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=64, return_tensors="pt")
+        batch = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=64, return_tensors="pt"
+        ).to(device)
         out = model(**batch, output_hidden_states=True) if hasattr(model, "bert") else model(**batch)
         if getattr(out, "embeddings", None) is not None:
             emb = out.embeddings
@@ -135,9 +146,9 @@ def encode(model, tokenizer, texts: np.ndarray, batch_size: int = 128) -> dict[s
             mask = batch["attention_mask"].unsqueeze(-1).float()
             emb = torch.nn.functional.normalize((out.hidden_states[-1] * mask).sum(1) / mask.sum(1), dim=-1)
         head = getattr(out, "classifier_logits", None)
-        parts["logits"].append(out.logits.float())
-        parts["head_logits"].append((head if head is not None else out.logits).float())
-        parts["embeddings"].append(emb.float())
+        parts["logits"].append(out.logits.float().cpu())
+        parts["head_logits"].append((head if head is not None else out.logits).float().cpu())
+        parts["embeddings"].append(emb.float().cpu())
     inverse = torch.from_numpy(np.argsort(order, kind="stable"))
     return {key: torch.cat(chunks)[inverse] for key, chunks in parts.items()}
 
@@ -238,6 +249,12 @@ def run_baseline(
     return score(model, tokenizer, split, _arrays(split, seeded_name("baseline", seed))), seconds
 
 
+def machine_line() -> str:
+    """CPU count and architecture, and the GPU when one trained (the rows' tables are split by it)."""
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} CPU, {platform.machine()}{gpu}"
+
+
 def seeded_name(name: str, seed: int) -> str:
     """`name` for the default seed (the names of earlier single-seed runs), `name_seedN` otherwise."""
     return name if seed == SEED else f"{name}_seed{seed}"
@@ -285,7 +302,7 @@ def train_variant(
     start = time.perf_counter()
     train(config_from_dict(raw))
     seconds = time.perf_counter() - start
-    model = MetricClassifierModel.from_pretrained(out_dir / "best")
+    model = MetricClassifierModel.from_pretrained(out_dir / "best").to(DEVICE)
     return model, AutoTokenizer.from_pretrained(out_dir / "best"), seconds
 
 
@@ -443,6 +460,9 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, default=1, help=f"protocol test: train every variant with seeds {SEED}, {SEED + 1}, ..."
     )
+    parser.add_argument(
+        "--only-seed", type=int, default=None, help="run just this one of the --seeds (one process per seed)"
+    )
     parser.add_argument("--max-steps", type=int, default=-1, help="smoke runs: stop every training after N steps")
     parser.add_argument("--results", default=str(ROOT / "docs" / "quality_results.jsonl"), help="appended")
     parser.add_argument(
@@ -473,7 +493,12 @@ def main() -> None:
             split["arrays_dir"] = Path(args.arrays) / args.protocol
             split["arrays_dir"].mkdir(parents=True, exist_ok=True)
         steps = {"scheduler": {"num_training_steps": args.max_steps}} if args.max_steps > 0 else {}
-        for seed, name in [(SEED + i, name) for i in range(args.seeds) for name in args.variants]:
+        seeds = [SEED + i for i in range(args.seeds)]
+        if args.only_seed is not None:
+            if args.only_seed not in seeds:
+                parser.error(f"--only-seed {args.only_seed} is not one of the --seeds {seeds}")
+            seeds = [args.only_seed]
+        for seed, name in [(seed, name) for seed in seeds for name in args.variants]:
             if name == "baseline":
                 metrics, seconds = run_baseline(split, args.epochs or 5.0, workdir, seed, max_steps=args.max_steps)
             else:
@@ -495,7 +520,7 @@ def main() -> None:
                 "overrides": VARIANTS.get(name, {}),
                 "threads": torch.get_num_threads(),
                 "load_avg": round(os.getloadavg()[0], 2),
-                "machine": f"{os.cpu_count()} CPU, {platform.machine()}",
+                "machine": machine_line(),
             }
             rows.append(row)
             append_result(args.results, row)

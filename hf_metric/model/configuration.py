@@ -8,7 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+try:
+    from transformers.configuration_utils import SubConfigSpec
+except ImportError:  # transformers before sub-config specs (e.g. 5.17): plain classes, dicts resolved by us
+    SubConfigSpec = None
 
 from .pooling import POOLING_MODES
 
@@ -49,7 +53,10 @@ class MetricClassifierConfig(PreTrainedConfig):
     """
 
     model_type = "hf_metric_classifier"
-    sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}  # noqa: RUF012
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+    else:
+        sub_configs = {"encoder_config": AutoConfig}
     keys_to_ignore_at_inference = ["ce_loss", "metric_loss", "classifier_logits", "open_set_scores"]  # noqa: RUF012
 
     encoder_config: dict | PreTrainedConfig | None = None
@@ -85,6 +92,9 @@ class MetricClassifierConfig(PreTrainedConfig):
     knn_index: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        if SubConfigSpec is None and not isinstance(self.encoder_config, PreTrainedConfig):
+            encoder = dict(self.encoder_config or {})
+            self.encoder_config = AutoConfig.for_model(encoder.pop("model_type", "bert"), **encoder)
         super().__post_init__(**kwargs)
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
