@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import quality
+import quality_render
 import torch
 import yaml
 from docs_section import append_result, table_row, write_section
@@ -207,7 +208,7 @@ def _arm_cell(values: dict[int, float]) -> str:
     if not values:
         return "-"
     spread = " / ".join(f"{values[s]:.2f}" for s in sorted(values))
-    return quality.mean_std(list(values.values()), 2) + (f" ({spread})" if len(values) > 1 else "")
+    return quality_render.mean_std(list(values.values()), 2) + (f" ({spread})" if len(values) > 1 else "")
 
 
 def comparison_table(cells: dict[tuple, dict[str, list[dict[str, Any]]]]) -> list[str]:
@@ -284,9 +285,9 @@ def write_docs(results: Path, docs: Path) -> None:
             ratio = np.mean([r["seconds"] for r in rs]) / np.mean([r["seconds"] for r in setfit]) if setfit else None
             lines.append(
                 f"| {method} | {k} | {', '.join(str(r['seed']) for r in rs)} | "
-                f"{quality.mean_std([r['accuracy'] for r in rs], 2, 100)} | "
-                f"{quality.mean_std([r['macro_f1'] for r in rs], 2, 100)} | "
-                f"{quality.mean_std([r['seconds'] for r in rs], 0)} | {f'{ratio:.2f}' if ratio else '-'} |"
+                f"{quality_render.mean_std([r['accuracy'] for r in rs], 2, 100)} | "
+                f"{quality_render.mean_std([r['macro_f1'] for r in rs], 2, 100)} | "
+                f"{quality_render.mean_std([r['seconds'] for r in rs], 0)} | {f'{ratio:.2f}' if ratio else '-'} |"
             )
         lines.append("")
     lines += comparison_table(dict(sorted(compared.items())))

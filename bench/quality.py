@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import sys
@@ -39,7 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
-from docs_section import append_result, write_section
+from docs_section import append_result
+from quality_render import write_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "configs" / "metric_classifier_training.example.yaml"
@@ -306,148 +306,6 @@ def train_variant(
     return model, AutoTokenizer.from_pretrained(out_dir / "best"), seconds
 
 
-# ------------------------------------------------------------------------------------------------------ docs
-MARKS = ("<!-- quality:start -->", "<!-- quality:end -->")
-FUSION_PROBE = (0.3, 0.05)
-"""(weight, temperature) of the offline kNN-fusion column of the ablation table (the example config's values)."""
-
-
-def _fused_accuracy(npz: Path) -> str:
-    """Accuracy / macro-F1 of the head's logits fused with the kNN vote at `FUSION_PROBE`, from saved arrays."""
-    from fusion_grid import fused_scores
-
-    weight, temperature = FUSION_PROBE
-    return fused_scores(np.load(npz), [weight], temperature, KNN_K)[0]
-
-
-def _dataset(row: dict[str, Any]) -> str:
-    return row.get("dataset", "banking77")  # rows written before --data was recorded ran on Banking77
-
-
-def mean_std(values: list[float], digits: int = 4, scale: float = 1.0) -> str:
-    """'mean +- std' (sample std, ddof 1) of `values` times `scale`; just the value when there is one."""
-    v = np.asarray(values, dtype=float) * scale
-    return f"{v.mean():.{digits}f} +- {v.std(ddof=1):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
-
-
-def seeds_tables(rows: list[dict[str, Any]]) -> list[str]:
-    """One table per dataset: the latest `--seeds N` test run, mean +- std over seeds of every variant."""
-    lines: list[str] = []
-    for dataset in dict.fromkeys(_dataset(r) for r in rows):
-        mine = [r for r in rows if _dataset(r) == dataset]
-        run = [r for r in mine if r["run_id"] == mine[-1]["run_id"]]
-        commands = " and, at the same time, ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in run))
-        lines += [
-            f"### {dataset}: {run[0]['seeds']} seeds per recipe (run {run[0]['run_id']})",
-            "",
-            f"Command: {commands}; {run[0]['machine']}, {run[0]['threads']} torch thread(s) per process, load "
-            f"average {min(r['load_avg'] for r in run)}-{max(r['load_avg'] for r in run)}. Mean +- sample std over "
-            "seeds (training seed: split, batches, head init, dropout); min-max of the test accuracy in brackets.",
-            "",
-            "| recipe | seeds | test accuracy | test macro-F1 | kNN accuracy | train s |",
-            "|---|---|---|---|---|---|",
-        ]
-        by_variant = {v: [r for r in run if r["variant"] == v] for v in dict.fromkeys(r["variant"] for r in run)}
-        for variant, rs in by_variant.items():
-            acc = [r["accuracy"] for r in rs]
-            lines.append(
-                f"| {variant} | {', '.join(str(r['seed']) for r in rs)} | {mean_std(acc)} "
-                f"({min(acc):.4f}-{max(acc):.4f}) | {mean_std([r['macro_f1'] for r in rs])} | "
-                f"{mean_std([r['knn_accuracy'] for r in rs])} | {mean_std([r['seconds'] for r in rs], 0)} |"
-            )
-        base = [r["accuracy"] for r in by_variant.get("baseline", [])]
-        for variant, rs in by_variant.items():
-            if base and variant != "baseline":
-                above = min(r["accuracy"] for r in rs) > max(base)
-                lines.append(f"\n{variant}: every seed above every baseline seed: {'yes' if above else 'no'}.")
-        lines.append("")
-    return lines
-
-
-def _epochs_label(epochs: float | None) -> str:
-    """Rows run without --epochs trained for the config's own num_epochs, which the row does not record."""
-    return f"{epochs:g} epochs" if epochs is not None else "the config's epochs"
-
-
-def ablation_tables(vals: list[dict[str, Any]], arrays: Path | None) -> list[str]:
-    """One table per (dataset, epochs) of validation rows: ablations are only comparable within one."""
-    lines: list[str] = []
-    w, t = FUSION_PROBE
-    for dataset, epochs in dict.fromkeys((_dataset(r), r["epochs"]) for r in vals):
-        lines += [
-            f"### Ablations on {dataset}, {_epochs_label(epochs)} (validation split of train only; the test file is "
-            "not read)",
-            "",
-            "Each lever alone on top of the example config of the time, trained on 90 % of train and scored on the "
-            "stratified 10 % (seed 42). 'accuracy': the head alone; 'fused': the head's logits fused with the kNN "
-            "vote, the model's prediction where the config fuses (rows that record the head apart), else computed "
-            f"afterwards from the saved logits and embeddings (weight {w}, temperature {t}; `bench/fusion_grid.py` "
-            "tunes these values on the same validation arrays). The load avg column says whether a run shared the "
-            "2 cores with other work.",
-            "",
-            "| variant | overrides | accuracy | macro-F1 | fused acc / F1 | kNN acc | kNN F1 | load avg |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in vals:
-            if (_dataset(r), r["epochs"]) != (dataset, epochs):
-                continue
-            if "head_accuracy" in r:  # the run's own prediction is the fused one; the head is recorded apart
-                head_acc, head_f1 = r["head_accuracy"], r["head_macro_f1"]
-                fused = f"{r['accuracy']:.4f} / {r['macro_f1']:.4f}"
-            else:
-                head_acc, head_f1 = r["accuracy"], r["macro_f1"]
-                npz = arrays / "val" / f"{r['variant']}.npz" if arrays else None
-                fused = _fused_accuracy(npz) if npz and npz.is_file() else r.get("fused", "-")
-            overrides = json.dumps(r["overrides"]).replace("|", "/") if r["overrides"] else "-"
-            lines.append(
-                f"| {r['variant']} | `{overrides}` | {head_acc:.4f} | {head_f1:.4f} | {fused} | "
-                f"{r['knn_accuracy']:.4f} | {r['knn_f1']:.4f} | {r['load_avg']} |"
-            )
-        lines.append("")
-    return lines
-
-
-def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
-    """Rewrite the quality section of `docs`: the latest test comparison and every validation ablation."""
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    tests = [r for r in rows if r["protocol"] == "test" and r.get("seeds", 1) == 1 and _dataset(r) == "banking77"]
-    latest = tests[-1]["run_id"] if tests else None
-    lines = [MARKS[0], "## CE + metric learning vs plain cross-entropy on Banking77 (`bench/quality.py`)", ""]
-    if latest:
-        run = [r for r in tests if r["run_id"] == latest]
-        commands = list(dict.fromkeys(r.get("command", "python bench/quality.py") for r in run))
-        together = " and, at the same time, ".join(f"`{c}`" for c in commands)
-        side_by_side = (
-            " (one process per recipe, side by side, so both saw the same machine load)" if len(commands) > 1 else ""
-        )
-        lines += [
-            f"Command: {together}{side_by_side}. Run {latest}; {run[0]['machine']}, "
-            f"{run[0]['threads']} torch thread(s) per process. Full Banking77 train (10,003 rows; hf_metric holds "
-            "out its `val_ratio` for checkpoint selection), official test (3,080 rows), packaged all-MiniLM-L6-v2, "
-            "batch 32, lr 1e-4, linear warm-up 10 % / decay, max_len 64. kNN: weighted 10-NN of test rows against the "
-            "embeddings of all training rows. Train s: wall time of the training call (evaluations, checkpoints "
-            "and the kNN reference included).",
-            "",
-            "| recipe | test accuracy | test macro-F1 | head alone acc / F1 | kNN accuracy | kNN macro-F1 | train s "
-            "| x baseline time |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        base = next((r for r in run if r["variant"] == "baseline"), None)
-        for r in run:
-            ratio = f"{r['seconds'] / base['seconds']:.2f}" if base else "-"
-            head = f"{r.get('head_accuracy', r['accuracy']):.4f} / {r.get('head_macro_f1', r['macro_f1']):.4f}"
-            lines.append(
-                f"| {r['variant']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {head} | {r['knn_accuracy']:.4f} | "
-                f"{r['knn_f1']:.4f} | {r['seconds']:.0f} | {ratio} |"
-            )
-        lines.append("")
-    lines += seeds_tables([r for r in rows if r["protocol"] == "test" and r.get("seeds", 1) > 1])
-    lines += ablation_tables([r for r in rows if r["protocol"] == "val"], arrays)
-    lines.append(MARKS[1])
-    section = "\n".join(lines)
-    write_section(docs, section, MARKS)
-
-
 # ------------------------------------------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -463,6 +321,7 @@ def main() -> None:
     parser.add_argument(
         "--only-seed", type=int, default=None, help="run just this one of the --seeds (one process per seed)"
     )
+    parser.add_argument("--launched-by", default=None, help="the driver's command (bench/quality_sweep.py), recorded")
     parser.add_argument("--max-steps", type=int, default=-1, help="smoke runs: stop every training after N steps")
     parser.add_argument("--results", default=str(ROOT / "docs" / "quality_results.jsonl"), help="appended")
     parser.add_argument(
@@ -521,6 +380,7 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "load_avg": round(os.getloadavg()[0], 2),
                 "machine": machine_line(),
+                **({"launched_by": args.launched_by} if args.launched_by else {}),
             }
             rows.append(row)
             append_result(args.results, row)

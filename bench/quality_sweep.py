@@ -77,7 +77,9 @@ def main() -> None:
     args = parser.parse_args()
     log_dir = Path(args.logs)
     log_dir.mkdir(parents=True, exist_ok=True)
+    launched_by = "python bench/quality_sweep.py " + " ".join(sys.argv[1:])
     common = ["--data", args.data, "--threads", str(args.threads), "--results", args.results, "--docs", ""]
+    common += ["--launched-by", launched_by]
     common += ["--max-steps", str(args.max_steps)] if args.max_steps > 0 else []
     start = time.time()
     val_id = f"{args.run_id}-val"

@@ -65,7 +65,7 @@ def test_ablation_table_separates_the_head_from_the_fused_prediction(monkeypatch
     """Newer rows record the model's (fused) prediction as accuracy and the head apart; older rows only the head.
     One table must put each number in its own column, whichever kind of row it holds."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import quality
+    import quality_render
 
     base = {"dataset": "toy", "protocol": "val", "overrides": {}, "knn_accuracy": 0.5, "knn_f1": 0.5, "load_avg": 2.0}
     rows = [
@@ -74,7 +74,61 @@ def test_ablation_table_separates_the_head_from_the_fused_prediction(monkeypatch
          "head_macro_f1": 0.84},
         {**base, "variant": "short", "epochs": 2.0, "accuracy": 0.70, "macro_f1": 0.69},
     ]  # fmt: skip
-    text = "\n".join(quality.ablation_tables(rows, arrays=None))
+    text = "\n".join(quality_render.ablation_tables(rows, arrays=None))
     assert "| old | `-` | 0.8000 | 0.7900 | - |" in text
     assert "| new | `-` | 0.8500 | 0.8400 | 0.9000 / 0.8900 |" in text
     assert "toy, the config's epochs (" in text and "toy, 2 epochs (" in text and "None" not in text
+
+
+def quality_row(run_id: str, variant: str, seed: int, accuracy: float, **extra) -> dict:
+    return {
+        "run_id": run_id, "dataset": "toy", "variant": variant, "seed": seed, "seeds": 3, "epochs": None,
+        "protocol": "val" if run_id.endswith("val") else "test", "accuracy": accuracy, "macro_f1": accuracy,
+        "head_accuracy": accuracy, "head_macro_f1": accuracy, "knn_accuracy": 0.5, "knn_f1": 0.5, "seconds": 10.0,
+        "overrides": {}, "threads": 1, "load_avg": 9.0, "machine": "16 CPU, GPU X", "command": "python q.py",
+        **extra,
+    }  # fmt: skip
+
+
+def test_sweep_rows_get_their_own_tables_and_leave_the_seeds_tables_alone(tmp_path, monkeypatch):
+    """A GPU sweep's test rows must not replace the latest CPU seeds table of the same dataset; its test table
+    lists every spec's seeds in order, with the mean +- sample std of a float64 reference."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import numpy as np
+    import quality_render
+
+    sweep = {"launched_by": "python bench/quality_sweep.py --val hf_metric lever"}
+    rows = [
+        quality_row("cpu-s3", "baseline", 42, 0.90),
+        quality_row("cpu-s3", "hf_metric", 42, 0.93),
+        quality_row("gpu-val", "hf_metric", 42, 0.91, **sweep),
+        quality_row("gpu-val", "lever", 42, 0.95, epochs=10.0, **sweep),
+        *(quality_row("gpu-test", "lever", s, a, epochs=10.0, **sweep) for s, a in [(44, 0.96), (42, 0.94)]),
+        *(quality_row("gpu-test", "baseline", s, a, **sweep) for s, a in [(43, 0.92), (42, 0.90)]),
+    ]
+    results, docs = tmp_path / "results.jsonl", tmp_path / "benchmarks.md"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    quality_render.write_docs(results, docs, arrays=None)
+    text = docs.read_text()
+    assert "### toy: 3 seeds per recipe (run cpu-s3)" in text
+    assert "### toy: lever sweep gpu on 16 CPU, GPU X" in text
+    table = text.split("lever sweep gpu")[1]
+    assert table.index("| lever@10 | `-` |") < table.index("| hf_metric | `-` |")  # best validation first
+    expected = f"{np.mean([0.94, 0.96]):.4f} +- {np.std([0.94, 0.96], ddof=1):.4f} (0.9400-0.9600)"
+    assert f"| lever@10 | 42, 44 | {expected} |" in table
+    assert table.index("| baseline | 42, 43 |") < table.index("| lever@10 | 42, 44 |")
+    assert "lever@10: every seed above every baseline seed: yes." in table
+    assert "gpu-" not in text.split("lever sweep gpu")[0]  # no sweep row leaks into the other tables
+
+
+def test_the_sweep_keeps_the_control_unless_a_lever_clears_the_minimum_gain(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import quality_sweep
+
+    rows = [{"spec": "control", "accuracy": 0.930}, {"spec": "a", "accuracy": 0.932}, {"spec": "b", "accuracy": 0.929}]
+    assert quality_sweep.pick(rows, "control", min_gain=0.003) == "control"
+    assert quality_sweep.pick(rows, "control", min_gain=0.002) == "a"
+    tie = [{"spec": "control", "accuracy": 0.93}, {"spec": "a", "accuracy": 0.93}]
+    assert quality_sweep.pick(tie, "control", min_gain=0.0) == "control"
+    assert quality_sweep.spec_args("hf_metric@10") == ["--variants", "hf_metric", "--epochs", "10"]
+    assert quality_sweep.spec_args("baseline") == ["--variants", "baseline"]
