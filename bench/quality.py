@@ -14,7 +14,9 @@ Recipes (same packaged all-MiniLM-L6-v2 backbone, batch 32, lr 1e-4, linear warm
 Protocols: ``test`` trains on the whole train file (hf_metric holds out its own `val_ratio` for checkpoint
 selection) and evaluates on the official test file, once per reported candidate. ``val`` (for tuning) trains on
 the train file minus a stratified 10 % split (seed 42; the same rows hf_metric's own split holds out) and
-evaluates on that split; the test file is not read.
+evaluates on that split; the test file is not read. ``nested`` is the test protocol one level down, for levers
+that change what the test protocol trains on: hf_metric gets only the train file minus that split (and holds out
+its own `val_ratio` of it, as under ``test``), and is scored on the split; the test file is not read.
 
 Every model is scored by the same code: classifier accuracy and macro-F1 on the evaluation rows, and the
 embedding space by weighted 10-NN classification of evaluation rows against the embeddings of all training rows
@@ -76,6 +78,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "bs64": {"training": {"batch_size": 64}},
     "supcon05": {"loss": {"metric": {"weight": 0.5}}},
     "sched_cosine": {"scheduler": {"name": "cosine"}},
+    "refit_all": {"data": {"validate_on_train": True}},
 }
 """Ablation variants: overrides of the example config, section by section."""
 
@@ -99,7 +102,7 @@ def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
     labeled = read_labeled_parquet(train_path)
     texts = np.array(labeled.table.column("text").to_pylist(), dtype=object)
     names = np.array([labeled.id2label[i] for i in labeled.labels], dtype=object)
-    if protocol == "val":
+    if protocol in ("val", "nested"):
         # hf_metric's own split of this file (same function, labels, ratio and seed) holds out these rows.
         train_idx, eval_idx = stratified_split(labeled.labels, VAL_RATIO, SEED)
         split = {
@@ -107,8 +110,11 @@ def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
             "train_labels": names[train_idx],
             "eval_texts": texts[eval_idx],
             "eval_labels": names[eval_idx],
-            "val_ratio": VAL_RATIO,  # hf_metric must hold out exactly these rows
         }
+        if protocol == "val":
+            split["val_ratio"] = VAL_RATIO  # hf_metric must hold out exactly these rows
+        else:  # the test protocol one level down: hf_metric gets only the training rows, and splits them itself
+            texts, names = split["train_texts"], split["train_labels"]
     else:
         test = pq.read_table(data_dir / "test.parquet")
         split = {
@@ -118,7 +124,7 @@ def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
             "eval_labels": np.array([str(v).strip() for v in test.column("label").to_pylist()], dtype=object),
         }
     # hf_metric reads the whole train file: its split removes the `val` rows itself (protocol val), or keeps
-    # `val_ratio` of them aside for checkpoint selection (protocol test).
+    # `val_ratio` of them aside for checkpoint selection (protocols test and nested).
     parquet = workdir / "train.parquet"
     pq.write_table(pa.table({"text": texts.tolist(), "label": names.tolist()}), parquet)
     split["parquet"] = parquet
@@ -310,7 +316,7 @@ def train_variant(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "banking77"))
-    parser.add_argument("--protocol", choices=["test", "val"], default="test")
+    parser.add_argument("--protocol", choices=["test", "val", "nested"], default="test")
     parser.add_argument("--epochs", type=float, default=None, help="default: 5 for the baseline, the config's")
     parser.add_argument("--variants", nargs="*", default=["baseline", "hf_metric"], help="baseline and/or VARIANTS")
     parser.add_argument("--arrays", default=None, help="folder: save eval logits and embeddings per variant")
