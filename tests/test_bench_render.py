@@ -73,8 +73,11 @@ def test_ablation_table_separates_the_head_from_the_fused_prediction(monkeypatch
         {**base, "variant": "new", "epochs": None, "accuracy": 0.90, "macro_f1": 0.89, "head_accuracy": 0.85,
          "head_macro_f1": 0.84},
         {**base, "variant": "short", "epochs": 2.0, "accuracy": 0.70, "macro_f1": 0.69},
+        {**base, "variant": "refit", "epochs": None, "accuracy": 0.60, "macro_f1": 0.59, "protocol": "nested"},
     ]  # fmt: skip
     text = "\n".join(quality_render.ablation_tables(rows, arrays=None))
+    plain, nested = text.split("toy, the config's epochs, nested test protocol (")
+    assert "| refit |" in nested and "| refit |" not in plain and "| new |" not in nested
     assert "| old | `-` | 0.8000 | 0.7900 | - |" in text
     assert "| new | `-` | 0.8500 | 0.8400 | 0.9000 / 0.8900 |" in text
     assert "toy, the config's epochs (" in text and "toy, 2 epochs (" in text and "None" not in text
