@@ -66,14 +66,13 @@ def _load_range(run: list[dict[str, Any]]) -> str:
 
 
 def seeds_tables(rows: list[dict[str, Any]]) -> list[str]:
-    """One table per dataset: the latest `--seeds N` test run, mean +- std over seeds of every variant."""
+    """One table per multi-seed test run (one process may have run only some of the seeds: `--only-seed`)."""
     lines: list[str] = []
-    for dataset in dict.fromkeys(_dataset(r) for r in rows):
-        mine = [r for r in rows if _dataset(r) == dataset]
-        run = [r for r in mine if r["run_id"] == mine[-1]["run_id"]]
+    for dataset, run_id in dict.fromkeys((_dataset(r), r["run_id"]) for r in rows):
+        run = [r for r in rows if (_dataset(r), r["run_id"]) == (dataset, run_id)]
         commands = " and, at the same time, ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in run))
         lines += [
-            f"### {dataset}: {run[0]['seeds']} seeds per recipe (run {run[0]['run_id']})",
+            f"### {dataset}: {len({r['seed'] for r in run})} seeds per recipe (run {run_id})",
             "",
             f"Command: {commands}; {run[0]['machine']}, {run[0]['threads']} torch thread(s) per process, load "
             f"average {_load_range(run)}. Mean +- sample std over "
@@ -94,7 +93,7 @@ def sweep_tables(rows: list[dict[str, Any]]) -> list[str]:
         test.sort(key=lambda r: (spec(r) != "baseline", spec(r), r["seed"]))  # processes finish in any order
         first = (val or test)[0]
         lines += [
-            f"### {_dataset(first)}: lever sweep {sweep} on {first['machine']}",
+            f"### {_dataset(first)}: {'lever sweep' if val else 'run'} {sweep} on {first['machine']}",
             "",
             f"Command: `{first['launched_by']}`; {first['threads']} torch thread(s) per process, the processes of "
             "a phase at once on the one device."
@@ -122,7 +121,8 @@ def sweep_tables(rows: list[dict[str, Any]]) -> list[str]:
             lines.append("")
         if test:
             lines += [
-                f"Test file, once per (recipe, seed), the specs the rule sent on: load average {_load_range(test)}.",
+                f"Test file, once per (recipe, seed){', the specs the rule sent on' if val else ''}: load average "
+                f"{_load_range(test)}.",
                 "",
                 *_seeds_body(test),
                 "",

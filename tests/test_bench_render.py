@@ -102,8 +102,7 @@ def test_sweep_rows_get_their_own_tables_and_leave_the_seeds_tables_alone(tmp_pa
 
     sweep = {"launched_by": "python bench/quality_sweep.py --val hf_metric lever"}
     rows = [
-        quality_row("cpu-s3", "baseline", 42, 0.90),
-        quality_row("cpu-s3", "hf_metric", 42, 0.93),
+        *(quality_row("cpu-s3", v, s, a) for v, a in [("baseline", 0.90), ("hf_metric", 0.93)] for s in (42, 43)),
         quality_row("gpu-val", "hf_metric", 42, 0.91, **sweep),
         quality_row("gpu-val", "lever", 42, 0.95, epochs=10.0, **sweep),
         *(quality_row("gpu-test", "lever", s, a, epochs=10.0, **sweep) for s, a in [(44, 0.96), (42, 0.94)]),
@@ -113,7 +112,7 @@ def test_sweep_rows_get_their_own_tables_and_leave_the_seeds_tables_alone(tmp_pa
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     quality_render.write_docs(results, docs, arrays=None)
     text = docs.read_text()
-    assert "### toy: 3 seeds per recipe (run cpu-s3)" in text
+    assert "### toy: 2 seeds per recipe (run cpu-s3)" in text  # the seeds that ran, not the --seeds asked for
     assert "### toy: lever sweep gpu on 16 CPU, GPU X" in text
     table = text.split("lever sweep gpu")[1]
     assert table.index("| lever@10 | `-` |") < table.index("| hf_metric | `-` |")  # best validation first
