@@ -174,7 +174,8 @@ class DataSection:
     image_augment: ImageAugmentSection = field(default_factory=ImageAugmentSection)
     audio_augment: AudioAugmentSection = field(default_factory=AudioAugmentSection)
     validate_on_train: bool = False
-    """Few-shot: hold out no rows (`val_ratio` is ignored); every row trains and validation re-scores the training
+    """Hold out no rows (`val_ratio` is ignored): for few-shot data, and for the final refit on every row once the
+    settings were chosen on a held-out split (Banking77: +0.3 test accuracy). Validation then re-scores the training
     rows, so it measures fit, not generalisation (pair it with `checkpointing.save_best_by: loss`)."""
 
     def validate(self) -> None:
