@@ -324,15 +324,11 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, default=1, help=f"protocol test: train every variant with seeds {SEED}, {SEED + 1}, ..."
     )
-    parser.add_argument(
-        "--only-seed", type=int, default=None, help="run just this one of the --seeds (one process per seed)"
-    )
+    parser.add_argument("--only-seed", type=int, default=None, help="just this one of --seeds (a process per seed)")
     parser.add_argument("--launched-by", default=None, help="the driver's command (bench/quality_sweep.py), recorded")
     parser.add_argument("--max-steps", type=int, default=-1, help="smoke runs: stop every training after N steps")
     parser.add_argument("--results", default=str(ROOT / "docs" / "quality_results.jsonl"), help="appended")
-    parser.add_argument(
-        "--run-id", default=None, help="group rows of one comparison (e.g. recipes run side by side, one per process)"
-    )
+    parser.add_argument("--run-id", default=None, help="groups rows of one comparison (e.g. processes side by side)")
     parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"), help="update this file ('' = no)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite the docs section from --results")
     args = parser.parse_args()
