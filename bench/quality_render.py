@@ -45,7 +45,9 @@ def _seeds_body(run: list[dict[str, Any]]) -> list[str]:
         "| recipe | seeds | test accuracy | test macro-F1 | kNN accuracy | train s |",
         "|---|---|---|---|---|---|",
     ]
-    by_spec = {v: [r for r in run if spec(r) == v] for v in dict.fromkeys(spec(r) for r in run)}
+    by_spec = {
+        v: sorted((r for r in run if spec(r) == v), key=lambda r: r["seed"]) for v in dict.fromkeys(map(spec, run))
+    }
     for name, rs in by_spec.items():
         acc = [r["accuracy"] for r in rs]
         lines.append(
