@@ -19,6 +19,11 @@ def append_result(path: str | Path, row: dict[str, Any]) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Every row `append_result` wrote to `path`, in order (blank lines skipped)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def write_section(path: Path, section: str, marks: tuple[str, str]) -> None:
     """Replace the text between `marks` (kept, `section` must hold them) in `path`, or append `section`."""
     start, end = marks

@@ -46,7 +46,7 @@ import quality
 import quality_render
 import torch
 import yaml
-from docs_section import append_result, table_row, write_section
+from docs_section import append_result, read_results, table_row, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -255,7 +255,7 @@ def write_docs(results: Path, docs: Path) -> None:
     """Rewrite the few-shot section: per dataset and k, the latest test run, mean +- std over seeds per method
     (a run of one k does not hide an earlier run of another); the preset-vs-SetFit comparison of those runs;
     then every validation (preset selection) row."""
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = read_results(results)
     lines = [MARKS[0], "## Few-shot: plain CE vs hf_metric vs SetFit (`bench/few_shot.py`)", ""]
     tests = [r for r in rows if r["protocol"] == "test"]
     latest = {(r["dataset"], r["k"]): r["run_id"] for r in tests}

@@ -20,7 +20,6 @@ evaluation rows; within-group numbers from `hf_metric.evaluation.groups.group_an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from docs_section import append_result, table_row, write_section
+from docs_section import append_result, read_results, table_row, write_section
 from quality import SEED, VAL_RATIO, deep_update, encode, train_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +113,7 @@ def run_variant(split: dict[str, Any], name: str, args: argparse.Namespace, work
 
 def write_docs(results: Path, docs: Path) -> None:
     """Rewrite this benchmark's section of docs/benchmarks.md: the latest run of each protocol."""
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = read_results(results)
     lines = [MARKS[0], "## Grouped identification on HWU64 (`bench/groups_hwu64.py`)", ""]
     lines += [
         "64 intents in 18 scenarios (group = scenario), fold 1 (9,960 train / 1,076 test rows), packaged "

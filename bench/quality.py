@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import platform
 import sys
@@ -49,8 +50,7 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SEED = 42
 VAL_RATIO = 0.1
 KNN_K = 10
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-"""Where the scores are computed: the device the Trainer trained on."""
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # scores are computed where the Trainer trained
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "hf_metric": {},
@@ -359,7 +359,7 @@ def main() -> None:
             if args.only_seed not in seeds:
                 parser.error(f"--only-seed {args.only_seed} is not one of the --seeds {seeds}")
             seeds = [args.only_seed]
-        for seed, name in [(seed, name) for seed in seeds for name in args.variants]:
+        for seed, name in itertools.product(seeds, args.variants):
             if name == "baseline":
                 metrics, seconds = run_baseline(split, args.epochs or 5.0, workdir, seed, max_steps=args.max_steps)
             else:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from docs_section import write_section
+from docs_section import read_results, write_section
 
 MARKS = ("<!-- quality:start -->", "<!-- quality:end -->")
 FUSION_PROBE = (0.3, 0.05)
@@ -115,9 +115,8 @@ def sweep_tables(rows: list[dict[str, Any]]) -> list[str]:
                 "|---|---|---|---|---|---|",
             ]
             for r in sorted(val, key=lambda r: -r["accuracy"]):
-                overrides = json.dumps(r["overrides"]).replace("|", "/") if r["overrides"] else "-"
                 lines.append(
-                    f"| {spec(r)} | `{overrides}` | {r['head_accuracy']:.4f} / {r['head_macro_f1']:.4f} | "
+                    f"| {spec(r)} | `{_overrides_cell(r)}` | {r['head_accuracy']:.4f} / {r['head_macro_f1']:.4f} | "
                     f"{r['accuracy']:.4f} / {r['macro_f1']:.4f} | {r['knn_accuracy']:.4f} | {r['seconds']:.0f} |"
                 )
             lines.append("")
@@ -130,6 +129,11 @@ def sweep_tables(rows: list[dict[str, Any]]) -> list[str]:
                 "",
             ]
     return lines
+
+
+def _overrides_cell(row: dict[str, Any]) -> str:
+    """A row's config overrides as one table cell ('|' would split the cell)."""
+    return json.dumps(row["overrides"]).replace("|", "/") if row["overrides"] else "-"
 
 
 def _epochs_label(epochs: float | None) -> str:
@@ -174,9 +178,8 @@ def ablation_tables(vals: list[dict[str, Any]], arrays: Path | None) -> list[str
                 head_acc, head_f1 = r["accuracy"], r["macro_f1"]
                 npz = arrays / "val" / f"{r['variant']}.npz" if arrays else None
                 fused = _fused_accuracy(npz) if npz and npz.is_file() else r.get("fused", "-")
-            overrides = json.dumps(r["overrides"]).replace("|", "/") if r["overrides"] else "-"
             lines.append(
-                f"| {r['variant']} | `{overrides}` | {head_acc:.4f} | {head_f1:.4f} | {fused} | "
+                f"| {r['variant']} | `{_overrides_cell(r)}` | {head_acc:.4f} | {head_f1:.4f} | {fused} | "
                 f"{r['knn_accuracy']:.4f} | {r['knn_f1']:.4f} | {r['load_avg']} |"
             )
         lines.append("")
@@ -185,7 +188,7 @@ def ablation_tables(vals: list[dict[str, Any]], arrays: Path | None) -> list[str
 
 def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
     """Rewrite the quality section of `docs`: the latest test comparison and every validation ablation."""
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = read_results(results)
     sweeps = [r for r in rows if r.get("launched_by")]
     rows = [r for r in rows if not r.get("launched_by")]
     tests = [r for r in rows if r["protocol"] == "test" and r.get("seeds", 1) == 1 and _dataset(r) == "banking77"]

@@ -13,12 +13,15 @@ A spec is a `bench/quality.VARIANTS` name (or `baseline`), optionally `@epochs`:
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from docs_section import read_results
+from quality import SEED
+from quality_render import spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,10 +58,9 @@ def pick(rows: list[dict], control: str, min_gain: float) -> str:
 
 
 def read_rows(results: Path, run_id: str) -> list[dict]:
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["run_id"] == run_id]
+    rows = [r for r in read_results(results) if r["run_id"] == run_id]
     for r in rows:
-        r["spec"] = r["variant"] + (f"@{r['epochs']:g}" if r["epochs"] is not None else "")
+        r["spec"] = spec(r)
     return rows
 
 
@@ -109,7 +111,7 @@ def main() -> None:
             "--seeds",
             str(args.seeds),
             "--only-seed",
-            str(42 + i),
+            str(SEED + i),
             "--run-id",
             test_id,
             *spec_args(s),
