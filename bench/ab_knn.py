@@ -12,7 +12,6 @@ Methods and data are those of `bench_knn.py` (its `make_data` and `run_method`);
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import os
 import statistics
@@ -53,7 +52,6 @@ def main() -> None:
     methods = {
         "faiss": ("faiss", current),
         "hf_metric": ("hf_metric", current),
-        "hf_metric_fp32": ("hf_metric", functools.partial(current, precision="fp32")),
     }
     if args.baseline:
         methods[f"hf_metric@{args.baseline}"] = ("hf_metric", baseline_search(args.baseline))

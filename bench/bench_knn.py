@@ -6,9 +6,7 @@ Data: N_query = N_ref = N random unit vectors of width 384 around 1000 class cen
 searches the k = 10 nearest references of every query by cosine similarity and computes recall@{1,5,10} and
 the kNN accuracy/macro-F1 of a weighted 10-NN vote:
 
-- hf_metric: `knn_metrics` (one blocked search for both metrics; bf16 candidates re-scored in float32 where the
-  CPU has bf16 instructions, `precision="auto"`);
-- hf_metric fp32: the same with `precision="fp32"` (float32 products only);
+- hf_metric: `knn_metrics` (one blocked search for both metrics, float32 products);
 - hf_metric, 2 calls: `recall_at_k` then `knn_classify` (two searches, as called separately);
 - faiss: `IndexFlatIP` (exact; vectors are unit, so inner product = cosine) `search`, then the same metric code;
 - sklearn: `NearestNeighbors(algorithm="brute", metric="cosine")`, then the same metric code.
@@ -40,10 +38,9 @@ import numpy as np
 from docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("hf_metric", "hf_metric_fp32", "hf_metric_2calls", "faiss", "sklearn")
+METHODS = ("hf_metric", "hf_metric_2calls", "faiss", "sklearn")
 LABELS = {
     "hf_metric": "hf_metric `knn_metrics`",
-    "hf_metric_fp32": "hf_metric `knn_metrics`, float32 products only",
     "hf_metric_2calls": "hf_metric `recall_at_k` + `knn_classify`",
     "faiss": "faiss `IndexFlatIP`",
     "sklearn": "sklearn brute cosine",
@@ -83,18 +80,7 @@ def run_method(method: str, query, qy, ref, ry) -> dict[str, float]:
         recall_from_neighbor_labels,
     )
 
-    if method in ("hf_metric", "hf_metric_fp32"):
-        if method == "hf_metric_fp32":
-            import functools
-
-            import hf_metric.evaluation.metrics as metrics_module
-
-            search = metrics_module.topk_neighbors
-            metrics_module.topk_neighbors = functools.partial(search, precision="fp32")
-            try:
-                return knn_metrics(query, qy, ref, ry, k=K, ks=KS)
-            finally:
-                metrics_module.topk_neighbors = search
+    if method == "hf_metric":
         return knn_metrics(query, qy, ref, ry, k=K, ks=KS)
     if method == "hf_metric_2calls":
         recall = recall_at_k(query, qy, ref, ry, ks=KS)

@@ -137,7 +137,7 @@ def test_synthetic_rows_are_usable(tmp_path):
 
 
 def test_group_margins_are_larger_for_classes_sharing_a_group(tmp_path):
-    from hf_metric.data.parquet import group_class_margins
+    from hf_metric.data.groups import group_class_margins
 
     path = write_parquet(
         tmp_path / "g.parquet",

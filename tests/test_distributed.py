@@ -106,7 +106,7 @@ def test_search_split_across_2_processes_equals_the_one_process_search(tmp_path)
     assert len(got) == 2 * 2 * 4 * 2
     for (kind, distance, k, how), (scores, indices) in got.items():
         query, ref = data[kind]
-        want_s, want_i = topk_neighbors(query, ref, k, distance, precision="fp32")
+        want_s, want_i = topk_neighbors(query, ref, k, distance)
         assert indices.shape == (len(query), min(k, len(ref)))
         assert torch.equal(indices, want_i), (kind, distance, k, how)
         assert torch.allclose(scores, want_s, atol=1e-6), (kind, distance, k, how)

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from hf_metric.data.groups import class_group_names
 from hf_metric.evaluation.evaluator import EvalPredictions, MetricEvaluator
-from hf_metric.evaluation.groups import analysis_markdown, class_group_names, group_analysis
+from hf_metric.evaluation.groups import analysis_markdown, group_analysis
 
 SIZES = {"a": 2, "b": 4, "c": 8, "d": 12}  # one group per candidate bucket, plus 2 classes without a group
 

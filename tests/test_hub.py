@@ -35,7 +35,6 @@ UPLOADED = {
     "knn_fusion.py",
     "neighbors.py",
     "topk_merge.py",
-    "bf16_search.py",
     "open_set_scores.py",
     "tokenizer.json",
     "tokenizer_config.json",

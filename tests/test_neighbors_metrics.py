@@ -26,8 +26,7 @@ from hf_metric.evaluation.metrics import (
     queries_without_bank_label,
     recall_at_k,
 )
-from hf_metric.model import bf16_search
-from hf_metric.model.neighbors import _BlockScorer, _padded, balanced_spans, topk_neighbors
+from hf_metric.model.neighbors import _padded, balanced_spans, topk_neighbors
 from hf_metric.model.topk_merge import GROUP, _block_topk, _key_indices, _key_values, _keys, _merge_block
 
 # --- naive references (float64, full matrices) -------------------------------------------------------------
@@ -99,15 +98,14 @@ CHUNKS = [(None, None), (7, 5), (16, 64), (1, 17), (5, 2)]
 @pytest.mark.parametrize("distance", ["cos", "l2"])
 @pytest.mark.parametrize("kind", ["gauss", "dyadic", "duplicates"])
 @pytest.mark.parametrize("exclude_self", [False, True])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_topk_matches_naive_for_every_chunking(distance, kind, exclude_self, precision):
+def test_topk_matches_naive_for_every_chunking(distance, kind, exclude_self):
     query, ref = make_data(kind, seed=len(kind))
     if exclude_self:
         query = ref
     for k in (1, 4, 13, 500):  # 500 > N_ref: everything that exists, nearest first
         want_s, want_i = naive_topk(query, ref, k, distance, exclude_self)
         for chunk, ref_chunk in CHUNKS:
-            s, i = topk_neighbors(query, ref, k, distance, chunk, exclude_self, ref_chunk, precision)
+            s, i = topk_neighbors(query, ref, k, distance, chunk, exclude_self, ref_chunk)
             assert i.dtype == torch.int64 and s.dtype == torch.float32
             np.testing.assert_array_equal(i.numpy(), want_i, err_msg=f"k={k} chunks={chunk},{ref_chunk}")
             np.testing.assert_allclose(s.numpy(), want_s, rtol=1e-5, atol=1e-5)
@@ -124,48 +122,6 @@ def test_topk_matches_naive_on_wide_blocks(distance, kind):
             s, i = topk_neighbors(query, ref, k, distance, chunk, ref_chunk_size=ref_chunk)
             np.testing.assert_array_equal(i.numpy(), want_i, err_msg=f"k={k} chunks={chunk},{ref_chunk}")
             np.testing.assert_allclose(s.numpy(), want_s, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["clustered", "near_duplicates"])
-@pytest.mark.parametrize("exclude_self", [False, True])
-def test_bf16_candidates_give_the_exact_top_k(kind, exclude_self, monkeypatch):
-    """bf16 candidates + float32 re-scoring equal the float64 top k, whether the margin check passes (clustered
-    data) or sends queries to the float32 fallback (neighbours ~1e-4 apart in cosine: closer than bf16 can tell
-    apart, far apart for float32)."""
-    rng = np.random.default_rng(3)
-    centres = rng.normal(size=(20, 64))
-    ref = centres[rng.integers(0, 20, 900)] + rng.normal(size=(900, 64)) * (0.6 if kind == "clustered" else 0.1)
-    ref = ref.astype(np.float32)
-    query = ref if exclude_self else (ref[:150] + rng.normal(size=(150, 64)) * 0.3).astype(np.float32)
-    fallback_rows = []
-    original = bf16_search.exact_rows
-    monkeypatch.setattr(
-        bf16_search, "exact_rows", lambda *a: fallback_rows.append(len(a[3])) or original(*a), raising=True
-    )
-    for k in (1, 10):
-        want_s, want_i = naive_topk(query, ref, k, "cos", exclude_self)
-        s, i = topk_neighbors(query, ref, k, "cos", 64, exclude_self, 256, precision="bf16")
-        got = np.take_along_axis(naive_scores(query, ref, "cos"), i.numpy(), 1)
-        np.testing.assert_allclose(got, want_s, rtol=0, atol=3e-7)  # each rank: a row of the true score
-        assert (i.numpy() == want_i).mean() > 0.99  # the rest are float32 ties (scores ~1e-7 apart)
-        np.testing.assert_allclose(s.numpy(), want_s, rtol=1e-5, atol=1e-5)
-    assert (sum(fallback_rows) > 0) == (kind == "near_duplicates")
-
-
-def test_bf16_error_bound_holds_on_random_rows():
-    """The per-query bound E + c|a| of `bf16_search` covers the measured bf16 error of every pair."""
-    rng = np.random.default_rng(0)
-    query = torch.tensor(rng.normal(size=(200, 96)), dtype=torch.float32)
-    ref = torch.tensor(rng.normal(size=(300, 96)) + 5 * (rng.random((300, 1)) < 0.1), dtype=torch.float32)
-    scorer = _BlockScorer(query, ref, "cos", False)
-    q = query * scorer.q_scale[:, None]
-    r = ref * scorer.r_scale[:, None]
-    low, eps = bf16_search.Bf16Bounds(scorer, 64).eps(q)
-    approx = torch.mm(low, r.to(torch.bfloat16).T).double()
-    exact = q.double() @ r.double().T
-    bound = eps.double()[:, None] + 2.0**-9 / (1 - 2.0**-9) * approx.abs()
-    assert ((approx - exact).abs() <= bound).all()
-    assert ((approx - exact).abs() > 0.05 * bound).any()  # and is not vacuously loose
 
 
 def test_block_topk_resolves_ties_inside_and_across_groups():

@@ -266,19 +266,6 @@ def _check_known_labels(path: str, names: np.ndarray, label2id: Mapping[str, int
         raise DataError(f"{path}: column '{LABEL_COLUMN}': {len(unknown)} label(s) unknown to the model: {shown}")
 
 
-def group_class_margins(class_groups: dict[int, set[str]], same: float, default: float) -> list[float]:
-    """Margin per class: `same` when the class shares a group with another class, else `default`.
-
-    Classes in one group (a location, a product family) are the confusable ones, so they get the larger
-    margin and are pushed further apart.
-    """
-    members: dict[str, int] = {}
-    for groups in class_groups.values():
-        for group in groups:
-            members[group] = members.get(group, 0) + 1
-    return [same if any(members[g] > 1 for g in class_groups[c]) else default for c in sorted(class_groups)]
-
-
 def _validate_mask(path: str, column: str, values: pa.ChunkedArray) -> pa.Array:
     if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type) or pa.types.is_floating(values.type)):
         raise DataError(f"{path}: column '{column}' must hold 0/1 values, found type {values.type}")

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..data.groups import class_group_names
 from ..model.open_set_scores import OUT_OF_SCOPE_ID
 from .base import EvalPredictions, Evaluator, Reference
-from .groups import GroupAnalysis, class_group_names, group_analysis
+from .groups import GroupAnalysis, group_analysis
 from .metrics import (
     bank_statistics,
     classification_metrics,

@@ -19,18 +19,6 @@ CANDIDATE_BUCKETS = ((2, 2, "2"), (3, 5, "3-5"), (6, 10, "6-10"), (11, None, "11
 """Buckets of "number of same-group candidates" for the within-group accuracy."""
 
 
-def class_group_names(class_groups: Mapping[int, object], num_classes: int) -> np.ndarray:
-    """Group name of each class id (an object array; None for a class without a group). A class listed in
-    several groups (a set) gets the first in sorted order."""
-    out = np.full(num_classes, None, dtype=object)
-    for cls, groups in class_groups.items():
-        if isinstance(groups, str):
-            out[int(cls)] = groups
-        elif groups:
-            out[int(cls)] = sorted(str(g) for g in groups)[0]
-    return out
-
-
 def _group_index(class_group: np.ndarray) -> tuple[list[str], np.ndarray]:
     """Sorted group names and each class's index among them (-1: no group)."""
     names = sorted({g for g in class_group if g is not None})

@@ -16,10 +16,6 @@ Speed on CPU (measured against faiss `IndexFlatIP` in bench/bench_knn.py and ben
   BLAS thread counts are process-wide: they are 1 during the call, then restored.)
 - NumPy's BLAS for the products (OpenBLAS in the PyPI wheels), which on AMD CPUs is about 1.35x faster per
   thread than the MKL that CPU builds of torch use (MKL takes slower code paths on non-Intel CPUs).
-- Optionally (`precision="bf16"` or `"auto"`), on CPUs with bf16 instructions (AVX512-BF16, AMX), cosine
-  candidates from a bf16 product (2x the float32 speed per thread), re-scored in float32 with a proven error
-  margin, so the result stays exact (`bf16_search`). Off by default: end to end it measured no faster than the
-  float32 path (0.77x vs 0.76x faiss at 50k, docs/benchmarks.md), the wider merge and re-scoring eat the gain.
 - A threshold pre-selection (`_merge_block`): once a query has k neighbours, only scores strictly above its
   k-th best can enter, and whole groups of columns are ruled out by their maxima. After the first few blocks
   almost nothing passes, so most blocks cost one pass (the group maxima) over their scores.
@@ -47,8 +43,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .bf16_search import CHUNK_SIZE as BF16_CHUNK_SIZE
-from .bf16_search import Bf16Bounds, bf16_chunk_topk, cpu_has_fast_bf16
 from .topk_merge import _key_indices, _key_values, _merge_block
 
 try:  # optional where this file is shipped as a model's remote code (`trust_remote_code`) without hf_metric
@@ -57,13 +51,12 @@ except ImportError:  # pragma: no cover - hf_metric itself depends on threadpool
     ThreadpoolController = None
 
 Distance = Literal["cos", "l2"]
-Precision = Literal["auto", "fp32", "bf16"]
 
 DEFAULT_CHUNK_SIZE = 4096
 """Queries per chunk (at most)."""
 CPU_CHUNK_SIZE = 2048
 """Queries per chunk (at most) of the search on CPU: as fast as 4096 (1.90 vs 1.89 CPU s, float32, 4096 x 50k x
-384) at half the working memory (30k x 30k x 384: 38 vs 71 MB over the data; bf16 path 73 vs 121 MB)."""
+384) at half the working memory (30k x 30k x 384: 38 vs 71 MB over the data)."""
 MIN_CHUNK_SIZE = 256
 """The default chunk never goes below this, however small the data: thinner products run slower."""
 CPU_REF_CHUNK_SIZE = 1024
@@ -293,7 +286,6 @@ def topk_neighbors(
     chunk_size: int | None = None,
     exclude_self: bool = False,
     ref_chunk_size: int | None = None,
-    precision: Precision = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The `k` nearest reference rows of every query row, exactly, in blocked memory.
 
@@ -310,10 +302,6 @@ def topk_neighbors(
         ref_chunk_size: references per block (default `CPU_REF_CHUNK_SIZE` on CPU, else
             `DEFAULT_REF_CHUNK_SIZE`). Peak extra memory is about one chunk_size x ref_chunk_size float32 block
             per worker, plus the (N_query, k) result.
-        precision: products used to find the candidates. "bf16" (cosine on CPU only): a bf16 product picks
-            candidates and float32 ranks them, with a proven error margin, so the result is still the exact
-            float32 top k (`bf16_search`); about 2x faster where the CPU has bf16 instructions. "fp32": float32
-            products only (default). "auto": "bf16" for cosine on CPUs with AVX512-BF16/AMX, else "fp32".
 
     On CPU the query chunks are shared out among `torch.get_num_threads()` worker threads, each running
     single-threaded operations (module doc); on other devices one loop issues the blocks in order.
@@ -340,27 +328,21 @@ def topk_neighbors(
         cpu = q.device.type == "cpu"
         threads = torch.get_num_threads() if cpu else 1
         ref_chunk_size = ref_chunk_size or (CPU_REF_CHUNK_SIZE if cpu else DEFAULT_REF_CHUNK_SIZE)
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
-        low = cpu and distance == "cos" and (precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()))
         default = default_chunk_size(q, r, ref_chunk_size, threads)
-        chunk_size = chunk_size or (min(default, BF16_CHUNK_SIZE if low else CPU_CHUNK_SIZE) if cpu else default)
+        chunk_size = chunk_size or (min(default, CPU_CHUNK_SIZE) if cpu else default)
         if chunk_size < 1 or ref_chunk_size < 1:
             raise ValueError(f"chunk sizes must be >= 1, got {chunk_size}, {ref_chunk_size}")
         ref_spans = balanced_spans(r.shape[0], ref_chunk_size)
         parts = -(-n_query // chunk_size)
         parts = min(n_query, -(-parts // threads) * threads)  # a multiple of the workers: none idles at the end
         spans = balanced_spans(n_query, -(-n_query // parts))
-        bounds = Bf16Bounds(scorer, ref_chunk_size) if low else None
 
         def work(next_span: Callable[[], tuple[int, int] | None]) -> None:
             q_buffer, ref_buffer, buffer = scorer.buffers(chunk_size, ref_chunk_size)
             while (span := next_span()) is not None:
                 q0, q1 = span
                 chunk, best = scorer.queries(q0, q1, q_buffer), None
-                if bounds is not None:
-                    best = bf16_chunk_topk(scorer, chunk, q0, ref_spans, k, bounds, (ref_buffer, buffer))
-                for r0, r1 in ref_spans if best is None else ():
+                for r0, r1 in ref_spans:
                     block = scorer.block(chunk, q0, r0, r1, ref_buffer, buffer)
                     best = _merge_block(best, block, r1 - r0, r0, k)
                 scores[q0:q1], indices[q0:q1] = _key_values(best), _key_indices(best)

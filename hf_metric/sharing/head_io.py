@@ -3,7 +3,7 @@
 The head sees only the pooled output, so a head trained on a backbone works on any model with that backbone
 and pooling: keep several heads (label sets, head types) for one encoder and swap them for inference. The
 file holds the head's state dict; its metadata holds what rebuilds it (type, kwargs, labels, width, pooling).
-`hf_metric.run.train` writes `head.safetensors` next to the best model.
+`hf_metric.training.finalize` writes `head.safetensors` next to the best model.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Calibrate a trained model's open-set rejection on its validation split and store the rule in the model.
 
-Called by `hf_metric.run.train` when `open_set.enabled`; also usable on any trainer and featurized labelled set
+Called by `hf_metric.training.finalize` when `open_set.enabled`; also usable on any trainer and featurized labelled set
 (e.g. by an `evaluate`/`calibrate` command). Out-of-scope rows carry the label id -1 (`data.out_of_scope_label`).
 """
 
