@@ -76,7 +76,7 @@ def test_ivf_probes_with_too_few_rows_fall_back_to_exact():
 
 def test_the_exact_fallback_searches_with_the_callers_options(monkeypatch):
     """Rows an IVF probe cannot fill are searched exactly with the options the caller gave (chunk sizes,
-    precision), not with the defaults."""
+    leave-one-out), not with the defaults."""
     import hf_metric.evaluation.ann as ann
 
     calls = []
@@ -89,7 +89,7 @@ def test_the_exact_fallback_searches_with_the_callers_options(monkeypatch):
     ref, _ = clustered(2000, 3)
     query, _ = clustered(30, 4)
     search = IndexedSearch({"type": "ivf", "min_size": 10, "nlist": 400, "nprobe": 1})
-    options = {"chunk_size": 7, "ref_chunk_size": 300, "precision": "bf16"}
+    options = {"chunk_size": 7, "ref_chunk_size": 300, "exclude_self": False}
     _s, i = search(query, ref, 20, "cos", **options)
     assert calls == [options]  # one exact search, for the short rows only, with every option
     assert (i >= 0).all()

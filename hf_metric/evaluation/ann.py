@@ -74,7 +74,7 @@ class IndexedSearch:
         missing = (indices < 0).any(axis=1)  # an IVF probe can hold fewer than k rows: search those exactly
         if missing.any():
             rows = np.flatnonzero(missing)
-            exact_s, exact_i = topk_neighbors(q[rows], r, k, distance, **options)  # the caller's chunks, precision
+            exact_s, exact_i = topk_neighbors(q[rows], r, k, distance, **options)  # the caller's chunk sizes
             found[rows] = exact_s.numpy() if distance == "cos" else exact_s.numpy() ** 2
             indices[rows] = exact_i.numpy()
         scores = torch.from_numpy(found if distance == "cos" else np.sqrt(np.maximum(found, 0.0)))
