@@ -2,9 +2,9 @@
 SupCon in one Trainer).
 
 The package imports lazily, as transformers does: `import hf_metric`, the command line's `--help` and a config
-check load no torch; the first use of a model, loss, pipeline or trainer object imports them. Touching any of
-these names (or importing `hf_metric.model`) also registers the model with transformers' Auto classes and the
-`metric-embedding`, `knn-classification` and `open-set-classification` tasks with `transformers.pipeline`.
+check load no torch; the first use of a model, loss, pipeline or trainer object imports them. The model is
+registered with transformers' Auto classes, and the `metric-embedding`, `knn-classification` and
+`open-set-classification` tasks with `transformers.pipeline`, as soon as either is used (`auto_registration.py`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import auto_registration as _auto_registration
 from .errors import ConfigError as ConfigError
 from .errors import DataError as DataError
 from .errors import HfMetricUserError as HfMetricUserError
+
+_auto_registration.install()
 
 __version__ = "0.1.0"
 

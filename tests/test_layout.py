@@ -86,3 +86,25 @@ def test_scheduler_names_are_the_installed_transformers_names():
 def test_lazy_top_level_names_resolve():
     for name in hf_metric.__all__:
         assert getattr(hf_metric, name) is not None, name
+
+
+REGISTRATION = """
+import sys
+import hf_metric
+assert "torch" not in sys.modules
+from transformers import AutoModel, pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+tasks = {"metric-embedding", "knn-classification", "open-set-classification"}
+assert tasks <= set(PIPELINE_REGISTRY.supported_tasks), sorted(PIPELINE_REGISTRY.supported_tasks)
+model = AutoModel.from_pretrained(sys.argv[1])
+print(type(model).__module__)
+"""
+
+
+def test_a_lazy_import_still_registers_the_pipelines_and_the_auto_classes_on_first_use():
+    """`import hf_metric` loads no torch, yet `transformers.pipeline` and `AutoModel` know hf_metric's tasks and
+    model class (without trust_remote_code) once the user reaches for them."""
+    saved = Path(__file__).parent / "fixtures" / "model_saved_by_0_1_0"
+    out = subprocess.run([sys.executable, "-c", REGISTRATION, str(saved)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "hf_metric.model.modeling"
