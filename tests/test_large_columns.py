@@ -118,7 +118,7 @@ def test_a_column_over_2gb_is_prepared_for_training_without_being_joined(kind, t
     table = big_audio_table(KINDS[kind])
     path = tmp_path / "big.parquet"
     path.write_bytes(b"")  # read in memory below: no 2 GiB file on disk
-    monkeypatch.setattr(pq, "read_table", lambda _path: table)
+    monkeypatch.setattr(pq, "read_table", lambda _path, **_options: table)
     default_pool = pa.default_memory_pool()
     pool = pa.proxy_memory_pool(default_pool)  # counts the peak of Arrow memory in this call alone
     KEPT_POOLS.append(pool)  # buffers allocated from it may outlive the test: so must the pool

@@ -114,7 +114,7 @@ def read_labeled_parquet(
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, pre_buffer=False)  # pre-buffering a local file keeps a second copy of it
     except (pa.ArrowException, OSError, MemoryError) as err:
         raise read_error(path, err) from None
     input_column = input_column_of(path, table.column_names)

@@ -42,7 +42,7 @@ def _open(path: str) -> pq.ParquetFile:
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, pre_buffer=False)  # pre-buffered row groups would double the batch's memory
     except (pa.ArrowException, OSError, MemoryError) as err:
         raise read_error(path, err) from None
 
