@@ -22,7 +22,7 @@ import pytest
 from media_fixtures import media_rows
 
 from hf_metric.config import DataSection
-from hf_metric.data import chunked
+from hf_metric.data import chunked, media
 from hf_metric.data.parquet import read_labeled_parquet
 from hf_metric.data.prepare import prepare_datasets
 from hf_metric.errors import DataError
@@ -248,3 +248,17 @@ def test_a_file_that_breaks_while_streaming_is_one_line(tmp_path):
 def test_read_errors_say_what_to_do(error, hint):
     text = str(chunked.read_error("data.parquet", error))
     assert text.startswith("data.parquet: ") and hint in text and "\n" not in text
+
+
+def test_evaluate_runs_a_column_a_bounded_slice_at_a_time(tmp_path, monkeypatch):
+    """`evaluate` turns the cells of a labelled file into Python a slice at a time: same outputs, in order."""
+    from hf_metric.inference import evaluate
+
+    cells = read_labeled_parquet(chunked_file(tmp_path, "binary")).table.column("audio")
+    whole = evaluate._run_column(FirstSamples(), featurizer(), cells, batch_size=4)
+    monkeypatch.setattr(chunked, "MAX_SLICE_BYTES", 3 * len(cells[0]["bytes"].as_py()))
+    assert len(chunked.row_slices(media.cell_bytes(cells))) == 6
+    sliced = evaluate._run_column(FirstSamples(), featurizer(), cells, batch_size=4)
+    np.testing.assert_array_equal(sliced.embeddings, whole.embeddings)
+    np.testing.assert_array_equal(sliced.logits, whole.logits)
+    assert len(whole.embeddings) == 17  # row 5 is in no loss
