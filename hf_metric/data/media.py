@@ -28,7 +28,8 @@ AUDIO_COLUMN = "audio"
 MEDIA_COLUMNS = (IMAGE_COLUMN, AUDIO_COLUMN)
 SOURCE_ROW = "source_row"
 """Row number in the Parquet file, kept beside media cells so that a decoding error can name it."""
-MEDIA_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+MEDIA_TYPE = pa.struct([("bytes", pa.large_binary()), ("path", pa.string())])
+"""One form for every cell; `large_binary` (64-bit offsets), so a chunk may hold more than 2 GB of bytes."""
 
 BACKENDS = {
     IMAGE_COLUMN: ("PIL", "vision", "an 'image' column"),
@@ -43,31 +44,64 @@ def require_backend(column: str) -> None:
 
 
 def normalize_media_column(values: pa.ChunkedArray, base_dir: str) -> pa.ChunkedArray | str:
-    """`values` as `struct<bytes, path>` with absolute paths, or an error message when the type is not usable."""
+    """`values` as `struct<bytes, path>` (`MEDIA_TYPE`) with absolute paths, chunk by chunk, or an error message
+    when the type is not usable. The chunks are kept and the bytes are shared, not copied: joining a column of
+    more than 2 GB into one array overflows its offsets (`hf_metric.data.chunked`)."""
     kind = values.type
     if pa.types.is_dictionary(kind):
-        values, kind = values.cast(kind.value_type), kind.value_type
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        byte_values, paths = values.cast(pa.binary()), pa.nulls(len(values), pa.string())
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        byte_values, paths = pa.nulls(len(values), pa.binary()), values.cast(pa.string())
-    elif pa.types.is_struct(kind) and {"bytes", "path"} & {kind.field(i).name for i in range(kind.num_fields)}:
-        flat = values.combine_chunks()
-        names = {kind.field(i).name for i in range(kind.num_fields)}
-        byte_values = flat.field("bytes").cast(pa.binary()) if "bytes" in names else pa.nulls(len(flat), pa.binary())
-        paths = flat.field("path").cast(pa.string()) if "path" in names else pa.nulls(len(flat), pa.string())
-        # a struct cell that is null as a whole has no bytes and no path
-        if flat.null_count:
-            valid = flat.is_valid()
-            byte_values = pc.if_else(valid, byte_values, pa.scalar(None, pa.binary()))
-            paths = pc.if_else(valid, paths, pa.scalar(None, pa.string()))
-    else:
+        kind = kind.value_type
+        wide = pa.large_binary() if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) else kind
+        values, kind = values.cast(wide), wide
+    is_bytes = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+    is_path = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    names = {kind.field(i).name for i in range(kind.num_fields)} if pa.types.is_struct(kind) else set()
+    if not (is_bytes or is_path or {"bytes", "path"} & names):
         return f"must hold encoded bytes, a file path or a {{bytes, path}} struct, found type {kind}"
-    paths = pa.array(
-        [None if p is None else os.path.normpath(os.path.join(base_dir, p)) for p in paths.to_pylist()], pa.string()
-    )
-    byte_values = byte_values.combine_chunks() if isinstance(byte_values, pa.ChunkedArray) else byte_values
-    return pa.chunked_array([pa.StructArray.from_arrays([byte_values, paths], fields=list(MEDIA_TYPE))])
+    chunks = [_normalize_chunk(chunk, base_dir, is_bytes, is_path, names) for chunk in values.chunks]
+    return pa.chunked_array(chunks, MEDIA_TYPE)
+
+
+def _normalize_chunk(chunk: pa.Array, base_dir: str, is_bytes: bool, is_path: bool, names: set[str]) -> pa.Array:
+    size = len(chunk)
+    if is_bytes:
+        byte_values, paths = chunk.cast(pa.large_binary()), pa.nulls(size, pa.string())
+    elif is_path:
+        byte_values, paths = pa.nulls(size, pa.large_binary()), chunk.cast(pa.string())
+    else:
+        byte_values = pc.struct_field(chunk, "bytes").cast(pa.large_binary()) if "bytes" in names else None
+        paths = pc.struct_field(chunk, "path").cast(pa.string()) if "path" in names else None
+        byte_values = pa.nulls(size, pa.large_binary()) if byte_values is None else byte_values
+        paths = pa.nulls(size, pa.string()) if paths is None else paths
+        # a struct cell that is null as a whole has no bytes and no path
+        if chunk.null_count:
+            valid = chunk.is_valid()
+            byte_values = pc.if_else(valid, byte_values, pa.scalar(None, pa.large_binary()))
+            paths = pc.if_else(valid, paths, pa.scalar(None, pa.string()))
+    if paths.null_count < size:
+        paths = pa.array(
+            [None if p is None else os.path.normpath(os.path.join(base_dir, p)) for p in paths.to_pylist()], pa.string()
+        )
+    return pa.StructArray.from_arrays([byte_values, paths], fields=list(MEDIA_TYPE))
+
+
+def cell_bytes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Encoded bytes held in each cell of an image/audio column, in any of its forms (0 for a path or a null);
+    zeros for a column of another type. It sizes the slices of cells that reach Python at once."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    sizes = [np.zeros(0, dtype=np.int64)]
+    for chunk in chunks:
+        kind = chunk.type
+        if pa.types.is_dictionary(kind):
+            per_value = pa.array(cell_bytes(chunk.dictionary), pa.int64())
+            sizes.append(pc.fill_null(pc.take(per_value, chunk.indices), 0).to_numpy())
+            continue
+        if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
+            chunk, kind = pc.struct_field(chunk, "bytes"), kind.field("bytes").type
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            sizes.append(pc.fill_null(pc.binary_length(chunk), 0).to_numpy().astype(np.int64))
+        else:
+            sizes.append(np.zeros(len(chunk), dtype=np.int64))
+    return np.concatenate(sizes)
 
 
 def open_cell(cell: dict[str, Any]) -> Any:

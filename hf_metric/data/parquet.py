@@ -20,7 +20,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .media import AUDIO_COLUMN, IMAGE_COLUMN, SOURCE_ROW, check_cell, normalize_media_column, require_backend
+from .chunked import keep_rows, read_error, row_slices
+from .media import (
+    AUDIO_COLUMN,
+    IMAGE_COLUMN,
+    SOURCE_ROW,
+    cell_bytes,
+    check_cell,
+    normalize_media_column,
+    require_backend,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +80,8 @@ def input_column_of(path: str | Path, column_names: list[str] | None = None) -> 
             raise DataError(f"{path}: file not found")
         try:
             column_names = pq.read_schema(path).names
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+        except (pa.ArrowException, OSError, MemoryError) as err:
+            raise read_error(path, err) from None
     found = [c for c in INPUT_COLUMNS if c in column_names]
     if not found:
         raise DataError(
@@ -105,9 +114,9 @@ def read_labeled_parquet(
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+        table = pq.read_table(path, pre_buffer=False)  # pre-buffering a local file keeps a second copy of it
+    except (pa.ArrowException, OSError, MemoryError) as err:
+        raise read_error(path, err) from None
     input_column = input_column_of(path, table.column_names)
     if LABEL_COLUMN not in table.column_names:
         raise DataError(f"{path}: column '{LABEL_COLUMN}' is missing (found: {', '.join(table.column_names)})")
@@ -149,7 +158,7 @@ def read_labeled_parquet(
     if dropped:
         logger.info("%s: dropped %d rows with metric_mask=0 and classifier_mask=0", path, dropped)
     keep_idx = pa.array(np.flatnonzero(keep))
-    label = label.take(keep_idx)
+    label = keep_rows(label, keep)
     raw_labels = label.to_numpy(zero_copy_only=False)
     if is_str:
         raw_labels = np.array([s.strip() for s in raw_labels], dtype=object)
@@ -173,7 +182,7 @@ def read_labeled_parquet(
         count=len(raw_labels),
     )
     columns = {
-        input_column: inputs.take(keep_idx),
+        input_column: keep_rows(inputs, keep),  # chunk by chunk: `take` would join a column of any size
         "labels": pa.array(encoded),
         "metric_mask": masks["metric_mask"].take(keep_idx),
         "classifier_mask": masks["classifier_mask"].take(keep_idx),
@@ -183,7 +192,7 @@ def read_labeled_parquet(
     out = pa.table(columns)
     class_groups = None
     if GROUP_COLUMN in table.column_names:
-        groups = table.column(GROUP_COLUMN).take(keep_idx).cast(pa.string()).to_pylist()
+        groups = keep_rows(table.column(GROUP_COLUMN), keep).cast(pa.string()).to_pylist()
         class_groups = {i: set() for i in range(len(classes))}
         for label_id, group in zip(encoded.tolist(), groups, strict=True):
             if group is not None and label_id != OUT_OF_SCOPE_ID:
@@ -205,7 +214,8 @@ def _validate_text(path: str, text: pa.ChunkedArray, used: pa.ChunkedArray) -> p
 
 
 MEDIA_CHECK_CHUNK = 1024
-"""Rows whose cells are held in Python at once while their headers are checked."""
+"""Rows whose cells are held in Python at once while their headers are checked (and at most
+`chunked.MAX_SLICE_BYTES` of bytes); cells of rows in no loss are never turned into Python objects."""
 
 
 def _validate_media(
@@ -218,11 +228,11 @@ def _validate_media(
         raise DataError(f"{path}: column '{column}' {cells}")
     in_loss = np.asarray(pc.fill_null(used, False).to_numpy(zero_copy_only=False), dtype=bool)
     bad = np.zeros(len(cells), dtype=bool)
-    for start in range(0, len(cells), MEDIA_CHECK_CHUNK):
-        for offset, cell in enumerate(cells.slice(start, MEDIA_CHECK_CHUNK).to_pylist()):
-            row = start + offset
-            if not in_loss[row]:
-                continue
+    for start, stop in row_slices(np.where(in_loss, cell_bytes(cells), 0), max_rows=MEDIA_CHECK_CHUNK):
+        rows = start + np.flatnonzero(in_loss[start:stop])
+        part = cells.slice(start, stop - start)
+        part = part if len(rows) == stop - start else part.filter(pa.array(in_loss[start:stop]))
+        for row, cell in zip(rows.tolist(), part.to_pylist(), strict=True):
             try:
                 check_cell(column, cell)
             except ValueError as err:
@@ -241,7 +251,8 @@ def check_input_values(path: str, column: str, values: pa.Array | pa.ChunkedArra
     is null or empty (a media cell that cannot be decoded is named when it is decoded)."""
     if column != TEXT_COLUMN:
         require_backend(column)
-        cells = normalize_media_column(pa.chunked_array([values]), os.path.dirname(os.path.abspath(path)))
+        chunked = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
+        cells = normalize_media_column(chunked, os.path.dirname(os.path.abspath(path)))
         if isinstance(cells, str):
             raise DataError(f"{path}: column '{column}' {cells}")
         cells = cells.to_pylist()

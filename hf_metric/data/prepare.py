@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .chunked import dataset_from_table
 from .parquet import OUT_OF_SCOPE_ID, read_labeled_parquet
 from .splits import resample_per_class, stratified_split
 
@@ -37,8 +38,6 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int, train_with_oos: 
 
     Out-of-scope rows (`data.out_of_scope_label`, id -1) all validate by default; with `train_with_oos` they are
     split like a class (`val_ratio` of them validate, the rest train as negatives) and never resampled."""
-    import datasets
-
     labeled = read_labeled_parquet(
         data_cfg.parquet_path,
         out_of_scope_label=getattr(data_cfg, "out_of_scope_label", None),
@@ -56,7 +55,7 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int, train_with_oos: 
     train_idx = train_idx[~oos_train]
     train_idx = resample_per_class(train_idx, labels, data_cfg.upsample, data_cfg.downsample, seed)
     train_idx = np.sort(np.concatenate([train_idx, oos_rows])) if len(oos_rows) else train_idx
-    full = datasets.Dataset(labeled.table)
+    full = dataset_from_table(labeled.table)  # chunks kept: a column may hold more than 2 GB
     if labeled.input_column != featurizer.input_column:
         raise DataError(
             f"{labeled.source}: column '{labeled.input_column}': the backbone's featurizer reads "

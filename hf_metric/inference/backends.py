@@ -284,11 +284,15 @@ def run_batches(backend: Any, featurizer: Any, values: list[Any], batch_size: in
     order = np.argsort([len(v) for v in values], kind="stable") if values and isinstance(values[0], str) else None
     ordered = [values[i] for i in order] if order is not None else list(values)
     parts = [backend(featurizer.encode(ordered[i : i + batch_size])) for i in range(0, len(ordered), batch_size)]
-    fields = OUTPUT_NAMES
-    joined = {f: [getattr(p, f) for p in parts] for f in fields}
-    out = {f: np.concatenate(v) if v and v[0] is not None else None for f, v in joined.items()}
+    out = concat_outputs(parts)
     if order is not None:
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        out = {f: a[inverse] if a is not None else None for f, a in out.items()}
-    return ModelOutputs(**out)
+        out = ModelOutputs(**{f: a[inverse] if a is not None else None for f, a in vars(out).items()})
+    return out
+
+
+def concat_outputs(parts: list[ModelOutputs]) -> ModelOutputs:
+    """The outputs of consecutive runs, joined row-wise in order."""
+    joined = {f: [getattr(p, f) for p in parts] for f in OUTPUT_NAMES}
+    return ModelOutputs(**{f: np.concatenate(v) if v and v[0] is not None else None for f, v in joined.items()})

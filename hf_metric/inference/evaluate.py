@@ -22,13 +22,15 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_directory, write_json_atomic, write_text_atomic
+from ..data.chunked import row_slices
+from ..data.media import cell_bytes
 from ..data.parquet import LabeledTable, input_column_of, read_labeled_parquet
 from ..evaluation.evaluator import EvalPredictions, MetricEvaluator, PlotSettings, RetrievalSettings
 from ..evaluation.metrics import classification_metrics, per_class_f1, top_k_accuracy
 from ..evaluation.report import PLOT_CAPTIONS
 from ..evaluation.tables import metrics_markdown_table
 from ..model.open_set_scores import OUT_OF_SCOPE_ID
-from .backends import run_batches
+from .backends import ModelOutputs, concat_outputs, run_batches
 
 TOP_KS = (1, 3, 5)
 RARE_FRACTION = 0.25
@@ -74,7 +76,7 @@ def evaluate_file(
     name -> {head_f1, fused_f1, support}}`."""
     id2label, path = backend.id2label, labeled.source
     column = input_column_of(path, labeled.table.column_names)
-    outputs = run_batches(backend, featurizer, labeled.table.column(column).to_pylist(), batch_size)
+    outputs = _run_column(backend, featurizer, labeled.table.column(column), batch_size)
     labels = np.array(labeled.labels)
     oos = labels == OUT_OF_SCOPE_ID
     reference = backend.reference
@@ -125,6 +127,14 @@ def evaluate_file(
     with atomic_directory(out_dir) as tmp:
         summary = run(tmp)
     return summary
+
+
+def _run_column(backend: Any, featurizer: Any, values: Any, batch_size: int) -> ModelOutputs:
+    """The outputs of every row of an input column; image/audio cells reach Python `MAX_SLICE_BYTES` at a time
+    (a text column is one slice: its rows are batched by length over the whole file)."""
+    slices = row_slices(cell_bytes(values))
+    parts = [run_batches(backend, featurizer, values.slice(a, b - a).to_pylist(), batch_size) for a, b in slices]
+    return parts[0] if len(parts) == 1 else concat_outputs(parts)
 
 
 def _tensor(values: Any):

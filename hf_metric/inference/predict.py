@@ -1,7 +1,8 @@
 """Label or embed a Parquet file of any size: record batches in, record batches out, one file renamed at the end.
 
 The input is read with `ParquetFile.iter_batches` and written with a `ParquetWriter` (or into a memory-mapped
-`.npy`), so memory holds one record batch and its outputs, never the file. Every input column is kept, in
+`.npy`), so memory holds one record batch and its outputs, never the file; the image/audio cells of a record
+batch reach Python at most `chunked.MAX_SLICE_BYTES` at a time. Every input column is kept, in
 order, and the output appears whole (atomic rename) or not at all.
 """
 
@@ -17,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_path
+from ..data.chunked import read_error, row_slices
+from ..data.media import cell_bytes
 from ..data.parquet import check_input_values, input_column_of
 from ..errors import DataError
 from .backends import ModelOutputs, run_batches
@@ -39,9 +42,9 @@ def _open(path: str) -> pq.ParquetFile:
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+        return pq.ParquetFile(path, pre_buffer=False)  # pre-buffered row groups would double the batch's memory
+    except (pa.ArrowException, OSError, MemoryError) as err:
+        raise read_error(path, err) from None
 
 
 def _stream(
@@ -54,11 +57,28 @@ def _stream(
     column = input_column_of(path, source.schema_arrow.names)
     offset = 0
     with tqdm(total=source.metadata.num_rows, unit="rows", disable=not settings.progress) as bar:
-        for batch in source.iter_batches(batch_size=settings.read_batch_rows):
-            values = check_input_values(path, column, batch.column(column), offset)
-            yield batch, run_batches(backend, featurizer, values, settings.batch_size)
-            offset += batch.num_rows
-            bar.update(batch.num_rows)
+        for batch in _record_batches(path, source, settings.read_batch_rows):
+            for start, stop in row_slices(cell_bytes(batch.column(column))):
+                part = batch.slice(start, stop - start)  # zero-copy
+                values = check_input_values(path, column, part.column(column), offset)
+                outputs = run_batches(backend, featurizer, values, settings.batch_size)
+                del values  # the cells of one slice at a time, not two
+                yield part, outputs
+                offset += part.num_rows
+                bar.update(part.num_rows)
+
+
+def _record_batches(path: str, source: pq.ParquetFile, rows: int) -> Iterator[pa.RecordBatch]:
+    """`source.iter_batches`, with a file that Arrow cannot read past some row ending as a one-line error."""
+    batches = source.iter_batches(batch_size=rows)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError, MemoryError) as err:
+            raise read_error(path, err) from None
+        if batch is None:
+            return
+        yield batch
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,0 +1,122 @@
+"""Train on a generated audio Parquet file of any size: wall time, time to the first step and peak RSS.
+
+Writes `--rows` four-second 16 kHz WAV clips (20 classes, a tone per class in noise, PCM 16-bit: 128 kB each;
+row groups of 256 rows) into one Parquet file under `--workdir`, then trains `configs/quickstart_audio.yaml` on
+it for `--steps` optimizer steps in a child process (validation on 1 % of the rows, no plots, no stored kNN rows:
+the run measures reading and preparing the data, not the model). The default 19,200 rows make a 2.5 GB `audio`
+column, more than one Arrow `binary` array holds (2 GB).
+
+    python -m bench.data_scale                          # 19,200 clips, about 2.5 GB
+    python -m bench.data_scale --rows 4800 --threads 1  # a quarter
+
+Prints one JSON line: rows, file size, wall seconds of the training command, seconds from its start to the first
+logged training step (the Trainer logs step 1), the child's peak RSS (`ru_maxrss`) and its exit code. The
+generated file and the run's folder are deleted afterwards unless `--keep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "quickstart_audio.yaml"
+RATE, SECONDS, CLASSES, ROW_GROUP = 16000, 4.0, 20, 256
+
+
+def wav_header(samples: int) -> bytes:
+    """The 44-byte header of a mono 16-bit PCM WAV at `RATE` holding `samples` samples."""
+    data = 2 * samples
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, RATE, 2 * RATE, 2, 16)
+    return b"RIFF" + struct.pack("<I", 36 + data) + b"WAVE" + b"fmt " + fmt + b"data" + struct.pack("<I", data)
+
+
+def write_clips(path: Path, rows: int, seed: int = 0) -> None:
+    """`rows` WAV clips with labels `w00`..`w19` (row `i` is class `i % 20`), one row group of `ROW_GROUP` rows
+    at a time: the generator holds one row group."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    length = int(RATE * SECONDS)
+    t = np.arange(length, dtype=np.float32) / RATE
+    tones = np.stack([3000 * np.sin(2 * np.pi * (200.0 * 1.15**c) * t) for c in range(CLASSES)]).astype(np.int16)
+    header = wav_header(length)
+    schema = pa.schema([("audio", pa.binary()), ("label", pa.string())])
+    with pq.ParquetWriter(path, schema, use_dictionary=["label"]) as writer:
+        for start in range(0, rows, ROW_GROUP):
+            labels = np.arange(start, min(start + ROW_GROUP, rows)) % CLASSES
+            noise = rng.integers(-1000, 1000, size=(len(labels), length), dtype=np.int16)  # the bytes do not compress
+            waves = (tones[labels] + noise).astype("<i2")
+            clips = [header + wave.tobytes() for wave in waves]
+            names = [f"w{label:02d}" for label in labels]
+            writer.write_table(pa.table({"audio": clips, "label": names}, schema=schema), row_group_size=ROW_GROUP)
+
+
+def train_once(parquet: Path, run_dir: Path, steps: int, threads: int) -> dict:
+    """Train in a child process; its wall time, time to the first logged step, peak RSS and exit code."""
+    overrides = {
+        "data.parquet_path": str(parquet),
+        "data.val_ratio": 0.01,
+        "scheduler.num_training_steps": steps,
+        "training.logging_steps": 1,
+        "metric_validation.plots": "false",
+        "model.knn_fusion_weight": 0.0,
+        "checkpointing.checkpoints_dir": str(run_dir),
+    }
+    argv = [sys.executable, "-m", "hf_metric.cli", "--config", str(CONFIG)]
+    for key, value in overrides.items():
+        argv += ["--set", f"{key}={value}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+    start, first_step, tail = time.perf_counter(), None, deque(maxlen=20)
+    child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in child.stdout:
+        if first_step is None and "'loss'" in line:  # the Trainer logs the first step (logging_first_step)
+            first_step = time.perf_counter() - start
+        tail.append(line.rstrip())
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        print("\n".join(tail), file=sys.stderr)
+    first = None if first_step is None else round(first_step, 1)
+    return {"wall_s": round(wall, 1), "first_step_s": first, "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit": code}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=19200, help="clips (default 19200: about 2.5 GB)")
+    parser.add_argument("--workdir", default="/tmp", help="where the file and the run's folder go")
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps (scheduler.num_training_steps)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP/MKL/Arrow threads of the training process")
+    parser.add_argument("--keep", action="store_true", help="keep the generated file and the run's folder")
+    args = parser.parse_args(argv)
+
+    folder = Path(args.workdir) / f"hf_metric_data_scale_{args.rows}"
+    folder.mkdir(parents=True, exist_ok=True)
+    parquet = folder / "clips.parquet"
+    try:
+        began = time.perf_counter()
+        write_clips(parquet, args.rows)
+        result = {"rows": args.rows, "file_gb": round(parquet.stat().st_size / 1e9, 2)}
+        result["generate_s"] = round(time.perf_counter() - began, 1)
+        result.update(train_once(parquet, folder / "run", args.steps, args.threads))
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps(result))
+    return 0 if result["exit"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
