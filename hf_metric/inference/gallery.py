@@ -164,6 +164,13 @@ class Gallery:
         self._changed()
         return removed
 
+    def set_match(self, match: str) -> None:
+        """Match per "row" or per "identity" from now on (a search setting: the rows stay as they are)."""
+        if match not in MATCHES:
+            raise ConfigError(f"match: must be one of {', '.join(MATCHES)}, got {match!r}")
+        self.match = match
+        self._identities = None
+
     def _changed(self) -> None:
         self._identities = None  # the calibration is kept: `hf-metric index --append` says to redo it
 
@@ -303,7 +310,9 @@ def read_manifest(directory: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as fh:
             manifest = json.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"gallery {directory}: not a gallery (no {MANIFEST_FILE}; build one with `hf-metric index`)") from None
+        raise ConfigError(
+            f"gallery {directory}: not a gallery (no {MANIFEST_FILE}; build one with `hf-metric index`)"
+        ) from None
     except (OSError, ValueError) as err:
         raise ConfigError(f"gallery {directory}: unreadable {MANIFEST_FILE} ({type(err).__name__})") from None
     if manifest.get("format") != GALLERY_FORMAT:

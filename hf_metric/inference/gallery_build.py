@@ -186,8 +186,10 @@ def gallery_from_parquet(
     rows = embed_rows(path, backend, featurizer, settings, GalleryColumns(label_column, group_column, id_column))
     if index is None:
         config = getattr(getattr(backend, "model", None), "config", None)
-        index = getattr(config, "knn_index", None) if config is not None else getattr(backend, "config", {}).get(
-            "knn_index"
+        index = (
+            getattr(config, "knn_index", None)
+            if config is not None
+            else getattr(backend, "config", {}).get("knn_index")
         )
     return Gallery(
         rows.embeddings, rows.labels, rows.groups, rows.row_ids, backend_fingerprint(backend), match, index or None

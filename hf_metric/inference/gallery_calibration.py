@@ -74,7 +74,7 @@ def calibrate_gallery(
         "within_group": groups is not None,
         "match": gallery.match,
         "source": source,
-        "queries": int(len(labels)),
+        "queries": len(labels),
         "unknown_queries": int((~known).sum()),
         "metrics": {k: (None if np.isnan(v) else float(v)) for k, v in chosen.metrics.items()},
     }

@@ -39,9 +39,7 @@ def match_columns(result: GallerySearchResult, threshold: float | None = None) -
     top_scores = result.top_score
     columns = {
         "gallery_label": pa.array(result.top_label.tolist(), pa.string()),
-        "gallery_score": pa.array(
-            [None if np.isnan(s) else float(s) for s in top_scores.tolist()], pa.float32()
-        ),
+        "gallery_score": pa.array([None if np.isnan(s) else float(s) for s in top_scores.tolist()], pa.float32()),
         "gallery_top_labels": pa.array(
             [result.labels[i, :w].tolist() for i, w in enumerate(widths)], pa.list_(pa.string())
         ),
