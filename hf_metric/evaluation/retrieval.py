@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .groups import CANDIDATE_BUCKETS
+from .verification import lowest_threshold_at_rate
 
 PAD = None
 """What callers put in `ranked_labels` where a query had fewer than k gallery rows; it never equals a label."""
@@ -216,18 +217,6 @@ def accuracy_by_candidates(
     return {key: (float(np.mean(collected[key])), len(collected[key])) for key in order if key in collected}
 
 
-def _threshold_at_rate(accepted_scores: np.ndarray, negative_scores: np.ndarray, rate: float) -> float:
-    """The lowest threshold (accept: score >= threshold) whose share of accepted `negative_scores` is at most
-    `rate`. Candidates: the distinct values of all scores and the next float above the largest (reject
-    everything), so the threshold is a number the data holds, as in `open_set_calibration`."""
-    values = np.unique(np.concatenate([accepted_scores, negative_scores]).astype(np.float64))
-    candidates = np.append(values, np.nextafter(values[-1], np.inf))
-    negatives = np.sort(negative_scores.astype(np.float64))
-    accepted = len(negatives) - np.searchsorted(negatives, candidates, side="left")
-    ok = accepted <= rate * len(negatives) * (1 + 1e-12)
-    return float(candidates[np.argmax(ok)])  # accepted falls with the threshold; the last candidate accepts none
-
-
 def open_set_identification(
     known_top1_scores: Any,
     known_top1_correct: Any,
@@ -250,7 +239,7 @@ def open_set_identification(
         raise ValueError(f"known_top1_correct has {len(correct)} rows for {len(known)} known scores")
     out: dict[str, float] = {}
     for f in fpirs:
-        threshold = _threshold_at_rate(known, unknown, float(f))
+        threshold = lowest_threshold_at_rate(known, unknown, float(f))
         out[f"dir@fpir={f:g}"] = float((correct & (known >= threshold)).mean())
         out[f"threshold@fpir={f:g}"] = threshold
     return out
