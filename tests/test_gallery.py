@@ -183,7 +183,7 @@ def test_remove_really_deletes_the_identitys_embeddings(tmp_path):
 
 
 def test_identity_matching_searches_the_normalised_centroids():
-    emb, labels, groups, ids = random_gallery(n=120, groups=1)
+    emb, labels, _, ids = random_gallery(n=120, groups=1)
     gallery = Gallery(emb, labels, None, ids, match="identity")
     names = sorted(set(labels))
     centroids = np.stack([unit(emb)[np.asarray(labels) == n].mean(axis=0) for n in names])
@@ -201,7 +201,9 @@ def test_another_models_gallery_is_refused_in_one_line():
     with pytest.raises(ConfigError) as err:
         gallery.check_model("2" * 64, "galleries/trees")
     message = str(err.value)
-    assert message == "gallery galleries/trees was built by another model (fingerprint 111111111111), this model is 222222222222"
+    assert message == (
+        "gallery galleries/trees was built by another model (fingerprint 111111111111), this model is 222222222222"
+    )
 
 
 def test_fingerprint_follows_the_embedding_weights_only(tmp_path, tiny_model_dir):
