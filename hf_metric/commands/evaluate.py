@@ -39,18 +39,16 @@ def run_gallery(args: argparse.Namespace) -> int:
     """`evaluate --gallery`: identification, open-set and verification metrics against an enrolled gallery."""
     from ..evaluation.tables import format_metrics_table
     from ..inference.backends import load_backend
-    from ..inference.gallery import Gallery
-    from ..inference.gallery_build import backend_fingerprint
+    from ..inference.gallery_build import load_gallery_for
     from ..inference.gallery_eval import evaluate_gallery_file
     from ..inference.predict import StreamSettings
     from .common import check_model_dir, featurizer, model_config
 
     check_model_dir(args.model, args.backend)
-    gallery = Gallery.load(args.gallery)
+    gallery = load_gallery_for(args.gallery, args.model)
     cfg = model_config(args, args.data)
     feat = featurizer(args.model, args.data, cfg)
     backend = load_backend(args.model, args.backend, args.device, args.threads)
-    gallery.check_model(backend_fingerprint(backend), args.gallery)
     settings = StreamSettings(args.read_batch_rows, cfg.training.batch_size, not args.no_progress)
     summary = evaluate_gallery_file(args.data, backend, feat, gallery, settings, args.within_group, args.out)
     print(format_metrics_table(summary["metrics"]))

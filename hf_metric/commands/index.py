@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import ConfigError
     from ..inference.backends import load_backend
-    from ..inference.gallery import MANIFEST_FILE, Gallery
-    from ..inference.gallery_build import EmbeddedRows, backend_fingerprint, embed_rows, gallery_from_parquet
+    from ..inference.gallery import MANIFEST_FILE
+    from ..inference.gallery_build import EmbeddedRows, embed_rows, gallery_from_parquet, load_gallery_for
     from ..inference.gallery_calibration import calibrate_gallery
     from ..inference.predict import StreamSettings
     from .common import check_model_dir, featurizer, model_config
@@ -69,14 +69,10 @@ def run(args: argparse.Namespace) -> int:
     existing = os.path.isfile(os.path.join(args.out, MANIFEST_FILE))
     if (args.append or not args.data) and not existing:
         raise ConfigError(f"--out {args.out}: no gallery there to update (build one with --data FILE first)")
+    gallery = load_gallery_for(args.out, args.model) if args.append or not args.data else None
     cfg = model_config(args, args.data or args.calibrate)
     backend = load_backend(args.model, args.backend, args.device, args.threads)
-    fingerprint = backend_fingerprint(backend)
     settings = StreamSettings(args.read_batch_rows, cfg.training.batch_size, not args.no_progress)
-    gallery = None
-    if args.append or not args.data:
-        gallery = Gallery.load(args.out)
-        gallery.check_model(fingerprint, args.out)
     if args.data:
         feat = featurizer(args.model, args.data, cfg)
         match = args.match or (gallery.match if gallery is not None else "row")

@@ -64,21 +64,19 @@ def run_predict(args: argparse.Namespace) -> int:
         from ..errors import ConfigError
 
         raise ConfigError("--within-group needs --gallery DIR")
+    gallery = _gallery_columns(args) if args.gallery else None  # before the model loads: a wrong one fails fast
     backend, feat, settings = _setup(args)
-    gallery = _gallery_columns(args, backend) if args.gallery else None
     rows = predict_file(args.data, args.out, backend, feat, args.top_k, settings, gallery)
     print(f"Labelled {rows} rows: {args.out}")
     return 0
 
 
-def _gallery_columns(args: argparse.Namespace, backend):
+def _gallery_columns(args: argparse.Namespace):
     """The gallery part of predict: the gallery, checked against the model's fingerprint."""
-    from ..inference.gallery import Gallery
-    from ..inference.gallery_build import backend_fingerprint
+    from ..inference.gallery_build import load_gallery_for
     from ..inference.gallery_predict import GalleryColumns
 
-    gallery = Gallery.load(args.gallery)
-    gallery.check_model(backend_fingerprint(backend), args.gallery)
+    gallery = load_gallery_for(args.gallery, args.model)
     return GalleryColumns(gallery, args.top_k, args.within_group)
 
 

@@ -76,8 +76,15 @@ def backend_fingerprint(backend: Any) -> str:
     return model_fingerprint(str(folder))
 
 
+def load_gallery_for(directory: str, model_dir: str) -> Gallery:
+    """The gallery in `directory`, refused in one line unless the model in `model_dir` built it."""
+    gallery = Gallery.load(directory)
+    gallery.check_model(model_fingerprint(model_dir), directory)
+    return gallery
+
+
 @dataclass
-class GalleryColumns:
+class SourceColumns:
     """Which columns of an enrolment or query file hold the label, the group and the row id."""
 
     label: str = "label"
@@ -101,14 +108,14 @@ def embed_rows(
     backend: Any,
     featurizer: Any,
     settings: Any = None,
-    columns: GalleryColumns | None = None,
+    columns: SourceColumns | None = None,
     need_labels: bool = True,
 ) -> EmbeddedRows:
     """Stream `path` through the model (as `predict` does) keeping the embeddings and the label, group and id
     columns; a null or empty label is a one-line `DataError` naming the row."""
     from .predict import StreamSettings, open_parquet, stream_outputs
 
-    columns = columns or GalleryColumns()
+    columns = columns or SourceColumns()
     settings = settings or StreamSettings()
     names = open_parquet(path).schema_arrow.names
     if need_labels and columns.label not in names:
@@ -183,7 +190,7 @@ def gallery_from_parquet(
     """A `Gallery` of every row of `path` (`Gallery.from_parquet`); `index` defaults to the model's
     `knn_index` setting."""
     backend, featurizer = load_model(model, path, featurizer)
-    rows = embed_rows(path, backend, featurizer, settings, GalleryColumns(label_column, group_column, id_column))
+    rows = embed_rows(path, backend, featurizer, settings, SourceColumns(label_column, group_column, id_column))
     if index is None:
         config = getattr(getattr(backend, "model", None), "config", None)
         index = (

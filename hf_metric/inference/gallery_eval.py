@@ -11,7 +11,8 @@ be identified, only rejected, and counts as unknown. The numbers (functions of `
 - open-set identification: dir@fpir=0.01 / 0.1 (known and unknown queries both present), and with a calibrated
   gallery the decisions of its threshold (`unknown_rejection_rate`, `known_identification_rate`);
 - verification on pairs of the file's rows sampled reproducibly (`sample_pairs`, seed 0; impostors random and
-  from the same group): verification_auc, eer, tar@far=0.001, tar@far=0.01;
+  from the same group): verification_auc, eer, tar@far=0.001, tar@far=0.01, and the same against same-group
+  impostors only (`same_group_eer`, ...);
 - with a `group` column: the same identification numbers per group, and within-group top-1 accuracy by number
   of enrolled candidates in the group (`identification_accuracy_candidates_<bucket>`).
 """
@@ -40,6 +41,8 @@ from .gallery_predict import unknown_mask
 KS = (1, 5, 10)
 FARS = (1e-3, 1e-2)
 FPIRS = (0.01, 0.1)
+SAME_GROUP_KEYS = ("verification_auc", "eer", "tar@far=0.001", "tar@far=0.01")
+"""Also reported on genuine pairs vs impostors of the same group only (`same_group_<name>`): the hard case."""
 
 
 def relevant_in_gallery(gallery: Gallery, labels: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
@@ -65,7 +68,7 @@ def gallery_metrics(
     ks: tuple[int, ...] = KS,
 ) -> dict[str, Any]:
     """Every number of the module doc for embedded queries: `{"metrics": flat, "per_group": group -> metrics}`."""
-    from ..evaluation.verification import sample_pairs, verification_metrics
+    from ..evaluation.verification import IMPOSTOR_RANDOM, sample_pairs, verification_metrics
 
     if within_group and groups is None:
         raise DataError("--within-group needs a 'group' column in the evaluated file")
@@ -95,6 +98,10 @@ def gallery_metrics(
         sims = (emb[np.asarray(pairs.i)] * emb[np.asarray(pairs.j)]).sum(axis=1)
         metrics.update({k: float(v) for k, v in verification_metrics(sims, same, fars=FARS).items()})
         metrics["verification_pairs"] = float(len(same))
+        close = np.asarray(pairs.kind) != IMPOSTOR_RANDOM  # genuine pairs and same-group impostors
+        if (close & ~same).any():
+            hard = verification_metrics(sims[close], same[close], fars=FARS)
+            metrics.update({f"same_group_{k}": float(hard[k]) for k in SAME_GROUP_KEYS})
     per_group: dict[str, Any] = {}
     if groups is not None:
         grouped = np.array([g is not None for g in groups], dtype=bool)
