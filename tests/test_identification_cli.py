@@ -231,3 +231,54 @@ def test_an_onnx_export_answers_with_the_gallery_of_its_model(model, tmp_path):
         tables[backend] = pq.read_table(out).to_pydict()
     assert tables["onnx"]["gallery_label"] == tables["torch"]["gallery_label"]
     np.testing.assert_allclose(tables["onnx"]["gallery_score"], tables["torch"]["gallery_score"], atol=1e-4)
+
+
+@pytest.fixture(scope="module", params=["convnext", "ast"])
+def media_model(request, tmp_path_factory):
+    """A tiny from-scratch image (ConvNeXt, GeM) or audio (AST) model saved with its processor."""
+    pytest.importorskip("PIL")
+    pytest.importorskip("soundfile")
+    from media_fixtures import MODALITY, TINY_BACKBONES, TINY_PROCESSORS
+
+    from hf_metric.data.featurize_media import build_processor
+    from hf_metric.model.modeling import MetricClassifierModel
+
+    backbone = request.param
+    modality = MODALITY[backbone]
+    folder = tmp_path_factory.mktemp(backbone) / "best"
+    torch.manual_seed(0)
+    pooling = "gem" if backbone == "convnext" else "mean"
+    model = MetricClassifierModel.from_scratch(TINY_BACKBONES[backbone], {0: "a", 1: "b"}, pooling=pooling)
+    model.save_pretrained(folder)
+    build_processor(modality, None, TINY_BACKBONES[backbone]["model_type"], TINY_PROCESSORS[backbone]).save_pretrained(
+        folder
+    )
+    return modality, str(folder)
+
+
+def test_image_and_audio_galleries_index_and_identify_within_group(media_model, tmp_path):
+    """Photos / clips of identities the model never saw, two per group: predict --gallery --within-group gives
+    the brute-force nearest enrolled row of the query's group (embeddings from `hf-metric embed`)."""
+    from media_fixtures import media_rows
+
+    modality, model = media_model
+    rows = media_rows(modality, per_class=4, seed=1)
+    for i, row in enumerate(rows):
+        row["label"] = f"{row['label']}-{i // 2 % 2}"  # 6 identities the head never saw
+        row["group"] = f"site-{i // 2 % 2}"
+    enrol = write_parquet(tmp_path / "enrol.parquet", rows[::2])
+    query = write_parquet(tmp_path / "query.parquet", rows[1::2])
+    gallery = tmp_path / "g"
+    assert index("--model", model, "--data", str(enrol), "--out", str(gallery)) == 0
+    out = tmp_path / "pred.parquet"
+    run = ["predict", "--model", model, "--data", str(query), "--out", str(out), "--gallery", str(gallery)]
+    assert hf_metric([*run, "--within-group", "--no-progress"]) == 0
+    table = pq.read_table(out).to_pydict()
+    g_emb, q_emb = embed(model, enrol, tmp_path, "g"), embed(model, query, tmp_path, "q")
+    g_groups, g_labels = [r["group"] for r in rows[::2]], [r["label"] for r in rows[::2]]
+    for row, q in enumerate(rows[1::2]):
+        members = [i for i, g in enumerate(g_groups) if g == q["group"]]
+        sims = g_emb[members] @ q_emb[row]
+        assert table["gallery_label"][row] == g_labels[members[int(np.argmax(sims))]]
+        assert table["gallery_score"][row] == pytest.approx(float(sims.max()), abs=1e-5)
+        assert table["gallery_status"][row] == "ok"
