@@ -254,3 +254,31 @@ def test_calibration_reuses_the_open_set_calibration_and_is_the_best_threshold()
     assert chosen["unknown_queries"] == int((~known).sum())
     with pytest.raises(DataError, match="identities not in it"):
         calibrate_gallery(gallery, queries[known], np.asarray(labels)[known])
+
+
+def test_knn_pipeline_votes_within_the_group_and_reads_galleries(tiny_model_dir, tmp_path):
+    """The kNN pipeline's reference is a Gallery: `groups=` restricts each vote to the group's rows (as
+    `knn_predict` on that subset), a group without rows says so, and a gallery folder loads as the reference."""
+    from conftest import synthetic_rows
+    from test_inference_cli import save_tiny_model
+    from transformers import pipeline
+
+    from hf_metric.evaluation.metrics import knn_predict
+
+    model = save_tiny_model(tiny_model_dir, tmp_path / "model", fusion=0.0, reference=False)
+    rows = synthetic_rows(per_class=6, seed=1)
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    groups = [f"site{i % 3}" for i in range(len(rows))]
+    knn = pipeline("knn-classification", model=model).fit(texts, labels, groups=groups)
+    assert isinstance(knn.gallery, Gallery) and knn.gallery.fingerprint
+    queries = ["visa pin please", "parcel courier today"]
+    answers = knn(queries, groups=["site1", "site2"], k=3)
+    query_emb = knn.embed(queries)
+    for answer, q, group in zip(answers, query_emb, ["site1", "site2"], strict=True):
+        rows_in = np.flatnonzero(np.asarray(groups) == group)
+        want, share = knn_predict(q[None], knn.reference_embeddings[rows_in], np.asarray(labels)[rows_in], 3)
+        assert answer == {"label": want[0], "score": pytest.approx(float(share[0])), "status": "ok"}
+    assert knn(queries[0], groups="nowhere") == {"label": None, "score": 0.0, "status": "no_candidates"}
+    knn.gallery.save(tmp_path / "g")
+    reloaded = pipeline("knn-classification", model=model, reference=str(tmp_path / "g"))
+    assert reloaded(queries[0], k=3) == knn(queries[0], k=3)
