@@ -11,6 +11,7 @@ from transformers import (
 
 from .config import TrainConfig, load_config
 from .errors import ConfigError, DataError, HfMetricUserError
+from .inference.gallery import Gallery
 from .model import MetricClassifierConfig, MetricClassifierModel, MetricClassifierOutput, TrainingObjective
 from .model.heads import HEADS, Head
 from .model.losses import (
@@ -46,6 +47,7 @@ __all__ = [
     "ClassificationLoss",
     "ConfigError",
     "DataError",
+    "Gallery",
     "Head",
     "HfMetricUserError",
     "KnnClassificationPipeline",

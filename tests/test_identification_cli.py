@@ -282,3 +282,34 @@ def test_image_and_audio_galleries_index_and_identify_within_group(media_model, 
         assert table["gallery_label"][row] == g_labels[members[int(np.argmax(sims))]]
         assert table["gallery_score"][row] == pytest.approx(float(sims.max()), abs=1e-5)
         assert table["gallery_status"][row] == "ok"
+
+
+def test_plain_evaluate_reports_the_group_error_analysis(model, tmp_path):
+    """A grouped test file: `hf-metric evaluate` (no gallery) reports what validation reports in training."""
+    from conftest import synthetic_rows
+
+    from hf_metric.evaluation.groups import group_analysis
+
+    rows = synthetic_rows(per_class=6, seed=12)
+    site = {"billing": "a", "card": "a", "delivery": "b", "account": "b"}
+    for row in rows:
+        row["group"] = site[row["label"]]
+    data = write_parquet(tmp_path / "test.parquet", rows)
+    out = tmp_path / "eval"
+    assert hf_metric(["evaluate", "--model", model, "--data", str(data), "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert "Errors by group" in (out / "report.md").read_text()
+    pred = tmp_path / "pred.parquet"
+    assert hf_metric(["predict", "--model", model, "--data", str(data), "--out", str(pred), "--no-progress"]) == 0
+    from hf_metric.model.modeling import MetricClassifierModel
+
+    config = MetricClassifierModel.from_pretrained(model).config
+    names = [config.id2label[i] for i in range(len(config.id2label))]
+    logits = np.asarray(pq.read_table(pred).column("top_scores").to_pylist())  # probabilities, argmax-equivalent
+    order = pq.read_table(pred).column("top_labels").to_pylist()
+    probs = np.zeros((len(rows), len(names)))
+    for i, (labels, scores) in enumerate(zip(order, logits, strict=True)):
+        probs[i, [names.index(x) for x in labels]] = scores
+    want = group_analysis(probs, np.array([names.index(r["label"]) for r in rows]), np.array([site[n] for n in names]))
+    assert metrics["within_group_accuracy"] == pytest.approx(want.metrics["within_group_accuracy"])
+    assert metrics["group_accuracy_min"] == pytest.approx(want.metrics["group_accuracy_min"])
