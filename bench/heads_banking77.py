@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from hf_metric.config import config_from_dict
+from hf_metric.loading import config_from_dict
 from hf_metric.run import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -117,7 +117,7 @@ def _settings(best_dir: Path):
 
 
 def run(modality_yaml: str, train_path: str, test_path: str, rare: int, args: Any) -> dict:
-    from hf_metric.config import config_from_dict
+    from hf_metric.loading import config_from_dict
     from hf_metric.run import train
 
     base = yaml.safe_load((ROOT / "configs" / modality_yaml).read_text())

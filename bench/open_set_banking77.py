@@ -164,9 +164,9 @@ def table(results: dict[str, dict], command: str) -> str:
 
 
 def main() -> None:
-    from hf_metric.config import config_from_dict
     from hf_metric.data.parquet import read_labeled_parquet
     from hf_metric.data.splits import stratified_split
+    from hf_metric.loading import config_from_dict
     from hf_metric.run import train
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

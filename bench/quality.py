@@ -291,7 +291,7 @@ def train_variant(
     tokenizer, train seconds). `split["val_ratio"]`, if set, replaces the config's `data.val_ratio`."""
     from transformers import AutoTokenizer
 
-    from hf_metric.config import config_from_dict
+    from hf_metric.loading import config_from_dict
     from hf_metric.model.modeling import MetricClassifierModel
     from hf_metric.run import train
 

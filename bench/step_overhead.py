@@ -147,7 +147,7 @@ def plain_trainer(steps: int, out_dir: str) -> list[float]:
 def hf_metric_trainer(overrides: dict[str, Any], steps: int, out_dir: str) -> list[float]:
     import yaml
 
-    from hf_metric.config import config_from_dict
+    from hf_metric.loading import config_from_dict
     from hf_metric.run import build_trainer
 
     raw = yaml.safe_load((ROOT / "configs" / "metric_classifier_training.example.yaml").read_text())

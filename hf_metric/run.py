@@ -93,6 +93,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
     from .data.featurize import FeaturizerSettings, featurizer_for
     from .data.parquet import group_class_margins, input_column_of
     from .data.prepare import prepare_datasets
+    from .evaluation.base import build_evaluators
     from .evaluation.evaluator import MetricEvaluator, PlotSettings, RetrievalSettings
     from .model.modeling import MetricClassifierModel
     from .training.arguments import build_training_arguments
@@ -159,6 +160,7 @@ def build_run(cfg: TrainConfig, **argument_overrides: Any):
             class_counts=data.train_class_counts(),
             class_groups=data.class_groups,
             always_fail_min_rows=mv.always_fail_min_rows,
+            extra=build_evaluators(mv.evaluators),
         ),
         bank_steps=mv.keep_last_n_emb_steps,
         distributed_metric_loss=t.distributed_metric_loss,

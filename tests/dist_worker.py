@@ -76,7 +76,7 @@ def _row_key(input_ids, attention_mask, label) -> list:
 
 def pk(out_dir: str, config: str, checkpoint: str | None = None) -> None:
     """Record every micro-batch each process trains on (rows and optimizer step), and the sampler's own order."""
-    from hf_metric.config import load_config
+    from hf_metric.loading import load_config
     from hf_metric.run import build_trainer
 
     trainer = build_trainer(load_config(config), gradient_accumulation_steps=2, report_to=[])

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from hf_metric.config import config_from_dict
 from hf_metric.errors import ConfigError
 from hf_metric.evaluation.ann import IndexedSearch, KnnIndexSettings
 from hf_metric.evaluation.metrics import knn_predict
+from hf_metric.loading import config_from_dict
 from hf_metric.model.neighbors import topk_neighbors
 
 faiss = pytest.importorskip("faiss")

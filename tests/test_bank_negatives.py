@@ -10,7 +10,8 @@ import yaml
 from conftest import synthetic_rows, tiny_config, write_parquet
 
 from hf_metric.cli import main
-from hf_metric.config import ConfigError, config_from_dict
+from hf_metric.errors import ConfigError
+from hf_metric.loading import config_from_dict
 from hf_metric.model.losses import CrossEntropyLoss, MultiSimilarityLoss, SupConLoss, TripletMarginLoss
 from hf_metric.model.objective import TrainingObjective
 

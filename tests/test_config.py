@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from hf_metric.cli import main
-from hf_metric.config import TrainConfig, config_from_dict, load_config
+from hf_metric.config import TrainConfig
 from hf_metric.errors import ConfigError
+from hf_metric.loading import config_from_dict, load_config
 from hf_metric.training.arguments import build_training_arguments
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "metric_classifier_training.example.yaml"

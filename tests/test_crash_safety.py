@@ -23,7 +23,7 @@ import yaml
 from conftest import synthetic_rows, tiny_config, write_parquet
 from safetensors.torch import load_file
 
-from hf_metric.config import load_config
+from hf_metric.loading import load_config
 from hf_metric.run import _resume_checkpoint, train
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import torch
 from conftest import write_parquet
 from test_group_training import _grouped_rows
 
-from hf_metric.config import load_config
 from hf_metric.errors import ConfigError
+from hf_metric.loading import load_config
 from hf_metric.model.metric_losses import MultiSimilarityLoss, TripletMarginLoss
 
 GROUP_OF_CLASS = [0, 0, 1, 1, -1]  # classes 0,1 in group 0; 2,3 in group 1; class 4 in none

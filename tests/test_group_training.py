@@ -10,8 +10,8 @@ import pytest
 import yaml
 from conftest import synthetic_rows, write_parquet
 
-from hf_metric.config import load_config
 from hf_metric.errors import ConfigError
+from hf_metric.loading import load_config
 from hf_metric.run import train
 from hf_metric.training.curriculum import CURRICULUM_FILE
 

@@ -11,8 +11,8 @@ import torch
 from conftest import synthetic_rows, write_parquet
 from safetensors.torch import load_file
 
-from hf_metric.config import load_config
 from hf_metric.errors import TrainingDivergedError
+from hf_metric.loading import load_config
 from hf_metric.run import build_trainer
 from hf_metric.training.trainer import MetricClassifierTrainer
 

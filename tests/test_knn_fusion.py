@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import synthetic_rows, write_parquet
 
-from hf_metric.config import load_config
+from hf_metric.loading import load_config
 from hf_metric.model.knn_fusion import fuse_probabilities, knn_class_probabilities
 from hf_metric.model.modeling import MetricClassifierModel
 from hf_metric.run import train

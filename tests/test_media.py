@@ -56,7 +56,7 @@ def media_config(tmp_path: Path, backbone: str, parquet: Path, **overrides) -> d
 
 def train_two_steps(tmp_path: Path, backbone: str, **overrides):
     """Build and train a run for two optimizer steps; returns (trainer, prepared data, backbone weights before)."""
-    from hf_metric.config import config_from_dict
+    from hf_metric.loading import config_from_dict
     from hf_metric.run import build_run
 
     parquet = write_media_parquet(tmp_path / "data.parquet", media_rows(MODALITY[backbone], per_class=6))
@@ -332,9 +332,9 @@ def test_the_audio_quickstart_config_builds_its_extractor_and_cnn():
     ResNet; one clip of the shipped subset gives finite logits for its 20 words."""
     import pyarrow.parquet as pq
 
-    from hf_metric.config import load_config
     from hf_metric.data.featurize_media import build_processor
     from hf_metric.data.media import decode_audio, fit_length
+    from hf_metric.loading import load_config
     from hf_metric.model.modeling import MetricClassifierModel
 
     root = Path(__file__).resolve().parents[1]

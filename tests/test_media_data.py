@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from media_fixtures import TINY_PROCESSORS, media_rows, png_bytes, wav_bytes, write_media_parquet
 
-from hf_metric.config import DataSection, config_from_dict
+from hf_metric.config import DataSection
 from hf_metric.data.parquet import read_labeled_parquet
 from hf_metric.errors import ConfigError, DataError
+from hf_metric.loading import config_from_dict
 
 pytest.importorskip("PIL")
 pytest.importorskip("soundfile")

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 from test_inference_cli import save_tiny_model
 
 from hf_metric.cli import main
-from hf_metric.config import config_from_dict
+from hf_metric.loading import config_from_dict
 from hf_metric.sharing.head_io import export_head
 from hf_metric.sharing.hub import build_model_card
 

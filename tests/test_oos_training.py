@@ -12,8 +12,8 @@ import torch
 from conftest import synthetic_rows, write_parquet
 from test_open_set_training import _oos_rows
 
-from hf_metric.config import load_config
 from hf_metric.errors import ConfigError
+from hf_metric.loading import load_config
 from hf_metric.model.losses import build_classification_loss, build_metric_loss
 from hf_metric.model.modeling import MetricClassifierModel
 from hf_metric.model.objective import TrainingObjective

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import FILLER, synthetic_rows, write_parquet
 
-from hf_metric.config import load_config
 from hf_metric.data.parquet import OUT_OF_SCOPE_ID, read_labeled_parquet
 from hf_metric.errors import ConfigError, DataError
+from hf_metric.loading import load_config
 from hf_metric.model.modeling import MetricClassifierModel
 from hf_metric.run import train
 

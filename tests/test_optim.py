@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import synthetic_rows, write_parquet
 
-from hf_metric.config import load_config
+from hf_metric.loading import load_config
 from hf_metric.run import build_trainer
 from hf_metric.training.optim import learning_rate_scale, parameter_groups
 

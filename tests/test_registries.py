@@ -13,7 +13,8 @@ from conftest import synthetic_rows, tiny_config, write_parquet
 
 import hf_metric
 from hf_metric.cli import main
-from hf_metric.config import ConfigError, config_from_dict
+from hf_metric.errors import ConfigError
+from hf_metric.loading import config_from_dict
 
 USER_MODULE = '''
 import torch

@@ -14,7 +14,7 @@ import yaml
 from conftest import CLASS_WORDS, synthetic_rows, tiny_config, write_parquet
 
 from hf_metric.cli import main
-from hf_metric.config import load_config
+from hf_metric.loading import load_config
 from hf_metric.run import train
 
 

@@ -81,7 +81,7 @@ def test_length_grouping_needs_one_length_per_row():
 def test_trainer_draws_length_grouped_batches_from_the_token_counts(tmp_path, make_config):
     from conftest import synthetic_rows, write_parquet
 
-    from hf_metric.config import load_config
+    from hf_metric.loading import load_config
     from hf_metric.run import build_trainer
 
     config = make_config(

@@ -16,9 +16,11 @@ from conftest import synthetic_rows, tiny_config, write_parquet
 from matplotlib.image import imread
 from test_plots import assert_real_png
 
-from hf_metric.config import ConfigError, NeptuneSection, TrainingSection, config_from_dict, load_config
+from hf_metric.config import ConfigError, NeptuneSection, TrainingSection
 from hf_metric.evaluation.plots import PLOT_NAMES
+from hf_metric.loading import config_from_dict, load_config
 from hf_metric.run import build_trainer, train
+from hf_metric.training.arguments import resolved_report_to
 from hf_metric.training.tracking import NeptuneTracker, offline_run_dirs, read_offline_run
 
 FAKE_TOKEN = "hfm-FAKE-neptune-token-7f3e9c2a51d84b06"
@@ -245,6 +247,9 @@ def test_report_to_all_leaves_neptune_to_hf_metric():
     from transformers.integrations import get_available_reporting_integrations
 
     assert "neptune" in get_available_reporting_integrations()  # installed: "all" would pick it up
-    resolved = TrainingSection(report_to=["all"]).resolved_report_to()
+    resolved = resolved_report_to(TrainingSection(report_to=["all"]).report_to)
     assert "neptune" not in resolved and "tensorboard" in resolved
-    assert TrainingSection(report_to=["tensorboard", "mlflow"]).resolved_report_to() == ["tensorboard", "mlflow"]
+    assert resolved_report_to(TrainingSection(report_to=["tensorboard", "mlflow"]).report_to) == [
+        "tensorboard",
+        "mlflow",
+    ]

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from torch.utils.data import SequentialSampler
 
 from hf_metric.cli import main
-from hf_metric.config import load_config
 from hf_metric.evaluation.tables import metrics_markdown_table
+from hf_metric.loading import load_config
 from hf_metric.model.losses import masked_cross_entropy
 from hf_metric.run import build_trainer, train
 

@@ -46,7 +46,7 @@ def hub_flags(cfg, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..loading import load_config
     from ..run import train
 
     overrides = list(args.overrides)

@@ -1,14 +1,20 @@
-"""The YAML training config: typed sections (`sections.py`, `integrations.py`), strict validation (`schema.py`).
+"""The YAML training config: typed sections (`model_sections.py`, `sections.py`, `losses.py`,
+`integrations.py`), strict validation (`schema.py`).
 
-Every key is a dataclass field, so the set of valid keys, their types and defaults live in one place. Loading
+Every key is a dataclass field, so the set of valid keys, their types and defaults live in one place. Reading
 rejects unknown keys (with a "did you mean" hint), wrong types and impossible values with a one-line
 `ConfigError` that names the key, because a typo in a config should never silently train the wrong model.
+
+This package is a leaf: it imports nothing of hf_metric's model, data, training or evaluation code, nor torch,
+so a config error answers at once. Names of components (a head or loss `type`, `save_best_by`) are checked
+against their registries by the loader, `hf_metric.load_config` (`hf_metric/loading.py`), through the `check`
+hook of `read_config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,20 +22,17 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..evaluation.names import metric_names
 from .integrations import HubSection, NeptuneSection
 from .losses import LossSection, legacy_loss_keys
+from .model_sections import GroupMarginSection, HeadSection, KnnIndexSettings, ModelSection
 from .overrides import apply_overrides
 from .schema import build_section, section_to_dict
 from .schema import check as _check
 from .sections import (
     CheckpointingSection,
     DataSection,
-    GroupMarginSection,
     HardGroupMiningSection,
-    HeadSection,
     MetricValidationSection,
-    ModelSection,
     OpenSetSection,
     OptimizerSection,
     SchedulerSection,
@@ -98,14 +101,9 @@ class TrainConfig:
                 f"({memory.size}) exceeds the rows the bank holds (metric_validation.keep_last_n_emb_steps x "
                 f"batch_size x gradient_accumulation_steps = {held}); raise keep_last_n_emb_steps",
             )
-        # the group metrics need a `group` column, which only the data can tell (checked when the run starts)
-        logged = metric_names(f"{self.loss.metric.type}_loss", self.metric_validation.recall_at_k, groups=True)
-        name = self.checkpointing.save_best_by.removeprefix("eval_")
-        _check(
-            name in (*SAVE_BEST_BY_ALIASES, *logged),
-            "checkpointing.save_best_by",
-            f"must be loss, acc, f1 or a logged metric ({', '.join(logged)}), got {name!r}",
-        )
+        # `save_best_by` names a metric of the configured evaluators: the loader checks it against their names
+        # (`hf_metric.loading.check_components`); the group metrics also need a `group` column, which only the
+        # data can tell (checked when the run starts)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the YAML's shape (a component's own options beside its `type`)."""
@@ -125,21 +123,15 @@ class TrainConfig:
         return not self.metric_for_best_model.endswith("loss")
 
 
-def import_user_modules(modules: Any) -> None:
-    """Import the `imports:` modules (by dotted name, found on sys.path / PYTHONPATH), so that the classes they
-    register with `hf_metric.register_*` can be selected by the rest of the config."""
-    import importlib
-
-    for name in modules if isinstance(modules, list) else [modules] if modules else []:
-        try:
-            importlib.import_module(str(name))
-        except ImportError as err:
-            raise ConfigError(f"imports: cannot import {name!r} ({err})") from None
+ConfigCheck = Callable[[TrainConfig], None]
+"""A check run on the built config inside `read_config`'s error handling, so its `ConfigError` names the file
+or the `--set` override like any other (the loader passes the registry checks)."""
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+def read_config(path: str | Path, overrides: Iterable[str] = (), check: ConfigCheck | None = None) -> TrainConfig:
     """Read and validate a YAML config with `--set dotted.key=value` `overrides` applied; every problem is a
-    `ConfigError` whose message starts with the file (or the override that caused it)."""
+    `ConfigError` whose message starts with the file (or the override that caused it). Component names are
+    checked only by `check` (use `hf_metric.load_config` for the full check)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -152,18 +144,19 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     try:
-        return apply_overrides(raw if raw is not None else {}, overrides)
+        return apply_overrides(raw if raw is not None else {}, overrides, lambda r: parse_config(r, check))
     except ConfigError as err:
         raise ConfigError(str(err) if str(err).startswith("--set ") else f"{path}: {err}") from None
 
 
-def config_from_dict(raw: Any) -> TrainConfig:
-    """Build a validated `TrainConfig` from plain data (the parsed YAML)."""
+def parse_config(raw: Any, check: ConfigCheck | None = None) -> TrainConfig:
+    """Build a validated `TrainConfig` from plain data (the parsed YAML), then run `check` on it."""
     if isinstance(raw, dict):
-        import_user_modules(raw.get("imports"))
         raw = legacy_loss_keys(raw)
     cfg = build_section(TrainConfig, raw, prefix="")
     cfg.validate()
+    if check is not None:
+        check(cfg)
     return cfg
 
 
@@ -174,6 +167,7 @@ __all__ = [
     "HardGroupMiningSection",
     "HeadSection",
     "HubSection",
+    "KnnIndexSettings",
     "LossSection",
     "MetricValidationSection",
     "ModelSection",
@@ -184,6 +178,6 @@ __all__ = [
     "TrainConfig",
     "TrainingSection",
     "apply_overrides",
-    "config_from_dict",
-    "load_config",
+    "parse_config",
+    "read_config",
 ]

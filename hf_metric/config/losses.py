@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from .components import check_options
 from .schema import check, deprecated
 
 
@@ -29,18 +28,11 @@ class _LossPart:
 
     PREFIX: ClassVar[str] = ""
     REGISTRY: ClassVar[str] = ""
-
-    def registry(self) -> dict[str, type]:
-        from ..model import losses
-
-        return getattr(losses, self.REGISTRY)
+    """Name of the registry in `hf_metric.model.losses` that holds this part's classes: the loader
+    (`hf_metric.loading.check_components`) checks `type` and `options` against it."""
 
     def validate(self) -> None:
         check(self.weight >= 0, f"{self.PREFIX}weight", f"must be >= 0, got {self.weight}")
-        registry = self.registry()
-        if self.type not in registry:
-            raise ConfigError(f"{self.PREFIX}type: unknown {registry.kind} {self.type!r}; known: {sorted(registry)}")
-        self.options = check_options(registry[self.type], self.options, self.PREFIX, extra_names=("type", "weight"))
 
 
 def _loss_part(part: str, default_type: str, default_weight: float, computed_on: str) -> type[_LossPart]:

@@ -1,19 +1,21 @@
 """`--set dotted.key=value` overrides from the command line, validated exactly like the YAML.
 
 Each override is parsed with `yaml.safe_load` (so `3`, `1e-4`, `true`, `null`, `[1, 5]` mean what they mean in the
-file) and merged into the raw config before `config_from_dict` checks it: an unknown key gets the same
+file) and merged into the raw config before `parse_config` checks it: an unknown key gets the same
 "did you mean" hint as in a YAML file, and the error names the override that caused it.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import yaml
 
 from ..errors import ConfigError
+
+T = TypeVar("T")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -49,16 +51,14 @@ def merge_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[st
     return merged
 
 
-def apply_overrides(raw: Any, overrides: Iterable[str]):
-    """The validated `TrainConfig` of `raw` with `overrides`; a problem caused by an override names it."""
-    from . import config_from_dict
-
+def apply_overrides(raw: Any, overrides: Iterable[str], build: Callable[[Any], T]) -> T:
+    """`build(raw with overrides)` (the validated config); a problem caused by an override names it."""
     overrides = list(overrides)
     if not overrides:
-        return config_from_dict(raw)
+        return build(raw)
     merged = merge_overrides(raw, overrides)
     try:
-        return config_from_dict(merged)
+        return build(merged)
     except ConfigError as err:
         key = str(err).split(":", 1)[0]
         culprit = next((o for o in reversed(overrides) if _names_key(o.partition("=")[0].strip(), key)), None)

@@ -1,161 +1,15 @@
-"""The sections of the YAML config that describe the model, the data and the training run."""
+"""The sections of the YAML config that describe the data, the training run and what is validated (the model's
+own sections are in `model_sections.py`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import ConfigError
-from ..evaluation.ann import KnnIndexSettings
-from ..model.configuration import MetricClassifierConfig
 from ..optional import available
-from .components import check_options
 from .media import AudioAugmentSection, ImageAugmentSection
 from .schema import at_least as _at_least
 from .schema import check as _check
-
-_SAVED = MetricClassifierConfig
-"""The saved model's own defaults, which the YAML keeps (all but `knn_fusion_weight`)."""
-
-
-@dataclass
-class KnnIndexSection(KnnIndexSettings):
-    """`model.knn_index`: which index the kNN pipeline uses for large references (`evaluation.ann`)."""
-
-    def validate(self) -> None:
-        problem = self.problem()
-        _check(problem is None, f"model.knn_index.{(problem or '').split(':')[0]}", (problem or "").split(": ", 1)[-1])
-        if self.type != "exact" and not available("faiss"):
-            raise ConfigError('model.knn_index.type: ivf and hnsw need faiss: pip install "hf_metric[ann]"')
-
-
-@dataclass
-class ModelSection:
-    """How the backbone output becomes an embedding. The fields in `MODEL_CONFIG_FIELDS` go into the saved
-    `MetricClassifierConfig` as they are."""
-
-    pooling: Literal["mean", "cls", "pooler", "gem"] = _SAVED.pooling
-    projection_dim: int | None = _SAVED.projection_dim
-    """Size of the projection MLP giving the metric embedding (null: the pooled output itself)."""
-    classifier_dropout: float = _SAVED.classifier_dropout
-    knn_fusion_weight: float = 0.3
-    """At inference, `logits` = log((1 - w) * softmax(head) + w * p_knn) with p_knn the vote of the k nearest
-    stored training rows (0: off). Trained models fuse by default; a bare `MetricClassifierConfig` does not."""
-    knn_fusion_k: int = _SAVED.knn_fusion_k
-    knn_fusion_temperature: float = _SAVED.knn_fusion_temperature
-    knn_reference_max_rows: int = 100_000
-    gem_p: float = _SAVED.gem_p
-    """Exponent of GeM pooling (`pooling: gem`, for convolutional feature maps): 1 is the mean, large p the max."""
-    store_knn_reference: bool = True
-    """Store training rows' embeddings in the weights for kNN fusion; false drops them (and the fusion) so that
-    a shared model holds nothing derived from individual training rows."""
-
-    knn_index: KnnIndexSection | None = None
-    """Approximate search (faiss IVF/HNSW, the `ann` extra) for kNN references from `min_size` rows on."""
-
-    MODEL_CONFIG_FIELDS = (
-        "pooling",
-        "projection_dim",
-        "classifier_dropout",
-        "knn_fusion_weight",
-        "knn_fusion_k",
-        "knn_fusion_temperature",
-        "gem_p",
-    )
-    """The keys that `MetricClassifierConfig` takes as they are (the others shape what `run` stores)."""
-
-    def model_config(self) -> dict[str, Any]:
-        """The `MetricClassifierConfig` fields this section sets."""
-        return {name: getattr(self, name) for name in self.MODEL_CONFIG_FIELDS}
-
-    def validate(self) -> None:
-        _check(self.projection_dim is None or self.projection_dim > 0, "model.projection_dim", "must be > 0")
-        _check(0.0 <= self.classifier_dropout < 1.0, "model.classifier_dropout", "must be in [0, 1)")
-        _check(0.0 <= self.knn_fusion_weight <= 1.0, "model.knn_fusion_weight", "must be in [0, 1]")
-        _check(self.knn_fusion_k >= 1, "model.knn_fusion_k", "must be >= 1")
-        _check(self.knn_fusion_temperature > 0, "model.knn_fusion_temperature", "must be > 0")
-        _check(self.knn_reference_max_rows >= 1, "model.knn_reference_max_rows", "must be >= 1")
-        _check(self.gem_p > 0, "model.gem_p", "must be > 0")
-        if self.knn_index is not None:
-            self.knn_index.validate()
-
-
-@dataclass
-class GroupMarginSection:
-    """Per-class margins from the data's `group` column: classes sharing a group get the larger `same`."""
-
-    same: float = 0.7
-    default: float = 0.5
-    same_group_pair: float = 0.0
-    """Pair-wise: an extra cosine margin against the classes of the row's own group (0: off)."""
-
-    def validate(self) -> None:
-        _check(self.same >= 0 and self.default >= 0, "head.group_margin", "margins must be >= 0")
-        _check(0 <= self.same_group_pair < 1, "head.group_margin.same_group_pair", "must be in [0, 1)")
-
-
-MARGIN_HEADS = ("arcface", "subcenter_arcface", "cosface", "circle")
-SCALED_HEADS = ("cosine", *MARGIN_HEADS)
-PAIR_MARGIN_HEADS = ("arcface", "subcenter_arcface", "cosface")
-
-
-@dataclass
-class HeadSection:
-    """The classification head. `null` keeps the head's own default (see hf_metric.heads.HEADS)."""
-
-    type: str = "cosine"
-    scale: float | None = None
-    margin: float | None = None
-    easy_margin: bool = False
-    sub_centers: int | None = None
-    temperature: float = 1.0
-    group_margin: GroupMarginSection | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments of a head registered with `hf_metric.register_head`, given as keys of `head:`."""
-
-    def validate(self) -> None:
-        from ..model.heads import HEADS
-
-        if self.type not in HEADS:
-            raise ConfigError(f"head.type: unknown head type {self.type!r}; known: {sorted(HEADS)}")
-        if self.options:
-            own = [f for f in self.__dataclass_fields__ if f != "options"]
-            self.options = check_options(
-                HEADS[self.type], self.options, "head.", own, ("in_features", "num_labels"), (4, 2)
-            )
-        _check(self.temperature > 0, "head.temperature", "must be > 0")
-        _check(self.scale is None or self.scale > 0, "head.scale", "must be > 0")
-        _check(self.sub_centers is None or self.sub_centers >= 1, "head.sub_centers", "must be >= 1")
-        for key, allowed in (("scale", SCALED_HEADS), ("margin", MARGIN_HEADS), ("sub_centers", SCALED_HEADS)):
-            _check(
-                getattr(self, key) is None or self.type in allowed,
-                f"head.{key}",
-                f"has no meaning for head.type {self.type!r} (used by: {', '.join(allowed)})",
-            )
-        _check(
-            not self.easy_margin or self.type in ("arcface", "subcenter_arcface"),
-            "head.easy_margin",
-            "applies to arcface and subcenter_arcface only",
-        )
-        if self.group_margin is not None:
-            _check(self.type in MARGIN_HEADS, "head.group_margin", f"needs a margin head ({', '.join(MARGIN_HEADS)})")
-            self.group_margin.validate()
-            _check(
-                not self.group_margin.same_group_pair or self.type in PAIR_MARGIN_HEADS,
-                "head.group_margin.same_group_pair",
-                f"needs a target-margin head ({', '.join(PAIR_MARGIN_HEADS)})",
-            )
-
-    def head_kwargs(self) -> dict[str, Any]:
-        """Constructor arguments of the chosen head (circle calls its scale `gamma` and its margin `m`)."""
-        kwargs: dict[str, Any] = {"temperature": self.temperature}
-        names = {"scale": "gamma", "margin": "m"} if self.type == "circle" else {}
-        for key in ("scale", "margin", "sub_centers"):
-            if getattr(self, key) is not None:
-                kwargs[names.get(key, key)] = getattr(self, key)
-        if self.easy_margin:
-            kwargs["easy_margin"] = True
-        return {**kwargs, **self.options}
 
 
 @dataclass
@@ -288,15 +142,6 @@ class TrainingSection:
             _check(self.sampler == "group_pk", "training.hard_group_mining", "needs training.sampler: group_pk")
             self.hard_group_mining.validate()
 
-    def resolved_report_to(self) -> list[str]:
-        """`report_to` for `TrainingArguments`: "all" is expanded here without neptune, which hf_metric logs to
-        itself (see the `neptune` section)."""
-        if "all" not in self.report_to:
-            return list(self.report_to)
-        from transformers.integrations import get_available_reporting_integrations
-
-        return [name for name in get_available_reporting_integrations() if name != "neptune"]
-
     @property
     def collapse_every(self) -> int:
         """Optimizer steps between two collapse checks on the training batch."""
@@ -317,6 +162,24 @@ class OptimizerSection:
         _check(0 < self.layerwise_lr_decay <= 1, "optimizer.layerwise_lr_decay", "must be in (0, 1]")
 
 
+SCHEDULER_NAMES = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+)
+"""transformers' `SchedulerType` values, written out so that checking a config imports no torch (a test keeps
+the list equal to the installed transformers')."""
+
+
 @dataclass
 class SchedulerSection:
     name: str = "linear"
@@ -325,9 +188,7 @@ class SchedulerSection:
     num_cycles: float = 0.5
 
     def validate(self) -> None:
-        from transformers.trainer_utils import SchedulerType
-
-        names = [s.value for s in SchedulerType]
+        names = list(SCHEDULER_NAMES)
         _check(self.name in names, "scheduler.name", f"must be one of {names}, got {self.name!r}")
         _check(self.warmup_steps >= 0, "scheduler.warmup_steps", "must be >= 0 (a value < 1 is a ratio)")
         _check(
@@ -368,8 +229,18 @@ class MetricValidationSection:
     plots: bool = True
     embedding_map: Literal["pca", "umap"] = "pca"
     always_fail_min_rows: int = 5
+    evaluators: list[str | dict[str, Any]] = field(default_factory=list)
+    """Your own evaluators (`hf_metric.Evaluator` subclasses registered with `hf_metric.register_evaluator` in a
+    module under `imports:`), run at every validation after the built-in ones: a name, or `{type: name, ...}` with
+    the class's keyword arguments. The names their `metric_names()` return are valid `save_best_by` values."""
 
     def validate(self) -> None:
+        for i, spec in enumerate(self.evaluators):
+            _check(
+                isinstance(spec, str) or (isinstance(spec, dict) and isinstance(spec.get("type"), str)),
+                f"metric_validation.evaluators[{i}]",
+                "must be a registered name or a mapping with a `type` name",
+            )
         _check(len(self.recall_at_k) > 0, "metric_validation.recall_at_k", "must list at least one K")
         _check(all(k > 0 for k in self.recall_at_k), "metric_validation.recall_at_k", "every K must be > 0")
         _check(self.knn_k > 0, "metric_validation.knn_k", "must be > 0")

@@ -13,52 +13,14 @@ faiss comes with the `ann` extra (`pip install "hf_metric[ann]"`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..config.model_sections import KnnIndexSettings
 from ..model.neighbors import Distance, as_float_tensor, topk_neighbors
 from ..optional import require
-
-INDEX_TYPES = ("exact", "ivf", "hnsw")
-
-
-@dataclass
-class KnnIndexSettings:
-    """Which index answers kNN queries (YAML `model.knn_index`, stored in the model's config)."""
-
-    type: Literal["exact", "ivf", "hnsw"] = "exact"
-    min_size: int = 100_000
-    """References with fewer rows are searched exactly."""
-    nlist: int | None = None
-    """IVF: number of clusters (default 4 sqrt(N_ref))."""
-    nprobe: int = 32
-    """IVF: clusters searched per query (more: higher recall, slower)."""
-    hnsw_m: int = 32
-    """HNSW: links per node."""
-    ef_construction: int = 80
-    ef_search: int = 128
-    """HNSW: candidate list size at query time (more: higher recall, slower)."""
-
-    def problem(self) -> str | None:
-        """What is wrong with these settings ("field: reason"), or None."""
-        if self.type not in INDEX_TYPES:
-            return f"type: must be one of {INDEX_TYPES}, got {self.type!r}"
-        for name in ("min_size", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
-            if getattr(self, name) < 1:
-                return f"{name}: must be >= 1, got {getattr(self, name)}"
-        if self.nlist is not None and self.nlist < 1:
-            return f"nlist: must be >= 1, got {self.nlist}"
-        return None
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | KnnIndexSettings | None) -> KnnIndexSettings:
-        settings = values if isinstance(values, KnnIndexSettings) else cls(**(values or {}))
-        if (problem := settings.problem()) is not None:
-            raise ValueError(f"knn_index.{problem}")
-        return settings
 
 
 def build_index(ref: np.ndarray, distance: Distance, settings: KnnIndexSettings):

@@ -1,4 +1,5 @@
-"""Pipelines for a trained `MetricClassifierModel`, registered with transformers on `import hf_metric`.
+"""Pipelines for a trained `MetricClassifierModel`, registered with transformers when this module is imported
+(the first use of any `hf_metric.<name>` does so).
 
 - `pipeline("text-classification", model=path)` needs nothing from here: the model is an
   `AutoModelForSequenceClassification` whose config holds the label names.
@@ -330,7 +331,7 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
 
 
 def register_pipelines() -> None:
-    """Make the three tasks known to `transformers.pipeline` (called on `import hf_metric`)."""
+    """Make the three tasks known to `transformers.pipeline` (called when this module is imported)."""
     tasks = (
         (EMBEDDING_TASK, MetricEmbeddingPipeline),
         (KNN_TASK, KnnClassificationPipeline),
@@ -339,3 +340,6 @@ def register_pipelines() -> None:
     for task, cls in tasks:
         if PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl") is not cls:
             PIPELINE_REGISTRY.register_pipeline(task, pipeline_class=cls, pt_model=AutoModel, type="text")
+
+
+register_pipelines()

@@ -48,7 +48,7 @@ def build_training_arguments(cfg: TrainConfig, **overrides: Any):
         greater_is_better=cfg.greater_is_better,
         logging_steps=t.logging_steps,
         logging_first_step=True,
-        report_to=t.resolved_report_to(),
+        report_to=resolved_report_to(t.report_to),
         label_names=["labels", "classifier_mask", "metric_mask"],
         remove_unused_columns=False,
     )
@@ -59,3 +59,13 @@ def build_training_arguments(cfg: TrainConfig, **overrides: Any):
         kwargs.update(ddp_backend="gloo", use_cpu=True)
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
+
+
+def resolved_report_to(report_to: list[str]) -> list[str]:
+    """`training.report_to` for `TrainingArguments`: "all" is expanded here without neptune, which hf_metric logs
+    to itself (see the `neptune` section)."""
+    if "all" not in report_to:
+        return list(report_to)
+    from transformers.integrations import get_available_reporting_integrations
+
+    return [name for name in get_available_reporting_integrations() if name != "neptune"]
