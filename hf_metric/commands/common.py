@@ -65,6 +65,7 @@ def model_config(args: argparse.Namespace, data: str | None = None):
     """The `TrainConfig` of a command on a trained model: `--config`, else `<model>/../resolved_config.yaml`
     (written by training), else defaults; `data.parquet_path` filled in; `--set` applied and validated."""
     from ..config import apply_overrides
+    from ..loading import config_from_dict
 
     path = args.config
     if path is None:
@@ -83,7 +84,7 @@ def model_config(args: argparse.Namespace, data: str | None = None):
     if isinstance(raw["data"], dict):
         raw["data"]["parquet_path"] = data or raw["data"].get("parquet_path") or PLACEHOLDER_DATA
     try:
-        return apply_overrides(raw, args.overrides)
+        return apply_overrides(raw, args.overrides, config_from_dict)
     except ConfigError as err:
         raise ConfigError(str(err) if str(err).startswith("--set ") or path is None else f"{path}: {err}") from None
 

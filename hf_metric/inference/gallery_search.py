@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.neighbors import topk_neighbors
-
 STATUS_OK = "ok"
 STATUS_NO_CANDIDATES = "no_candidates"
 STATUS_NO_GROUP = "no_group"
@@ -67,10 +65,13 @@ def search_targets(
     target_ids: np.ndarray | None,
     k: int,
     groups: Sequence[object] | None = None,
-    search: Search = topk_neighbors,
+    search: Search | None = None,
 ) -> GallerySearchResult:
     """The `k` nearest `targets` (L2-normalised rows) of every query (L2-normalised), restricted to the query's
-    group when `groups` is given (module doc)."""
+    group when `groups` is given (module doc); `search` (default `topk_neighbors`) answers the ungrouped ones."""
+    from ..model.neighbors import topk_neighbors  # torch is imported when a gallery is searched, not loaded
+
+    search = search or topk_neighbors
     n = len(queries)
     k = max(0, int(k))
     result = GallerySearchResult(
