@@ -144,6 +144,14 @@ def test_calibrated_gallery_marks_unknown_identities(model, tmp_path):
     assert hf_metric([*run, "--no-progress"]) == 0
     table = pq.read_table(out).to_pydict()
     assert table["is_unknown"] == [s < stored["threshold"] for s in table["gallery_score"]]
+    run = ["evaluate", "--model", model, "--data", str(calib), "--gallery", str(gallery), "--out", str(tmp_path / "e")]
+    assert hf_metric([*run, "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]
+    known = np.isin(table["label"], [f"tree-{t}" for t in enrolled])
+    unknown, right = np.array(table["is_unknown"]), np.array(table["gallery_label"]) == np.array(table["label"])
+    assert metrics["unknown_rejection_rate"] == pytest.approx(unknown[~known].mean())
+    assert metrics["known_identification_rate"] == pytest.approx((right & ~unknown)[known].mean())
+    assert metrics["open_set_identification_accuracy"] == pytest.approx(stored["metrics"]["open_set_accuracy"])
 
 
 def test_verify_chooses_the_threshold_for_the_far_and_scores_pairs(model, tmp_path, capsys):
@@ -209,8 +217,12 @@ def test_evaluate_gallery_reports_identification_verification_and_groups(model, 
         assert metrics[name] == pytest.approx(want[name], abs=1e-6)
     assert hf_metric([*run, "--within-group", "--no-progress"]) == 0
     grouped = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert "identification_accuracy_candidates_3-5" in grouped or "identification_accuracy_candidates_2" in grouped
-    assert "same_group_eer" in grouped
+    assert "precision_at_1_candidates_3-5" in grouped and "eer_same_group" in grouped
+    assert sorted(p.name for p in (out / "plots").iterdir()) == [
+        "cmc_curve_test.png",
+        "roc_det_test.png",
+        "score_histogram_test.png",
+    ]
 
 
 def test_an_onnx_export_answers_with_the_gallery_of_its_model(model, tmp_path):

@@ -50,10 +50,11 @@ def run_gallery(args: argparse.Namespace) -> int:
     feat = featurizer(args.model, args.data, cfg)
     backend = load_backend(args.model, args.backend, args.device, args.threads)
     settings = StreamSettings(args.read_batch_rows, cfg.training.batch_size, not args.no_progress)
-    summary = evaluate_gallery_file(args.data, backend, feat, gallery, settings, args.within_group, args.out)
+    plots = cfg.metric_validation.plots
+    summary = evaluate_gallery_file(args.data, backend, feat, gallery, settings, args.within_group, args.out, plots)
     print(format_metrics_table(summary["metrics"]))
     if args.out:
-        print(f"Written: {args.out}/metrics.json, {args.out}/report.md")
+        print(f"Written: {args.out}/metrics.json, {args.out}/report.md" + (f", {args.out}/plots/" if plots else ""))
     return 0
 
 

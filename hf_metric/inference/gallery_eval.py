@@ -3,60 +3,42 @@ against an enrolled gallery.
 
 Query labels are matched by NAME against the gallery's labels, so identities the model was never trained on
 are fine; a query whose identity is not enrolled (in its group, for within-group search) has R = 0: it cannot
-be identified, only rejected, and counts as unknown. The numbers (functions of `evaluation.retrieval` and
-`evaluation.verification`):
-
-- identification of enrolled queries: precision_at_1, cmc@K, r_precision, map_at_r, mrr (R counts the gallery
-  rows, or identities when matching per identity, that the search could return);
-- open-set identification: dir@fpir=0.01 / 0.1 (known and unknown queries both present), and with a calibrated
-  gallery the decisions of its threshold (`unknown_rejection_rate`, `known_identification_rate`);
-- verification on pairs of the file's rows sampled reproducibly (`sample_pairs`, seed 0; impostors random and
-  from the same group): verification_auc, eer, tar@far=0.001, tar@far=0.01, and the same against same-group
-  impostors only (`same_group_eer`, ...);
-- with a `group` column: the same identification numbers per group, and within-group top-1 accuracy by number
-  of enrolled candidates in the group (`identification_accuracy_candidates_<bucket>`).
+be identified, only rejected, and counts as unknown. The numbers are the `IdentificationEvaluator`'s (the same
+object, names and definitions as validation during training; `evaluation.identification`), computed against
+the gallery's targets (its rows, or its identity centroids when it matches per identity), plus, when the
+gallery has a calibrated unknown-identity threshold, what that threshold decides on this file
+(`unknown_rejection_rate`, `known_identification_rate`, `open_set_identification_accuracy`). The file is streamed
+(`embed_rows`); its embeddings, one float32 row per query, are what stays in memory.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_directory, write_json_atomic, write_text_atomic
 from ..errors import DataError
-from ..evaluation.retrieval import (
-    accuracy_by_candidates,
-    identification_metrics,
-    identification_metrics_by_group,
-    open_set_identification,
-)
 from .gallery import Gallery
 from .gallery_build import embed_rows
-from .gallery_calibration import NO_MATCH_SCORE
-from .gallery_predict import unknown_mask
 
 KS = (1, 5, 10)
-FARS = (1e-3, 1e-2)
-FPIRS = (0.01, 0.1)
-SAME_GROUP_KEYS = ("verification_auc", "eer", "tar@far=0.001", "tar@far=0.01")
-"""Also reported on genuine pairs vs impostors of the same group only (`same_group_<name>`): the hard case."""
 
 
-def relevant_in_gallery(gallery: Gallery, labels: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-    """R per query: the gallery targets (rows, or identities) with its label, in its group when `groups`."""
-    _, target_labels, target_groups, _ = gallery.targets()
-    if groups is None:
-        counts = Counter(target_labels.tolist())
-        return np.array([counts.get(y, 0) for y in labels.tolist()], dtype=np.int64)
-    pairs = Counter(zip(target_labels.tolist(), target_groups.tolist(), strict=True))
-    totals = Counter(target_labels.tolist())
-    return np.array(
-        [pairs.get((y, g), 0) if g is not None else totals.get(y, 0) for y, g in zip(labels, groups, strict=True)],
-        dtype=np.int64,
-    )
+def threshold_metrics(found: Any, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """What the gallery's unknown-identity threshold decides: unknown = best match below it (or no match)."""
+    top = found.scores[:, 0] if found.scores.shape[1] else np.full(len(labels), -np.inf)
+    unknown = ~(np.nan_to_num(top, nan=-np.inf) >= threshold)
+    known = found.relevant > 0
+    correct = found.labels[:, 0] == labels if found.labels.shape[1] else np.zeros(len(labels), bool)
+    out = {"gallery_threshold": float(threshold)}
+    if (~known).any():
+        out["unknown_rejection_rate"] = float(unknown[~known].mean())
+    if known.any():
+        out["known_identification_rate"] = float((correct & ~unknown)[known].mean())
+    out["open_set_identification_accuracy"] = float(np.where(known, correct & ~unknown, unknown).mean())
+    return out
 
 
 def gallery_metrics(
@@ -66,57 +48,29 @@ def gallery_metrics(
     groups: np.ndarray | None = None,
     within_group: bool = False,
     ks: tuple[int, ...] = KS,
+    plots_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Every number of the module doc for embedded queries: `{"metrics": flat, "per_group": group -> metrics}`."""
-    from ..evaluation.verification import IMPOSTOR_RANDOM, sample_pairs, verification_metrics
+    """Every number of the module doc for embedded queries: `{"metrics": flat, "per_group": group -> metrics,
+    "plots": name -> file}` (ROC/DET, CMC and genuine/impostor score pictures with `plots_dir`)."""
+    from ..evaluation.identification import IdentificationEvaluator
 
     if within_group and groups is None:
         raise DataError("--within-group needs a 'group' column in the evaluated file")
-    search_groups = groups if within_group else None
-    relevant = relevant_in_gallery(gallery, labels, search_groups)
-    result = gallery.search(embeddings, max(max(ks), int(relevant.max(initial=0))), search_groups)
+    evaluator = IdentificationEvaluator(ks=ks, within_group=within_group)
+    targets, target_labels, target_groups, _ = gallery.targets()
+    labels = np.asarray([str(x) for x in labels], dtype=object)
     metrics = {"gallery_rows": float(len(gallery)), "gallery_identities": float(len(gallery.identities))}
-    metrics.update(identification_metrics(labels, result.labels, relevant, ks))
-    known = relevant > 0
-    top = np.where(np.isnan(result.top_score), NO_MATCH_SCORE, result.top_score)
-    correct = result.top_label == labels
-    if known.any() and (~known).any():
-        metrics.update(open_set_identification(top[known], correct[known], top[~known], FPIRS))
-    unknown = unknown_mask(result, gallery.threshold)
-    if unknown is not None:
-        metrics["gallery_threshold"] = float(gallery.threshold)
-        if (~known).any():
-            metrics["unknown_rejection_rate"] = float(unknown[~known].mean())
-        if known.any():
-            metrics["known_identification_rate"] = float((correct & ~unknown)[known].mean())
-        metrics["open_set_identification_accuracy"] = float(np.where(known, correct & ~unknown, unknown).mean())
-    pairs = sample_pairs(labels, groups=groups, seed=0)
-    emb = np.asarray(embeddings, dtype=np.float64)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    same = np.asarray(pairs.same, dtype=bool)
-    if same.any() and (~same).any():
-        sims = (emb[np.asarray(pairs.i)] * emb[np.asarray(pairs.j)]).sum(axis=1)
-        metrics.update({k: float(v) for k, v in verification_metrics(sims, same, fars=FARS).items()})
-        metrics["verification_pairs"] = float(len(same))
-        close = np.asarray(pairs.kind) != IMPOSTOR_RANDOM  # genuine pairs and same-group impostors
-        if (close & ~same).any():
-            hard = verification_metrics(sims[close], same[close], fars=FARS)
-            metrics.update({f"same_group_{k}": float(hard[k]) for k in SAME_GROUP_KEYS})
-    per_group: dict[str, Any] = {}
-    if groups is not None:
-        grouped = np.array([g is not None for g in groups], dtype=bool)
-        if grouped.any():
-            per_group = identification_metrics_by_group(
-                labels[grouped], result.labels[grouped], relevant[grouped], groups[grouped], ks
-            )
-        if within_group:
-            sizes = gallery.group_sizes()
-            candidates = np.array([sizes.get(g, 0) if g is not None else 0 for g in groups], dtype=np.int64)
-            buckets = accuracy_by_candidates(labels, result.labels, relevant, candidates, buckets=True)
-            for name, (accuracy, rows) in buckets.items():
-                metrics[f"identification_accuracy_candidates_{name}"] = accuracy
-                metrics[f"identification_rows_candidates_{name}"] = float(rows)
-    return {"metrics": metrics, "per_group": {str(g): v for g, v in per_group.items()}}
+    metrics.update(evaluator(embeddings, labels, targets, target_labels, groups, target_groups))
+    if gallery.threshold is not None:
+        metrics.update(threshold_metrics(evaluator.details["search"], labels, gallery.threshold))
+    plots: dict[str, str] = {}
+    if plots_dir is not None:
+        from ..evaluation.identification_plots import identification_plots
+
+        os.makedirs(plots_dir, exist_ok=True)
+        plots = identification_plots(plots_dir, "test", evaluator.details, labels)
+    per_group = evaluator.details.get("per_group", {})
+    return {"metrics": metrics, "per_group": {str(g): v for g, v in per_group.items()}, "plots": plots}
 
 
 def evaluate_gallery_file(
@@ -127,17 +81,26 @@ def evaluate_gallery_file(
     settings: Any = None,
     within_group: bool = False,
     out_dir: str | None = None,
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Stream `path` (labelled; optional `group`) through the model and score it against `gallery`; with
-    `out_dir`, write metrics.json and report.md there atomically."""
+    `out_dir`, write metrics.json, report.md and plots/ there atomically."""
     rows = embed_rows(path, backend, featurizer, settings)
-    summary = gallery_metrics(gallery, rows.embeddings, rows.labels, rows.groups, within_group)
-    summary["metrics"]["rows"] = float(len(rows.labels))
-    if out_dir is not None:
-        with atomic_directory(out_dir) as tmp:
-            write_json_atomic(os.path.join(tmp, "metrics.json"), summary)
-            write_text_atomic(os.path.join(tmp, "report.md"), report(path, summary))
-    return summary
+
+    def run(folder: str | None) -> dict[str, Any]:
+        plots_dir = os.path.join(folder, "plots") if folder and plots else None
+        summary = gallery_metrics(gallery, rows.embeddings, rows.labels, rows.groups, within_group, plots_dir=plots_dir)
+        summary["metrics"]["rows"] = float(len(rows.labels))
+        if folder:
+            summary["plots"] = {k: os.path.relpath(v, folder) for k, v in summary["plots"].items()}
+            write_json_atomic(os.path.join(folder, "metrics.json"), summary)
+            write_text_atomic(os.path.join(folder, "report.md"), report(path, summary))
+        return summary
+
+    if out_dir is None:
+        return run(None)
+    with atomic_directory(out_dir) as tmp:
+        return run(tmp)
 
 
 def report(path: str, summary: dict[str, Any]) -> str:
@@ -155,4 +118,6 @@ def report(path: str, summary: dict[str, Any]) -> str:
             f"{int(per_group[g]['identification_queries'])} |"
             for g in worst
         ]
+    for name, file in sorted(summary.get("plots", {}).items()):
+        lines += ["", f"## {name.replace('_', ' ')}", "", f"![{name}]({file})"]
     return "\n".join(lines) + "\n"
