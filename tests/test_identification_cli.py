@@ -325,3 +325,15 @@ def test_plain_evaluate_reports_the_group_error_analysis(model, tmp_path):
     want = group_analysis(probs, np.array([names.index(r["label"]) for r in rows]), np.array([site[n] for n in names]))
     assert metrics["within_group_accuracy"] == pytest.approx(want.metrics["within_group_accuracy"])
     assert metrics["group_accuracy_min"] == pytest.approx(want.metrics["group_accuracy_min"])
+
+
+def test_python_from_parquet_equals_the_index_command(model, tmp_path):
+    from hf_metric import Gallery
+
+    enrol = write_parquet(tmp_path / "enrol.parquet", tree_rows(2, seed=13))
+    assert index("--model", model, "--data", str(enrol), "--out", str(tmp_path / "g"), "--match", "identity") == 0
+    built = Gallery.from_parquet(model, str(enrol), match="identity")
+    stored = Gallery.load(tmp_path / "g")
+    np.testing.assert_allclose(built.embeddings, stored.embeddings, atol=1e-6)
+    assert built.fingerprint == stored.fingerprint and stored.match == "identity"
+    assert built.row_ids.tolist() == stored.row_ids.tolist()
