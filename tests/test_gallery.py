@@ -263,6 +263,7 @@ def test_knn_pipeline_votes_within_the_group_and_reads_galleries(tiny_model_dir,
     from test_inference_cli import save_tiny_model
     from transformers import pipeline
 
+    import hf_metric.sharing.pipelines  # noqa: F401 - registers the pipelines
     from hf_metric.evaluation.metrics import knn_predict
 
     model = save_tiny_model(tiny_model_dir, tmp_path / "model", fusion=0.0, reference=False)
@@ -282,3 +283,22 @@ def test_knn_pipeline_votes_within_the_group_and_reads_galleries(tiny_model_dir,
     knn.gallery.save(tmp_path / "g")
     reloaded = pipeline("knn-classification", model=model, reference=str(tmp_path / "g"))
     assert reloaded(queries[0], k=3) == knn(queries[0], k=3)
+
+
+def test_a_configured_approximate_index_is_stored_and_used(tmp_path):
+    """`index` settings (model.knn_index) travel with the gallery; from `min_size` rows on, ungrouped searches
+    go through faiss (here HNSW, whose top-1 on a small set matches exact search), grouped ones stay exact."""
+    pytest.importorskip("faiss")
+    emb, labels, groups, ids = random_gallery(n=300, seed=8)
+    settings = {"type": "hnsw", "min_size": 100}
+    Gallery(emb, labels, groups, ids, "fp", index=settings).save(tmp_path / "g")
+    gallery = Gallery.load(tmp_path / "g")
+    assert gallery.index == settings
+    queries = np.random.default_rng(9).normal(size=(40, emb.shape[1]))
+    found = gallery.search(queries, 5)
+    assert gallery._search().uses_index(len(gallery)) and gallery._search()._index is not None
+    _, want = brute_force(queries, emb, 5)
+    assert (found.indices[:, 0] == want[:, 0]).mean() >= 0.95
+    grouped = gallery.search(queries, 5, groups[:40])
+    for row, group in enumerate(groups[:40]):
+        assert set(np.asarray(groups)[grouped.indices[row][grouped.indices[row] >= 0]].tolist()) == {group}

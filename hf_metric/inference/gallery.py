@@ -100,6 +100,7 @@ class Gallery:
         self.calibration = calibration
         self._searcher = None
         self._identities: tuple | None = None
+        self._members: dict[str, np.ndarray] | None = None
 
     # --- building ---------------------------------------------------------------------------------------------
 
@@ -169,10 +170,11 @@ class Gallery:
         if match not in MATCHES:
             raise ConfigError(f"match: must be one of {', '.join(MATCHES)}, got {match!r}")
         self.match = match
-        self._identities = None
+        self._identities = self._members = None
 
     def _changed(self) -> None:
-        self._identities = None  # the calibration is kept: `hf-metric index --append` says to redo it
+        # the calibration is kept: `hf-metric index --append` says to redo it
+        self._identities = self._members = None
 
     # --- searching --------------------------------------------------------------------------------------------
 
@@ -214,7 +216,9 @@ class Gallery:
         if len(self) and q.shape[1] != self.dim:
             raise ConfigError(f"queries have dimension {q.shape[1]}, the gallery {self.dim}")
         emb, labels, target_groups, ids = self.targets()
-        return search_targets(q, emb, labels, target_groups, ids, k, groups, self._search())
+        if groups is not None and self._members is None:
+            self._members = rows_by_group(target_groups)
+        return search_targets(q, emb, labels, target_groups, ids, k, groups, self._search(), self._members)
 
     def _search(self):
         if self._searcher is None:

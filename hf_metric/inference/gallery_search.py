@@ -66,9 +66,11 @@ def search_targets(
     k: int,
     groups: Sequence[object] | None = None,
     search: Search | None = None,
+    members: dict[str, np.ndarray] | None = None,
 ) -> GallerySearchResult:
     """The `k` nearest `targets` (L2-normalised rows) of every query (L2-normalised), restricted to the query's
-    group when `groups` is given (module doc); `search` (default `topk_neighbors`) answers the ungrouped ones."""
+    group when `groups` is given (module doc); `search` (default `topk_neighbors`) answers the ungrouped ones;
+    `members` is `rows_by_group(target_groups)` when the caller keeps it (a gallery searched batch after batch)."""
     from ..model.neighbors import topk_neighbors  # torch is imported when a gallery is searched, not loaded
 
     search = search or topk_neighbors
@@ -110,7 +112,8 @@ def search_targets(
     if len(ungrouped):
         fill(ungrouped, None, search)
         result.status[ungrouped] = STATUS_NO_GROUP
-    members = rows_by_group(target_groups) if target_groups is not None else {}
+    if members is None:
+        members = rows_by_group(target_groups) if target_groups is not None else {}
     grouped = np.flatnonzero(~is_null(query_groups))
     for group, rows in rows_by_group(query_groups[grouped]).items():
         fill(grouped[rows], members.get(group, np.zeros(0, dtype=np.int64)), topk_neighbors)
