@@ -196,13 +196,16 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
         self.reference_labels = labels
 
     def _fingerprint(self) -> str:
+        """The model folder's weight fingerprint ("" for a model not loaded from a folder), hashed once."""
         from ..inference.gallery_build import model_fingerprint
 
-        folder = str(getattr(self.model, "name_or_path", ""))
-        try:
-            return model_fingerprint(folder) if os.path.isdir(folder) else ""
-        except (OSError, ValueError):
-            return ""
+        if getattr(self, "_model_fingerprint", None) is None:
+            folder = str(getattr(self.model, "name_or_path", ""))
+            try:
+                self._model_fingerprint = model_fingerprint(folder) if os.path.isdir(folder) else ""
+            except (OSError, ValueError):
+                self._model_fingerprint = ""
+        return self._model_fingerprint
 
     def __call__(self, inputs: Any, *args: Any, groups: Any = None, **kwargs: Any) -> Any:
         """As any pipeline; `groups` (one per input, or one for all) restricts each vote to that group's rows."""
