@@ -44,8 +44,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, Configure, Run]] = {
 def build_parser(prog: str = "hf-metric") -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=prog,
-        description="Supervised metric learning on Hugging Face Transformers: train -> evaluate -> predict / "
-        "embed -> export -> push. `hf-metric COMMAND --help` describes each command.",
+        description="Supervised metric learning on Hugging Face Transformers: train -> evaluate -> predict / embed / "
+        "index / verify -> export -> push. `hf-metric COMMAND --help` describes each command.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name, (summary, description, configure, run) in SUBCOMMANDS.items():
