@@ -337,3 +337,26 @@ def test_python_from_parquet_equals_the_index_command(model, tmp_path):
     np.testing.assert_allclose(built.embeddings, stored.embeddings, atol=1e-6)
     assert built.fingerprint == stored.fingerprint and stored.match == "identity"
     assert built.row_ids.tolist() == stored.row_ids.tolist()
+
+
+def test_verify_takes_pairs_of_images_or_clips(media_model, tmp_path):
+    """`image_a`/`image_b` (or `audio_a`/`audio_b`) pairs: similarity = cosine of the embeddings `embed` writes."""
+    from media_fixtures import media_rows
+
+    modality, model = media_model
+    rows = media_rows(modality, per_class=2, seed=3)
+    a, b = rows[::2], rows[1::2][::-1]
+    pairs = {
+        f"{modality}_a": [r[modality] for r in a],
+        f"{modality}_b": [r[modality] for r in b],
+        "same": [x["label"] == y["label"] for x, y in zip(a, b, strict=True)],
+    }
+    path = write_parquet(tmp_path / "pairs.parquet", pairs)
+    out = tmp_path / "verified.parquet"
+    run = ["verify", "--model", model, "--pairs", str(path), "--out", str(out), "--threshold", "0.9", "--no-progress"]
+    assert hf_metric(run) == 0
+    emb_a = embed(model, write_parquet(tmp_path / "a.parquet", {modality: pairs[f"{modality}_a"]}), tmp_path, "a")
+    emb_b = embed(model, write_parquet(tmp_path / "b.parquet", {modality: pairs[f"{modality}_b"]}), tmp_path, "b")
+    table = pq.read_table(out).to_pydict()
+    np.testing.assert_allclose(table["similarity"], (emb_a * emb_b).sum(axis=1), atol=1e-5)
+    assert table["is_same"] == [s >= 0.9 for s in table["similarity"]]
