@@ -1,4 +1,5 @@
-"""`hf-metric`: the command line of the whole life of a model: train, evaluate, predict, embed, export, push.
+"""`hf-metric`: the command line of the whole life of a model: train, evaluate, predict, embed, index, verify,
+export, push.
 
 Each subcommand is one module with `configure(parser)` and `run(args) -> exit code`. User errors (config, data,
 upload) print one line `error: ...` and exit with code 2; so do command-line usage errors.
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from ..errors import HfMetricUserError
-from . import evaluate, export, predict, push, train
+from . import evaluate, export, index, predict, push, train, verify
 from .common import OneLineParser
 
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -32,6 +33,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, Configure, Run]] = {
         predict.configure_embed,
         predict.run_embed,
     ),
+    "index": ("enrol a labelled file into a gallery", index.DESCRIPTION, index.configure, index.run),
+    "verify": ("same identity or not, for pairs of inputs", verify.DESCRIPTION, verify.configure, verify.run),
     "export": ("ONNX export with a parity check", export.DESCRIPTION, export.configure, export.run),
     "push": ("upload a model folder to the Hub", push.DESCRIPTION, push.configure, push.run),
 }
@@ -41,8 +44,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, Configure, Run]] = {
 def build_parser(prog: str = "hf-metric") -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=prog,
-        description="Supervised metric learning on Hugging Face Transformers: train -> evaluate -> predict / "
-        "embed -> export -> push. `hf-metric COMMAND --help` describes each command.",
+        description="Supervised metric learning on Hugging Face Transformers: train -> evaluate -> predict / embed / "
+        "index / verify -> export -> push. `hf-metric COMMAND --help` describes each command.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name, (summary, description, configure, run) in SUBCOMMANDS.items():

@@ -96,12 +96,13 @@ def check_model_dir(path: str, backend: str = "torch") -> None:
         raise ConfigError(f"--model {path}: not a {'exported ' if backend == 'onnx' else ''}model folder (no {needed})")
 
 
-def featurizer(model_dir: str, data_path: str | None, cfg):
-    """The featurizer of the input column of `data_path` (text when no file is read), from the model's processor
-    and the run's data settings (`max_seq_length`, `max_audio_seconds`: inputs are cut as in training)."""
+def featurizer(model_dir: str, data_path: str | None, cfg, column: str | None = None):
+    """The featurizer of the input column of `data_path` (text when no file is read; `column`: this input kind),
+    from the model's processor and the run's data settings (`max_seq_length`, `max_audio_seconds`: inputs are cut
+    as in training)."""
     from ..data.featurize import FeaturizerSettings, featurizer_for
     from ..data.parquet import TEXT_COLUMN, input_column_of
 
-    column = TEXT_COLUMN if data_path is None else input_column_of(data_path)
+    column = column or (TEXT_COLUMN if data_path is None else input_column_of(data_path))
     settings = FeaturizerSettings(cfg.training.max_seq_length, cfg.data)
     return featurizer_for(model_dir, column, settings=settings)

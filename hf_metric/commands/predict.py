@@ -8,8 +8,10 @@ from .common import add_backend_arguments, add_config_arguments, add_model_argum
 
 PREDICT_DESCRIPTION = (
     "Label every row of a Parquet file: keeps every input column and adds predicted_label, score, top_labels, "
-    "top_scores, head_label (the head alone) and knn_label (the vote of the stored training rows). Streams the "
-    "file in record batches (bounded memory) and writes the output atomically."
+    "top_scores, head_label (the head alone) and knn_label (the vote of the stored training rows); with --gallery "
+    "DIR (built by `hf-metric index`) also gallery_label, gallery_score, gallery_top_labels, gallery_top_scores, "
+    "gallery_status and, when the gallery has a calibrated threshold, is_unknown. Streams the file in record "
+    "batches (bounded memory) and writes the output atomically."
 )
 EMBED_DESCRIPTION = (
     "Write the L2-normalised embedding of every row: OUT.npy (float32, rows x dim) or OUT.parquet (every input "
@@ -28,6 +30,12 @@ def _configure(parser: argparse.ArgumentParser, out_help: str) -> None:
 def configure_predict(parser: argparse.ArgumentParser) -> None:
     _configure(parser, "output Parquet file")
     parser.add_argument("--top-k", type=int, default=5, help="labels and scores kept per row (5)")
+    parser.add_argument("--gallery", metavar="DIR", help="identify each row against this gallery (hf-metric index)")
+    parser.add_argument(
+        "--within-group",
+        action="store_true",
+        help="compare each row only with the gallery rows of its own `group` (e.g. the trees at its address)",
+    )
 
 
 def configure_embed(parser: argparse.ArgumentParser) -> None:
@@ -52,10 +60,24 @@ def _setup(args: argparse.Namespace):
 def run_predict(args: argparse.Namespace) -> int:
     from ..inference.predict import predict_file
 
+    if args.within_group and not args.gallery:
+        from ..errors import ConfigError
+
+        raise ConfigError("--within-group needs --gallery DIR")
+    gallery = _gallery_columns(args) if args.gallery else None  # before the model loads: a wrong one fails fast
     backend, feat, settings = _setup(args)
-    rows = predict_file(args.data, args.out, backend, feat, args.top_k, settings)
+    rows = predict_file(args.data, args.out, backend, feat, args.top_k, settings, gallery)
     print(f"Labelled {rows} rows: {args.out}")
     return 0
+
+
+def _gallery_columns(args: argparse.Namespace):
+    """The gallery part of predict: the gallery, checked against the model's fingerprint."""
+    from ..inference.gallery_build import load_gallery_for
+    from ..inference.gallery_predict import GalleryColumns
+
+    gallery = load_gallery_for(args.gallery, args.model)
+    return GalleryColumns(gallery, args.top_k, args.within_group)
 
 
 def run_embed(args: argparse.Namespace) -> int:

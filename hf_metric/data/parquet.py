@@ -245,12 +245,15 @@ def _validate_media(
     return cells, bad
 
 
-def check_input_values(path: str, column: str, values: pa.Array | pa.ChunkedArray, offset: int = 0) -> list[Any]:
+def check_input_values(
+    path: str, column: str, values: pa.Array | pa.ChunkedArray, offset: int = 0, kind: str | None = None
+) -> list[Any]:
     """The input column of rows to predict (one record batch, starting at row `offset` of the file) as a list:
     texts, or image/audio cells as `{bytes, path}` (paths made absolute); a `DataError` names the first row that
-    is null or empty (a media cell that cannot be decoded is named when it is decoded)."""
-    if column != TEXT_COLUMN:
-        require_backend(column)
+    is null or empty (a media cell that cannot be decoded is named when it is decoded). `kind`: the input kind
+    (text, image, audio) when the column has another name (`image_a` of a pairs file)."""
+    if (kind or column) != TEXT_COLUMN:
+        require_backend(kind or column)
         chunked = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
         cells = normalize_media_column(chunked, os.path.dirname(os.path.abspath(path)))
         if isinstance(cells, str):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model.neighbors import Distance, as_float_tensor, nearest_same_and_other, topk_neighbors
+from .retrieval import cmc_from_hits, hit_matrix
 
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -114,19 +115,14 @@ def queries_without_bank_label(query_labels: LabelArray, ref_labels: LabelArray,
 def recall_from_neighbor_labels(
     query_labels: LabelArray, neighbor_labels: np.ndarray, ks: int | Iterable[int]
 ) -> dict[int, float]:
-    """Recall@K from the labels of each query's neighbours, nearest first ((N_query, k) array).
+    """Recall@K from the labels of each query's neighbours, nearest first ((N_query, k) array): CMC@K over every
+    query (`retrieval.cmc_from_hits`, the one implementation of both names).
 
     A query is a hit at K if one of its first K neighbours has its label; rows with fewer than K columns use
     what they have. Shared by `recall_at_k` and the benchmark, so that other search backends (faiss, sklearn)
     are scored by the same code.
     """
-    query_labels, ks = _labels_array(query_labels), _ks_tuple(ks)
-    neighbor_labels = np.asarray(neighbor_labels)
-    if not len(query_labels):
-        return dict.fromkeys(ks, 0.0)
-    hits = neighbor_labels == query_labels[:, None]
-    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), np.iinfo(np.int64).max)
-    return {k: float((first_hit < k).mean()) for k in ks}
+    return cmc_from_hits(hit_matrix(_labels_array(query_labels), np.asarray(neighbor_labels)), _ks_tuple(ks))
 
 
 def neighbor_weights(neighbor_scores: np.ndarray | torch.Tensor, distance: str = "cos") -> np.ndarray:

@@ -30,3 +30,28 @@ def metric_names(
     recalls = tuple(f"recall@{k}" for k in recall_ks)
     names = (*LOSS_METRICS, metric_part, *CLASSIFICATION_METRICS, *recalls, *KNN_METRICS, *REFERENCE_METRICS)
     return (*names, *GROUP_METRICS) if groups else names
+
+
+IDENTIFICATION_METRICS = ("precision_at_1", "r_precision", "map_at_r", "mrr")
+VERIFICATION_METRICS = ("verification_auc", "eer")
+IDENTIFICATION_GROUP_METRICS = ("group_precision_at_1_min", "group_precision_at_1_macro")
+
+
+def identification_metric_names(
+    ks: Sequence[int] = (1, 5, 10),
+    fars: Sequence[float] = (1e-3, 1e-2),
+    fpirs: Sequence[float] = (0.01, 0.1),
+    groups: bool = False,
+) -> tuple[str, ...]:
+    """The metrics an `IdentificationEvaluator` returns that a checkpoint can be chosen by (`groups`: with the
+    per-group numbers and the same-group verification protocol)."""
+    verification = (*VERIFICATION_METRICS, *(f"tar@far={f:g}" for f in fars))
+    names = (
+        *IDENTIFICATION_METRICS,
+        *(f"cmc@{k}" for k in ks),
+        *verification,
+        *(f"dir@fpir={f:g}" for f in fpirs),
+    )
+    if groups:
+        names += (*IDENTIFICATION_GROUP_METRICS, *(f"{name}_same_group" for name in verification))
+    return names

@@ -11,6 +11,10 @@ metrics the evaluator reports in training (`oos_auroc_<score>`, `oos_fpr95_<scor
 model's calibrated rule also `in_scope_accuracy` (a rejected in-scope row counts wrong), `in_scope_recall`,
 `oos_recall`, `oos_precision`, `open_set_accuracy`), plus the accuracy / OOS-recall curve. Any other unknown label
 is still an error.
+
+A file with a `group` column (the candidate set of each row: an address, a scenario) also gets the error analysis
+by group that validation reports in training (`evaluation.groups`): `within_group_accuracy` and its values by
+number of candidates, per-group accuracy, the worst groups' share of the errors, always-failing classes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..data.chunked import row_slices
 from ..data.media import cell_bytes
 from ..data.parquet import LabeledTable, input_column_of, read_labeled_parquet
 from ..evaluation.evaluator import EvalPredictions, MetricEvaluator, PlotSettings, RetrievalSettings
+from ..evaluation.groups import analysis_markdown
 from ..evaluation.metrics import classification_metrics, per_class_f1, top_k_accuracy
 from ..evaluation.report import PLOT_CAPTIONS
 from ..evaluation.tables import metrics_markdown_table
@@ -101,6 +106,7 @@ def evaluate_file(
             class_names=id2label,
             class_counts=counts,
             open_set=open_set,
+            class_groups=labeled.class_groups,  # a `group` column: the error analysis by group, as in training
         )
         ref = None if reference is None else (_tensor(reference[0]), np.asarray(reference[1]))
         result = evaluator(predictions, ref, plot_tag="test")
@@ -119,7 +125,10 @@ def evaluate_file(
         summary = {"metrics": metrics, "per_class": _per_class(outputs, labels[ce], ce, id2label)}
         if folder:
             write_json_atomic(os.path.join(folder, "metrics.json"), summary)
-            write_text_atomic(os.path.join(folder, "report.md"), _report(folder, path, summary, result.plots))
+            report = _report(folder, path, summary, result.plots)
+            if result.group_analysis is not None:
+                report += "\n" + analysis_markdown(result.group_analysis, id2label)
+            write_text_atomic(os.path.join(folder, "report.md"), report)
         return summary
 
     if out_dir is None:

@@ -38,7 +38,7 @@ class StreamSettings:
     progress: bool = True
 
 
-def _open(path: str) -> pq.ParquetFile:
+def open_parquet(path: str) -> pq.ParquetFile:
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     try:
@@ -47,13 +47,13 @@ def _open(path: str) -> pq.ParquetFile:
         raise read_error(path, err) from None
 
 
-def _stream(
+def stream_outputs(
     path: str, backend: Any, featurizer: Any, settings: StreamSettings
 ) -> Iterator[tuple[pa.RecordBatch, ModelOutputs]]:
     """`(record batch, its model outputs)` for the whole file, in order, with a progress bar."""
     from tqdm.auto import tqdm
 
-    source = _open(path)
+    source = open_parquet(path)
     column = input_column_of(path, source.schema_arrow.names)
     offset = 0
     with tqdm(total=source.metadata.num_rows, unit="rows", disable=not settings.progress) as bar:
@@ -138,7 +138,7 @@ def _write_parquet(path: str, tmp: str, stream: Iterator[tuple[pa.RecordBatch, M
     try:
         for batch, outputs in stream:
             table = pa.Table.from_batches([batch])
-            for name, column in columns(outputs).items():
+            for name, column in columns(batch, outputs).items():
                 table = table.append_column(name, column)
             writer = writer or pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
@@ -152,23 +152,32 @@ def _write_parquet(path: str, tmp: str, stream: Iterator[tuple[pa.RecordBatch, M
 
 
 def predict_file(
-    path: str, out: str, backend: Any, featurizer: Any, top_k: int = 5, settings: StreamSettings | None = None
+    path: str,
+    out: str,
+    backend: Any,
+    featurizer: Any,
+    top_k: int = 5,
+    settings: StreamSettings | None = None,
+    gallery: Any = None,
 ) -> int:
-    """Write `out` (Parquet): every column of `path` plus `PREDICTION_COLUMNS`, row order kept; returns rows."""
+    """Write `out` (Parquet): every column of `path` plus `PREDICTION_COLUMNS`, row order kept; returns rows.
+    With `gallery` (a `gallery_predict.GalleryColumns`), also the gallery match columns of each row."""
     settings = settings or StreamSettings()
     rejects = getattr(backend, "rejects", False)
-    added = PREDICTION_COLUMNS + (OPEN_SET_COLUMNS if rejects else ())
-    _check_no_clash(path, _open(path).schema_arrow.names, added)
+    added = PREDICTION_COLUMNS + (OPEN_SET_COLUMNS if rejects else ()) + (gallery.names if gallery else ())
+    _check_no_clash(path, open_parquet(path).schema_arrow.names, added)
     names = np.asarray([backend.id2label[i] for i in range(len(backend.id2label))], dtype=object)
+    if gallery is not None:
+        gallery.check_file(path, open_parquet(path).schema_arrow.names)
 
-    def columns(outputs: ModelOutputs) -> dict[str, pa.Array]:
+    def columns(batch: pa.RecordBatch, outputs: ModelOutputs) -> dict[str, pa.Array]:
         out = prediction_columns(outputs, names, top_k)
-        if not rejects:
-            return out
-        return open_set_columns(out, backend.open_set_scores(outputs), *backend.open_set_rule())
+        if rejects:
+            out = open_set_columns(out, backend.open_set_scores(outputs), *backend.open_set_rule())
+        return out if gallery is None else {**out, **gallery(batch, outputs)}
 
     with atomic_path(out) as tmp:
-        return _write_parquet(path, tmp, _stream(path, backend, featurizer, settings), columns)
+        return _write_parquet(path, tmp, stream_outputs(path, backend, featurizer, settings), columns)
 
 
 def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: StreamSettings | None = None) -> int:
@@ -179,8 +188,8 @@ def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: Str
     with atomic_path(out) as tmp:
         if out.endswith(".npy"):
             array = None
-            total = _open(path).metadata.num_rows
-            for _batch, outputs in _stream(path, backend, featurizer, settings):
+            total = open_parquet(path).metadata.num_rows
+            for _batch, outputs in stream_outputs(path, backend, featurizer, settings):
                 emb = outputs.embeddings.astype(np.float32)
                 if array is None:
                     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, emb.shape[1]))
@@ -191,9 +200,9 @@ def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: Str
             array.flush()
             del array
             return rows
-        _check_no_clash(path, _open(path).schema_arrow.names, (EMBEDDING_COLUMN,))
-        stream = _stream(path, backend, featurizer, settings)
-        return _write_parquet(path, tmp, stream, lambda outputs: {EMBEDDING_COLUMN: _embedding_column(outputs)})
+        _check_no_clash(path, open_parquet(path).schema_arrow.names, (EMBEDDING_COLUMN,))
+        stream = stream_outputs(path, backend, featurizer, settings)
+        return _write_parquet(path, tmp, stream, lambda _batch, outputs: {EMBEDDING_COLUMN: _embedding_column(outputs)})
 
 
 def _embedding_column(outputs: ModelOutputs) -> pa.Array:

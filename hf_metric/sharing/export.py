@@ -29,6 +29,7 @@ from ..inference.backends import (
     OnnxBackend,
     TorchBackend,
 )
+from ..inference.gallery_build import EXPORT_FINGERPRINT_KEY, model_fingerprint
 
 PARITY_TOLERANCE = 1e-4
 SAMPLE_TEXTS = (
@@ -90,6 +91,7 @@ def export_onnx(
                 f"{model_dir}: ONNX outputs differ from PyTorch by {worst:.2e} > {PARITY_TOLERANCE} ({parity})"
             )
         info = {"format": "onnx", "opset": opset, "outputs": outputs, "parity_max_abs_diff": parity}
+        info[EXPORT_FINGERPRINT_KEY] = model_fingerprint(model_dir)  # galleries of the model work with the export
         if config.open_set_threshold is not None:
             info["open_set"] = open_set_rule(config)
         write_json_atomic(os.path.join(tmp, EXPORT_INFO_FILE), info)

@@ -10,7 +10,9 @@
 - `pipeline("knn-classification", model=path)`: labels texts by a vote of their nearest neighbours in a
   reference set (texts with labels, a saved reference, or a training checkpoint's embedding bank), with
   `hf_metric.metrics.knn_predict`. A reference saved as `knn_reference.safetensors` in the model folder is
-  loaded with the model, so the classifier travels with it (and works for classes the head never saw).
+  loaded with the model, so the classifier travels with it (and works for classes the head never saw). The
+  reference is a `hf_metric.Gallery` (`knn.gallery`; `reference=` also takes a gallery folder written by
+  `hf-metric index`), and `knn(texts, groups=[...])` votes only among the reference rows of each text's group.
 - `pipeline("open-set-classification", model=path)` (or `pipeline("text-classification", model=path,
   pipeline_class=OpenSetClassificationPipeline)`): text classification that answers the model's
   `out_of_scope_label` for rows whose open-set score is below the model's threshold (`set_open_set`).
@@ -34,6 +36,8 @@ from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline,
 
 from ..evaluation.ann import IndexedSearch
 from ..evaluation.metrics import knn_predict
+from ..inference.gallery import MANIFEST_FILE, Gallery
+from ..model.neighbors import topk_neighbors
 from ..model.open_set_scores import is_out_of_scope
 from ..training.bank import BANK_FORMAT
 
@@ -147,6 +151,11 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
     `k` and `distance` ("cos" or "l2") are call options; their defaults come from the reference file.
     `knn_index` (default: the model config's `knn_index`, YAML `model.knn_index`) switches references of at
     least `min_size` rows to an approximate faiss index (`evaluation.ann`; the `ann` extra).
+
+    The reference is a `Gallery` (`self.gallery`): `fit(..., groups=...)` enrols the rows' groups, and
+    `knn(texts, groups=[...])` (or `group="addr-1"` for all texts) restricts each vote to the reference rows
+    of that group (the candidate set); a group without reference rows answers `{"label": None, "score": 0.0,
+    "status": "no_candidates"}`.
     """
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,8 +172,9 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.reference_embeddings: torch.Tensor | None = None
+        self.gallery: Gallery | None = None
         self.reference_labels: np.ndarray | None = None
+        """The reference rows' labels as given (`fit` keeps their type: names or ids); `gallery.labels` as text."""
         self.k, self.distance = 10, "cos"
         self.search = IndexedSearch(knn_index or getattr(self.model.config, "knn_index", None))
         saved = os.path.join(str(getattr(self.model, "name_or_path", "")), KNN_REFERENCE_FILE)
@@ -175,29 +185,81 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
         elif getattr(self.model.config, "knn_reference_size", 0) > 0:
             self.use_model_reference()
 
-    def _sanitize_parameters(self, k: int | None = None, distance: str | None = None, **kwargs: Any):
+    @property
+    def reference_embeddings(self) -> torch.Tensor | None:
+        """The reference rows' L2-normalised embeddings, (rows, dim) float32 (a view of the gallery's)."""
+        return None if self.gallery is None else torch.from_numpy(self.gallery.embeddings)
+
+    def _set_reference(self, embeddings: Any, labels: Any, groups: Sequence[Any] | None = None) -> None:
+        labels = np.asarray(labels)
+        self.gallery = Gallery(embeddings, labels.tolist(), groups, fingerprint=self._fingerprint())
+        self.reference_labels = labels
+
+    def _fingerprint(self) -> str:
+        """The model folder's weight fingerprint ("" for a model not loaded from a folder), hashed once."""
+        from ..inference.gallery_build import model_fingerprint
+
+        if getattr(self, "_model_fingerprint", None) is None:
+            folder = str(getattr(self.model, "name_or_path", ""))
+            try:
+                self._model_fingerprint = model_fingerprint(folder) if os.path.isdir(folder) else ""
+            except (OSError, ValueError):
+                self._model_fingerprint = ""
+        return self._model_fingerprint
+
+    def __call__(self, inputs: Any, *args: Any, groups: Any = None, **kwargs: Any) -> Any:
+        """As any pipeline; `groups` (one per input, or one for all) restricts each vote to that group's rows."""
+        if groups is None:
+            return super().__call__(inputs, *args, **kwargs)
+        if isinstance(groups, str) or not isinstance(inputs, (list, tuple)):
+            return super().__call__(inputs, *args, group=groups, **kwargs)
+        if len(groups) != len(inputs):
+            raise ValueError(f"{len(inputs)} inputs but {len(groups)} groups")
+        answers = []
+        for item, group in zip(inputs, groups, strict=True):
+            answers.append(super().__call__(item, *args, group=group, **kwargs))
+        return answers
+
+    def _sanitize_parameters(
+        self, k: int | None = None, distance: str | None = None, group: str | None = None, **kwargs: Any
+    ):
         preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
+        if group is not None:
+            postprocess["group"] = group
         if k is not None:
             postprocess["k"] = k
         if distance is not None:
             postprocess["distance"] = distance
         return preprocess, forward, postprocess
 
-    def fit(self, texts: Sequence[Any], labels: Sequence[Any], batch_size: int = 32) -> KnnClassificationPipeline:
-        """Use `texts` (or images, or clips; embedded now) with their `labels` (any JSON values: names, ids) as
-        the reference."""
+    def fit(
+        self,
+        texts: Sequence[Any],
+        labels: Sequence[Any],
+        batch_size: int = 32,
+        groups: Sequence[Any] | None = None,
+    ) -> KnnClassificationPipeline:
+        """Use `texts` (or images, or clips; embedded now) with their `labels` (any JSON values: names, ids) and
+        optional `groups` (candidate sets) as the reference."""
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-        self.reference_embeddings = self.embed(texts, batch_size)
-        self.reference_labels = np.asarray(labels)
+        self._set_reference(self.embed(texts, batch_size), labels, groups)
         return self
 
     def load_reference(self, path: str | os.PathLike) -> KnnClassificationPipeline:
-        """Read a reference written by `save_reference`, or a checkpoint's `embedding_bank.safetensors` (its
-        label ids become the model's label names)."""
+        """Read a reference written by `save_reference`, a gallery folder (`hf-metric index`, `Gallery.save`;
+        refused when another model built it), or a checkpoint's `embedding_bank.safetensors` (its label ids
+        become the model's label names)."""
         from safetensors import safe_open
 
         path = str(path)
+        if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
+            gallery = Gallery.load(path)
+            fingerprint = self._fingerprint()
+            if fingerprint:
+                gallery.check_model(fingerprint, path)
+            self.gallery, self.reference_labels = gallery, gallery.labels.astype(str)
+            return self
         if os.path.isdir(path):
             path = os.path.join(path, KNN_REFERENCE_FILE)
         with safe_open(path, framework="pt") as f:
@@ -212,15 +274,15 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
             names = np.asarray([id2label[i] for i in range(len(id2label))])
         else:
             raise ValueError(f"{path}: not a kNN reference or embedding bank (format {fmt!r})")
-        self.reference_embeddings, self.reference_labels = embeddings.float(), names[label_ids.numpy()]
+        self._set_reference(embeddings.float(), names[label_ids.numpy()])
         return self
 
     def use_model_reference(self) -> KnnClassificationPipeline:
         """Use the labelled training embeddings stored in the model (`MetricClassifierModel.set_knn_reference`)."""
         id2label = self.model.config.id2label
         names = np.asarray([id2label[i] for i in range(len(id2label))])
-        self.reference_embeddings = self.model.knn_reference_embeddings.detach().float().cpu()
-        self.reference_labels = names[self.model.knn_reference_labels.cpu().numpy()]
+        embeddings = self.model.knn_reference_embeddings.detach().float().cpu()
+        self._set_reference(embeddings, names[self.model.knn_reference_labels.cpu().numpy()])
         self.k = self.model.config.knn_fusion_k
         return self
 
@@ -245,19 +307,29 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
         return path
 
     def _reference(self) -> tuple[torch.Tensor, np.ndarray]:
-        if self.reference_embeddings is None or self.reference_labels is None:
+        if self.gallery is None or self.reference_labels is None:
             raise ValueError("the kNN pipeline has no reference set: call fit(texts, labels) or load_reference(path)")
         return self.reference_embeddings, self.reference_labels
 
     def postprocess(
-        self, model_outputs: dict[str, torch.Tensor], k: int | None = None, distance: str | None = None
+        self,
+        model_outputs: dict[str, torch.Tensor],
+        k: int | None = None,
+        distance: str | None = None,
+        group: str | None = None,
     ) -> dict[str, Any]:
         embeddings, labels = self._reference()
         query = model_outputs["embeddings"].float().cpu()
-        predicted, share = knn_predict(
-            query, embeddings, labels, k or self.k, distance or self.distance, search=self.search
-        )
+        search = self.search
+        if group is not None:  # the candidate set: only this group's reference rows vote
+            rows = np.flatnonzero(self.gallery.groups == str(group))
+            if len(rows) == 0:
+                return {"label": None, "score": 0.0, "status": "no_candidates"}
+            embeddings, labels, search = embeddings[rows], labels[rows], topk_neighbors
+        predicted, share = knn_predict(query, embeddings, labels, k or self.k, distance or self.distance, search=search)
         answer = {"label": predicted[0].item(), "score": float(share[0])}
+        if group is not None:
+            answer["status"] = "ok"
         return open_set_answer(answer, self.model.config, model_outputs.get("open_set_scores"))
 
 

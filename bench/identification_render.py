@@ -1,0 +1,96 @@
+"""The tables of `bench/identification.py`: docs/identification_bench.md and its Russian twin, from the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.docs_section import table_row, write_section
+
+MARKS = ("<!-- identification:start -->", "<!-- identification:end -->")
+COLUMNS = (
+    ("precision_at_1", "precision@1", 100, 1),
+    ("map_at_r", "MAP@R", 1, 3),
+    ("mrr", "MRR", 1, 3),
+    ("within_group_precision_at_1", "precision@1 in group", 100, 1),
+    ("within_group_map_at_r", "MAP@R in group", 1, 3),
+    ("eer", "EER %", 100, 2),
+    ("tar@far=0.001", "TAR@FAR=1e-3 %", 100, 1),
+    ("eer_same_group", "EER % same group", 100, 2),
+    ("train_seconds", "train s", 1, 0),
+)
+TEXT = {
+    "en": {
+        "title": "# Identification of unseen classes",
+        "intro": (
+            "Train on 3/4 of the classes, enrol each held-out class from k rows, identify its test rows among "
+            "ALL classes (gallery: the training rows plus the enrolled rows; exact cosine search). "
+            "`recipe`: hf_metric with the example config; `ce`: the same pipeline as plain cross-entropy "
+            "(linear head, random batches, no metric loss); `untuned`: the pretrained all-MiniLM-L6-v2, mean "
+            "pooling, no fine-tuning. Verification on pairs of the query rows (genuine vs random impostors; "
+            "`same group`: vs impostors of the same scenario). Written by `python -m bench.identification`; "
+            "settings may be chosen on `--protocol val` only (the test file is not read there)."
+        ),
+        "run": "Run",
+        "none": "No measured run yet: the script is ready (see the commands above).",
+        "model": "model",
+    },
+    "ru": {
+        "title": "# Идентификация невиданных классов",
+        "intro": (
+            "Модель обучается на 3/4 классов; каждый отложенный класс регистрируется по k строкам, а его "
+            "тестовые строки опознаются среди ВСЕХ классов (галерея: обучающие строки и зарегистрированные; "
+            "точный поиск по косинусу). `recipe` — hf_metric с конфигом-примером; `ce` — тот же конвейер с "
+            "обычной кросс-энтропией (линейная голова, случайные батчи, без метрического лосса); `untuned` — "
+            "предобученная all-MiniLM-L6-v2, усреднение токенов, без дообучения. Верификация — на парах "
+            "запросов (свои против случайных чужих; `same group` — против чужих из того же сценария). Таблицы "
+            "пишет `python -m bench.identification`; настройки выбираются только на `--protocol val` "
+            "(тестовый файл там не читается)."
+        ),
+        "run": "Запуск",
+        "none": "Измерений пока нет: скрипт готов (команды выше).",
+        "model": "модель",
+    },
+}
+
+
+def _cell(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
+    value = row.get(key)
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def tables(rows: list[dict[str, Any]], lang: str) -> str:
+    """One table per (dataset, protocol): its latest run, a row per model and k."""
+    text = TEXT[lang]
+    latest: dict[tuple[str, str], str] = {}
+    for row in rows:
+        latest[(row["dataset"], row["protocol"])] = max(
+            row["run_id"], latest.get((row["dataset"], row["protocol"]), "")
+        )
+    out = []
+    for (dataset, protocol), run_id in sorted(latest.items()):
+        chosen = [r for r in rows if (r["dataset"], r["protocol"], r["run_id"]) == (dataset, protocol, run_id)]
+        first = chosen[0]
+        setup = (
+            f"{first['train_classes']} + {first['held_out_classes']} classes, {first['train_rows']} training rows, "
+            f"epochs {first['epochs'] or 'config'}, {first['machine']}, {first['threads']} threads"
+        )
+        out += [f"### {dataset}, protocol {protocol} ({run_id})", "", setup, "", f"`{first['command']}`", ""]
+        out.append(table_row([text["model"], "k", *(title for _, title, _, _ in COLUMNS)]))
+        out.append(table_row(["---"] * (len(COLUMNS) + 2)))
+        for r in chosen:
+            out.append(
+                table_row([r["model"], r["k"], *(_cell(r, key, scale, digits) for key, _, scale, digits in COLUMNS)])
+            )
+        out.append("")
+    return "\n".join(out) if out else text["none"] + "\n"
+
+
+def write_docs(rows: list[dict[str, Any]], base: Path) -> None:
+    """Write `<base>.md` (English) and `<base>.ru.md` (Russian); only the section between `MARKS` is replaced."""
+    for lang, suffix in (("en", ".md"), ("ru", ".ru.md")):
+        path = base.with_name(base.name + suffix)
+        text = TEXT[lang]
+        if not path.exists():
+            path.write_text(f"{text['title']}\n\n{text['intro']}\n")
+        write_section(path, f"{MARKS[0]}\n{tables(rows, lang)}{MARKS[1]}", MARKS)

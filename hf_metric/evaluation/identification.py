@@ -1,0 +1,204 @@
+"""`IdentificationEvaluator`: every identification, open-set and verification number of queries vs a gallery.
+
+The question after training an identification model: given a gallery of enrolled rows (labels the model may
+never have seen), which identity is each query, is it one at all, and are two inputs the same identity? One
+object answers it from embeddings and labels (and groups: the candidate set, e.g. the trees at one address), so
+the trainer, `hf-metric evaluate --gallery` and the benchmarks report the same numbers under the same names:
+
+- identification (`retrieval.identification_metrics`): precision_at_1, cmc@K, r_precision, map_at_r, mrr over
+  the queries whose identity is in the gallery; with `within_group`, each query is searched among its own
+  group's gallery rows only, and the accuracy by number of candidates and per group is added;
+- open set (`retrieval.open_set_identification`): dir@fpir=f, when some queries' identities are in the gallery
+  and some are not (those are the unknowns);
+- verification (`verification.verification_metrics`) on pairs of query rows sampled reproducibly
+  (`verification.sample_pairs`): verification_auc, eer, tar@far=f; with groups also the same-group protocol
+  (genuine pairs vs impostors from the same group), suffixed `_same_group`.
+
+The search is exact cosine (`sharded_search.sharded_topk_neighbors`: the plain blocked search in one process,
+shared out among the processes of a distributed run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .retrieval import (
+    PAD,
+    accuracy_by_candidates,
+    identification_metrics,
+    identification_metrics_by_group,
+    open_set_identification,
+    relevant_counts,
+)
+from .sharded_search import sharded_topk_neighbors
+from .verification import IMPOSTOR_SAME_GROUP, sample_pairs, verification_metrics
+
+SAME_GROUP_SUFFIX = "_same_group"
+
+
+@dataclass
+class GallerySearch:
+    """Each query's k best gallery rows (padded with None / -inf / -1) and R, as the metrics need them."""
+
+    labels: np.ndarray
+    scores: np.ndarray
+    indices: np.ndarray
+    relevant: np.ndarray
+    candidates: np.ndarray
+    """Distinct gallery labels each query was compared with."""
+
+
+def _object(values: Any) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(np.asarray(values).tolist())
+    return out
+
+
+def search_gallery(
+    query_emb: Any,
+    gallery_emb: Any,
+    gallery_labels: Any,
+    query_labels: Any,
+    ks: tuple[int, ...] = (1, 5, 10),
+    query_groups: Any = None,
+    gallery_groups: Any = None,
+    search=sharded_topk_neighbors,
+) -> GallerySearch:
+    """Exact cosine search of the queries against the gallery, or (with both group arrays) each query against
+    its own group's rows only (a query whose group has no gallery row gets no candidates); k = max(max R,
+    max ks), so that MAP@R is exact."""
+    query_emb, gallery_emb = np.asarray(query_emb, dtype=np.float32), np.asarray(gallery_emb, dtype=np.float32)
+    gallery_labels, query_labels = _object(gallery_labels), _object(query_labels)
+    n = len(query_labels)
+    if query_groups is None or gallery_groups is None:
+        blocks = [(np.arange(n), np.arange(len(gallery_labels)))]
+    else:
+        query_groups, gallery_groups = _object(query_groups), _object(gallery_groups)
+        rows_of: dict[Any, list[int]] = {}
+        for i, g in enumerate(gallery_groups.tolist()):
+            rows_of.setdefault(g, []).append(i)
+        queries_of: dict[Any, list[int]] = {}
+        for i, g in enumerate(query_groups.tolist()):
+            queries_of.setdefault(g, []).append(i)
+        blocks = [(np.array(q), np.array(rows_of.get(g, []), dtype=np.int64)) for g, q in queries_of.items()]
+    relevant = np.zeros(n, dtype=np.int64)
+    candidates = np.zeros(n, dtype=np.int64)
+    for queries, rows in blocks:
+        relevant[queries] = relevant_counts(query_labels[queries], gallery_labels[rows])
+        candidates[queries] = len(set(gallery_labels[rows].tolist()))
+    k = max(int(relevant.max()) if n else 0, max(ks))
+    labels = np.full((n, k), PAD, dtype=object)
+    scores = np.full((n, k), -np.inf)
+    indices = np.full((n, k), -1, dtype=np.int64)
+    for queries, rows in blocks:
+        if len(rows) == 0 or len(queries) == 0:
+            continue
+        s, idx = search(query_emb[queries], gallery_emb[rows], min(k, len(rows)), "cos")
+        idx = rows[idx.cpu().numpy()]
+        width = idx.shape[1]
+        labels[queries, :width] = gallery_labels[idx]
+        scores[queries, :width] = s.cpu().numpy()
+        indices[queries, :width] = idx
+    return GallerySearch(labels, scores, indices, relevant, candidates)
+
+
+@dataclass
+class IdentificationEvaluator:
+    """Identification, open-set and verification metrics of (query embeddings, labels[, groups]) against a
+    gallery (embeddings, labels[, groups]); see the module docstring. Call it; `details` keeps the last call's
+    tables (per group, by number of candidates) for a report.
+
+    Args:
+        ks: the K of cmc@K.
+        fars: target false-accept rates of tar@far=f.
+        fpirs: target false-positive identification rates of dir@fpir=f.
+        within_group: search each query among its own group's gallery rows only (needs both group arrays).
+        verification: sample pairs of query rows and report the verification metrics.
+        genuine_per_label / impostors / seed: the pair sample (`verification.sample_pairs`).
+    """
+
+    ks: tuple[int, ...] = (1, 5, 10)
+    fars: tuple[float, ...] = (1e-3, 1e-2)
+    fpirs: tuple[float, ...] = (0.01, 0.1)
+    within_group: bool = False
+    verification: bool = True
+    genuine_per_label: int | None = 100
+    impostors: int = 100_000
+    seed: int = 0
+    search: Any = sharded_topk_neighbors
+    details: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def metric_names(self, groups: bool = False) -> tuple[str, ...]:
+        """What `__call__` can return (the names `save_best_by` may take)."""
+        from .names import identification_metric_names
+
+        return identification_metric_names(self.ks, self.fars, self.fpirs, groups)
+
+    def __call__(
+        self,
+        query_emb: Any,
+        query_labels: Any,
+        gallery_emb: Any,
+        gallery_labels: Any,
+        query_groups: Any = None,
+        gallery_groups: Any = None,
+    ) -> dict[str, float]:
+        if not len(query_labels) or not len(gallery_labels):
+            sizes = f"{len(query_labels)} and {len(gallery_labels)}"
+            raise ValueError(f"identification needs queries and a gallery, got {sizes} rows")
+        if self.within_group and (query_groups is None or gallery_groups is None):
+            raise ValueError("within_group identification needs the groups of the queries and of the gallery")
+        grouped = self.within_group
+        found = search_gallery(
+            query_emb,
+            gallery_emb,
+            gallery_labels,
+            query_labels,
+            self.ks,
+            query_groups if grouped else None,
+            gallery_groups if grouped else None,
+            self.search,
+        )
+        labels, ranked, relevant = _object(query_labels), found.labels, found.relevant
+        out = identification_metrics(labels, ranked, relevant, self.ks)
+        known = found.relevant > 0
+        self.details = {}
+        if query_groups is not None:
+            by_group = identification_metrics_by_group(labels, ranked, relevant, _object(query_groups), self.ks)
+            self.details["per_group"] = by_group
+            p1 = [m["precision_at_1"] for m in by_group.values() if m["identification_queries"] > 0]
+            out["group_precision_at_1_min"] = float(min(p1)) if p1 else float("nan")
+            out["group_precision_at_1_macro"] = float(np.mean(p1)) if p1 else float("nan")
+        if grouped:
+            buckets = accuracy_by_candidates(labels, ranked, relevant, found.candidates, buckets=True)
+            self.details["by_candidates"] = accuracy_by_candidates(labels, ranked, relevant, found.candidates)
+            out.update({f"precision_at_1_candidates_{name}": acc for name, (acc, _) in buckets.items()})
+        if known.any() and (~known).any():
+            top1 = np.where(np.isfinite(found.scores[:, 0]), found.scores[:, 0], -np.inf)
+            correct = found.labels[known, 0] == labels[known]
+            out.update(open_set_identification(top1[known], correct.astype(bool), top1[~known], self.fpirs))
+        if self.verification:
+            out.update(self.verification_metrics(query_emb, labels, query_groups))
+        self.details["search"] = found
+        return out
+
+    def verification_metrics(self, emb: Any, labels: np.ndarray, groups: Any = None) -> dict[str, float]:
+        """Verification on pairs of query rows (and, with groups, the same-group protocol); {} when the rows hold
+        no genuine or no impostor pair."""
+        from .verification import pair_scores
+
+        pairs = sample_pairs(labels, groups, self.genuine_per_label, self.impostors, self.seed)
+        if not pairs.same.any() or pairs.same.all():
+            return {}
+        scores = pair_scores(emb, pairs)
+        self.details["pairs"], self.details["pair_scores"] = pairs, scores
+        random = pairs.kind != IMPOSTOR_SAME_GROUP
+        out = verification_metrics(scores[random], pairs.same[random], self.fars)
+        hard = pairs.kind != "impostor_random"
+        if groups is not None and (pairs.kind == IMPOSTOR_SAME_GROUP).any() and pairs.same[hard].any():
+            same_group = verification_metrics(scores[hard], pairs.same[hard], self.fars)
+            out.update({f"{name}{SAME_GROUP_SUFFIX}": v for name, v in same_group.items()})
+        return out
