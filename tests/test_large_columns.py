@@ -141,7 +141,7 @@ def test_a_column_over_2gb_is_prepared_for_training_without_being_joined(kind, t
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_a_column_over_2gb_is_embedded_a_bounded_slice_at_a_time(kind, tmp_path, monkeypatch):
     table = big_audio_table(KINDS[kind])
-    monkeypatch.setattr(predict, "_open", lambda _path: InMemoryParquetFile(table))
+    monkeypatch.setattr(predict, "open_parquet", lambda _path: InMemoryParquetFile(table))
     out = tmp_path / "emb.npy"
     settings = predict.StreamSettings(progress=False)
 
