@@ -113,6 +113,7 @@ def _build(spec: SplitZip, parts: list[Path], final: Path) -> None:
     if final.exists():  # no marker: not a folder this module published (those appear whole, by rename)
         shutil.rmtree(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0o700 would hide a shared cache from other users
     try:
         joined = tmp / f"{spec.name}.zip"
         digest = _join(parts, joined)
