@@ -67,6 +67,7 @@ class Stamps:
     """A `TrainerCallback` (built lazily: transformers is imported by the run) stamping step starts and ends."""
 
     def __new__(cls):
+        import torch
         from transformers import TrainerCallback
 
         class _Stamps(TrainerCallback):
@@ -78,6 +79,8 @@ class Stamps:
                 self.begins.append(time.perf_counter())
 
             def on_step_end(self, args, state, control, **kwargs):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()  # the step's kernels are done, not just queued
                 self.ends.append(time.perf_counter())
 
         return _Stamps()

