@@ -77,6 +77,7 @@ if [[ " $PHASES " == *" throughput "* ]]; then
     --data "text-minilm=$DATA/banking77/train.parquet" "text-mpnet=$DATA/banking77/train.parquet" "${steps[@]}" \
     --out "$OUT/throughput.jsonl" > "$LOGS/throughput.log" 2>&1
   stamp "throughput done (exit $?): $(cat "$OUT/throughput.jsonl" 2>/dev/null | wc -l) rows"
+  [ -s "$OUT/throughput.jsonl" ] && $PY -m bench.gpu_throughput --render "$OUT/throughput.jsonl"
 fi
 
 # --- the quickstart as shipped (MiniLM, fp32), wall time --------------------------------------------------

@@ -336,7 +336,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--data", nargs="*", default=[], help="CASE=PARQUET: another training file")
     parser.add_argument("--tiny-model", default=None, help="smoke runs: this local backbone for every text case")
     parser.add_argument("--out", default=None, help="JSON lines, one per run (appended)")
+    parser.add_argument("--render", default=None, help="only print the table of this JSON lines file")
     args = parser.parse_args(argv)
+    if args.render:
+        rows = [json.loads(line) for line in Path(args.render).read_text().splitlines() if line.strip()]
+        print(table(rows))
+        return rows
     if args.warmup >= args.steps:
         parser.error("--warmup must be below --steps")
     args.model, args.data = parse_pairs(args.model), parse_pairs(args.data)

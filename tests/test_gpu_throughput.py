@@ -55,6 +55,7 @@ def test_text_cases_run_both_arms_with_and_without_grouping(tmp_path, tiny_model
         ("plain", True),
     ]
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+    assert gt.main(["--render", str(out)]) == rows
     for r in rows:
         assert r["s_per_step"] > 0 and r["samples_per_s"] == pytest.approx(8 / r["s_per_step"], rel=1e-2)
         assert r["tokens_per_s"] > 0 and r["tflops"] >= 0 and "bf16_peak_share" not in r  # no GPU here
