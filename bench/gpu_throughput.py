@@ -174,7 +174,7 @@ def case_config(case: str, args: argparse.Namespace, grouping: bool, out_dir: st
     return merge_overrides(yaml.safe_load(Path(spec["config"]).read_text()), overrides)
 
 
-def plain_model(cfg, recipe_model, num_labels: int):
+def plain_model(cfg, num_labels: int):
     """The plain arm's classifier: the same pretrained backbone (text) or the same from-scratch config."""
     from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
 
@@ -215,7 +215,7 @@ def one_run(case: str, arm: str, grouping: bool, args: argparse.Namespace) -> di
             trainer.add_callback(stamps)
             model = trainer.model
         else:
-            model = plain_model(cfg, trainer.model, len(data.id2label))
+            model = plain_model(cfg, len(data.id2label))
             keep = (model.main_input_name, "input_values", "input_features", "attention_mask", "token_type_ids")
             keep += ("labels",)
             counter = Counting(trainer.data_collator, keep, model.main_input_name)
