@@ -211,20 +211,17 @@ def run_baseline(
     seed: int = SEED,
     learning_rate: float = 1e-4,
     max_steps: int = -1,
+    model_name: str = MODEL_NAME,
+    bf16: bool = False,  # mixed precision, as the recipe's training.mixed_precision: bf16
 ) -> tuple[dict[str, float], float]:
     """Plain transformers: AutoModelForSequenceClassification + Trainer, CE, random batches (`max_steps` > 0
     overrides `epochs`, for smoke runs)."""
     import datasets
-    from transformers import (
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
     from hf_metric.packaged_models import resolve_model_path
 
-    path = resolve_model_path(MODEL_NAME)
+    path = resolve_model_path(model_name)
     names = sorted(set(split["train_labels"]))
     label2id = {n: i for i, n in enumerate(names)}
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -246,6 +243,7 @@ def run_baseline(
         logging_steps=50,
         report_to="none",
         seed=seed,
+        bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer))
@@ -295,16 +293,14 @@ def train_variant(
     from hf_metric.model.modeling import MetricClassifierModel
     from hf_metric.run import train
 
-    raw = yaml.safe_load(Path(config).read_text())
-    raw = deep_update(raw, overrides)
+    raw = deep_update(yaml.safe_load(Path(config).read_text()), overrides)
     raw["data"]["parquet_path"] = str(split["parquet"])
     if "val_ratio" in split:
         raw["data"]["val_ratio"] = split["val_ratio"]
     raw["training"]["seed"] = seed
     if epochs is not None:
         raw["training"]["num_epochs"] = epochs
-    out_dir = workdir / name
-    raw["checkpointing"]["checkpoints_dir"] = str(out_dir)
+    raw["checkpointing"]["checkpoints_dir"] = str(out_dir := workdir / name)
     start = time.perf_counter()
     train(config_from_dict(raw))
     seconds = time.perf_counter() - start
@@ -321,12 +317,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=["baseline", "hf_metric"], help="baseline and/or VARIANTS")
     parser.add_argument("--arrays", default=None, help="folder: save eval logits and embeddings per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument(
-        "--seeds", type=int, default=1, help=f"protocol test: train every variant with seeds {SEED}, {SEED + 1}, ..."
-    )
+    parser.add_argument("--seeds", type=int, default=1, help=f"protocol test: seeds {SEED}, {SEED + 1}, ... each")
     parser.add_argument("--only-seed", type=int, default=None, help="just this one of --seeds (a process per seed)")
     parser.add_argument("--launched-by", default=None, help="the driver's command (bench/quality_sweep.py), recorded")
     parser.add_argument("--max-steps", type=int, default=-1, help="smoke runs: stop every training after N steps")
+    parser.add_argument("--model", default=MODEL_NAME, help="both arms' backbone: a Hub id or a local folder")
+    parser.add_argument("--bf16", action="store_true", help="both arms in bf16 mixed precision")
     parser.add_argument("--results", default=str(ROOT / "docs" / "quality_results.jsonl"), help="appended")
     parser.add_argument("--run-id", default=None, help="groups rows of one comparison (e.g. processes side by side)")
     parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"), help="update this file ('' = no)")
@@ -354,6 +350,8 @@ def main() -> None:
             split["arrays_dir"] = Path(args.arrays) / args.protocol
             split["arrays_dir"].mkdir(parents=True, exist_ok=True)
         steps = {"scheduler": {"num_training_steps": args.max_steps}} if args.max_steps > 0 else {}
+        steps |= {"model_name": args.model} | ({"training": {"mixed_precision": "bf16"}} if args.bf16 else {})
+        baseline_options = {"max_steps": args.max_steps, "model_name": args.model, "bf16": args.bf16}
         seeds = [SEED + i for i in range(args.seeds)]
         if args.only_seed is not None:
             if args.only_seed not in seeds:
@@ -361,7 +359,7 @@ def main() -> None:
             seeds = [args.only_seed]
         for seed, name in itertools.product(seeds, args.variants):
             if name == "baseline":
-                metrics, seconds = run_baseline(split, args.epochs or 5.0, workdir, seed, max_steps=args.max_steps)
+                metrics, seconds = run_baseline(split, args.epochs or 5.0, workdir, seed, **baseline_options)
             else:
                 overrides = deep_update(VARIANTS[name], steps)
                 metrics, seconds = run_hf_metric(
@@ -379,6 +377,8 @@ def main() -> None:
                 "seconds": round(seconds, 1),
                 **{k: round(v, 4) for k, v in metrics.items()},
                 "overrides": VARIANTS.get(name, {}),
+                **({"model": args.model} if args.model != MODEL_NAME else {}),
+                **({"bf16": True} if args.bf16 else {}),
                 "threads": torch.get_num_threads(),
                 "load_avg": round(os.getloadavg()[0], 2),
                 "machine": machine_line(),

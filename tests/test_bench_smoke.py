@@ -58,3 +58,24 @@ def test_the_plain_arm_draws_its_new_head_from_the_seed(monkeypatch):
     first, again, other = (quality.baseline_model(path, names, seed).classifier.weight for seed in (42, 42, 43))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
+
+
+def test_quality_benchmark_trains_both_arms_on_another_backbone_in_bf16(tmp_path, tiny_model_dir):
+    """`--model` reaches both arms (their saved embeddings have the tiny backbone's width, 32, not MiniLM's 384)
+    and `--bf16` is recorded with every row."""
+    import numpy as np
+
+    data, results, arrays = toy_split(tmp_path / "toy"), tmp_path / "results.jsonl", tmp_path / "arrays"
+    command = [sys.executable, "bench/quality.py", "--data", str(data), "--variants", "baseline", "hf_metric"]
+    command += ["--model", tiny_model_dir, "--bf16", "--max-steps", "1", "--threads", "1", "--arrays", str(arrays)]
+    command += ["--results", str(results), "--docs", ""]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["variant"], r["model"], r["bf16"]) for r in rows] == [
+        ("baseline", tiny_model_dir, True),
+        ("hf_metric", tiny_model_dir, True),
+    ]
+    for name in ("baseline", "hf_metric"):
+        assert np.load(arrays / "test" / f"{name}.npz")["eval_emb"].shape[1] == 32

@@ -198,3 +198,14 @@ def test_component_options_reach_the_bases_a_class_hands_kwargs_to(monkeypatch):
     circle = config_from_dict({**BASE, "head": {"type": "circle", "gamma": 80}})
     assert circle.head.options == {"gamma": 80.0, "m": 0.25}
     assert circle.head.head_kwargs()["gamma"] == 80.0
+
+
+def test_bf16_arguments_build_without_a_gpu():
+    """`training.mixed_precision: bf16` is documented for CPUs too: TrainingArguments must not refuse it there."""
+    import torch
+
+    cfg = config_from_dict({"data": {"parquet_path": "x"}, "training": {"mixed_precision": "bf16"}})
+    args = build_training_arguments(cfg)
+    assert args.bf16
+    if not torch.cuda.is_available():
+        assert args.use_cpu

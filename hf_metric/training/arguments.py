@@ -53,7 +53,10 @@ def build_training_arguments(cfg: TrainConfig, **overrides: Any):
         remove_unused_columns=False,
     )
     import torch
+    from transformers.utils import is_torch_bf16_gpu_available
 
+    if t.mixed_precision == "bf16" and not is_torch_bf16_gpu_available():
+        kwargs["use_cpu"] = True  # bf16 autocast on the CPU; TrainingArguments refuses bf16 without it
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # several CPU processes (torchrun, accelerate launch --multi_gpu): DDP over gloo
         kwargs.update(ddp_backend="gloo", use_cpu=True)
