@@ -1,6 +1,6 @@
 """ONNX export of a trained model: logits and embeddings with dynamic batch and sequence axes, checked for parity.
 
-`torch.onnx.export` traces `inference.backends.InferenceModule` (the head's logits, the embedding and, with
+`torch.onnx.export` traces `inference.onnx_module.InferenceModule` (the head's logits, the embedding and, with
 stored kNN rows, the kNN vote and the fused prediction), so onnxruntime serves exactly what the PyTorch
 backend computes. optimum is not used: optimum-onnx pins transformers < 4.58. The export folder holds
 `model.onnx`, the model's `config.json` (labels), its tokenizer, the stored kNN rows (`knn_reference.npz`) for
