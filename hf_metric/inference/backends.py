@@ -140,6 +140,9 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_types = {
+            i.name: np.int64 if i.type == "tensor(int64)" else np.float32 for i in self.session.get_inputs()
+        }
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.id2label = read_id2label(export_dir)
         self.export_dir = export_dir
@@ -192,7 +195,7 @@ class OnnxBackend:
             return data["embeddings"], data["labels"]
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> ModelOutputs:
-        feed = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names}
+        feed = {name: np.asarray(inputs[name], dtype=self.input_types[name]) for name in self.input_names}
         return ModelOutputs(**dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True)))
 
 

@@ -10,7 +10,7 @@ blocked, threaded exact search, because a traced graph needs static operations. 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,13 +38,15 @@ def _head_only(model: Any) -> Iterator[None]:
 class InferenceModule(nn.Module):
     """A loaded `MetricClassifierModel` (put in eval mode) as `(inputs) -> outputs named by output_names`.
 
-    Inputs are the model's, by position in `INPUT_NAMES` order (text: `input_ids, attention_mask[,
-    token_type_ids]`; images: `pixel_values`; audio: `input_values` or `input_features`) or by name.
+    Inputs are the model's (text: `input_ids, attention_mask[, token_type_ids]`; images: `pixel_values`; audio:
+    `input_values` or `input_features`), by name or by position in `input_names` order (default `INPUT_NAMES`;
+    the export passes the names its graph takes).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, input_names: Sequence[str] = INPUT_NAMES) -> None:
         super().__init__()
         self.model = model.eval()
+        self.input_names = tuple(input_names)
         config = model.config
         self.stored = config.knn_reference_size > 0
         self.fused = config.knn_fusion_weight > 0 and self.stored
@@ -60,9 +62,9 @@ class InferenceModule(nn.Module):
 
     def outputs(self, *inputs: torch.Tensor, **named: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(logits, embeddings, head_logits[, knn_probabilities]): everything but the open-set score."""
-        if len(inputs) > len(INPUT_NAMES):
-            raise TypeError(f"at most {len(INPUT_NAMES)} inputs by position, got {len(inputs)}")
-        given = {**dict(zip(INPUT_NAMES, inputs, strict=False)), **named}
+        if len(inputs) > len(self.input_names):
+            raise TypeError(f"at most {len(self.input_names)} inputs by position, got {len(inputs)}")
+        given = {**dict(zip(self.input_names, inputs, strict=False)), **named}
         with _head_only(self.model):
             out = self.model(**{k: v for k, v in given.items() if v is not None})
         head, emb = out.logits.float(), out.embeddings
