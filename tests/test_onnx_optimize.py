@@ -67,9 +67,10 @@ def test_int8_export_reports_the_accuracy_change_that_predict_gives(tiny_model_d
     args = ["export", "--model", model, "--out", str(tmp_path / "int8"), "--data", str(data), "--quantize", "int8"]
     assert app([*args, "--max-accuracy-drop", "100"]) == 0  # a random tiny model: one flipped row is 3 points
     printed = capsys.readouterr().out
-    assert "int8 accuracy on 32 labelled rows" in printed and "embedding cosine min" in printed
+    assert "int8 accuracy on 32 labelled rows" in printed and "embedding cosine mean" in printed
     report = json.loads((tmp_path / "int8" / "hf_metric_export.json").read_text())["int8"]
-    assert report["min_cosine"] >= report["tolerance"]["min_cosine"] == 0.98
+    assert report["min_cosine"] >= report["tolerance"]["min_cosine"] == 0.95
+    assert report["mean_cosine"] >= report["tolerance"]["mean_cosine"] == 0.99
     ops = _ops(tmp_path / "int8")
     assert ops["QAttention"] == 2 and ops["MatMulInteger"] >= 6  # the backbone is int8
     assert ops["MatMul"] == 2 and report["float32_matmuls_kept"] == 2  # the kNN product and the head stay float32

@@ -196,7 +196,11 @@ def _quantize_checked(
         fp32_megabytes=fp32_mb,
         int8_megabytes=onnx_optimize.file_megabytes(path),
         float32_matmuls_kept=kept_fp32,
-        tolerance={"min_cosine": int8_check.INT8_MIN_COSINE, "max_accuracy_drop_points": options.max_accuracy_drop},
+        tolerance={
+            "mean_cosine": int8_check.INT8_MIN_MEAN_COSINE,
+            "min_cosine": int8_check.INT8_MIN_COSINE,
+            "max_accuracy_drop_points": options.max_accuracy_drop,
+        },
     )
     return report
 

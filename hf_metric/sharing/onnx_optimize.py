@@ -74,8 +74,9 @@ def optimize_graph(path: str, model: Any) -> dict[str, int]:
 
 
 def quantize_int8(path: str, out_path: str) -> int:
-    """Dynamic int8 quantisation of the backbone of the graph at `path` into `out_path` (weights int8,
-    activations quantised per batch); returns how many nodes stay float32 (head, projection, kNN, open set)."""
+    """Dynamic int8 quantisation of the backbone of the graph at `path` into `out_path` (weights int8 per output
+    channel, activations uint8 quantised per batch); returns how many matrix products stay float32 (head,
+    projection, kNN, open set)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -87,6 +88,7 @@ def quantize_int8(path: str, out_path: str) -> int:
         path,
         out_path,
         weight_type=QuantType.QInt8,
+        per_channel=True,  # MiniLM: mean embedding cosine to float32 0.993 (0.968 per tensor), min 0.979 (0.887)
         nodes_to_exclude=outside,
         # fused contrib ops (Attention, SkipLayerNormalization) have no ONNX type inference: their outputs are float
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
