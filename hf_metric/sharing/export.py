@@ -155,9 +155,10 @@ def _fuse_or_keep_plain(torch_backend: Any, featurizer: Any, samples: list[Any],
         fused = onnx_optimize.optimize_graph(path, torch_backend.model)
         worst = max(parity_check(torch_backend, OnnxBackend(tmp), featurizer, samples).values())
         if worst <= PARITY_TOLERANCE:
+            os.remove(plain)
             return {"fused": True, "operators": fused}
         reason = f"fused graph parity {worst:.2e} > {PARITY_TOLERANCE}"
-    except Exception as err:
+    except Exception as err:  # any optimizer failure leaves the plain graph, which is correct
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     os.replace(plain, path)
     return {"fused": False, "skipped": reason}
@@ -170,9 +171,6 @@ def _checked_parity(model_dir: str, torch_backend: Any, featurizer: Any, samples
         raise ExportParityError(
             f"{model_dir}: ONNX outputs differ from PyTorch by {worst:.2e} > {PARITY_TOLERANCE} ({parity})"
         )
-    plain = os.path.join(tmp, ONNX_FILE + ".plain")
-    if os.path.exists(plain):
-        os.remove(plain)
     return parity
 
 
