@@ -17,6 +17,7 @@ tolerance of its own and measures the accuracy change on labelled rows.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,18 @@ OPTIMIZED_OPSET = 17
 BACKBONE_SCOPE = "/model/backbone/"
 """Node-name prefix of the backbone in a graph traced from `InferenceModule` (what int8 quantises)."""
 FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", "BiasGelu", "FastGelu", "Gelu")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's optimizer and quantizer log every node and tensor at INFO (much on the root logger)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def fusion_type(model: Any) -> str | None:
@@ -61,14 +74,15 @@ def optimize_graph(path: str, model: Any) -> dict[str, int]:
     from onnxruntime.transformers import optimizer
 
     encoder = model.config.encoder_config
-    fused = optimizer.optimize_model(
-        path,
-        model_type=fusion_type(model),
-        num_heads=int(encoder.num_attention_heads),
-        hidden_size=int(encoder.hidden_size),
-        opt_level=0,  # fusions only: onnxruntime applies its generic optimisations when a session loads
-    )
-    fused.save_model_to_file(path)
+    with _quiet():
+        fused = optimizer.optimize_model(
+            path,
+            model_type=fusion_type(model),
+            num_heads=int(encoder.num_attention_heads),
+            hidden_size=int(encoder.hidden_size),
+            opt_level=0,  # fusions only: onnxruntime applies its generic optimisations when a session loads
+        )
+        fused.save_model_to_file(path)
     counts = fused.get_fused_operator_statistics()
     return {op: int(counts[op]) for op in FUSED_OPS if counts.get(op)}
 
@@ -78,12 +92,20 @@ def quantize_int8(path: str, out_path: str) -> int:
     channel, activations uint8 quantised per batch); returns how many matrix products stay float32 (head,
     projection, kNN, open set)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(path).graph
     outside = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and not n.name.startswith(BACKBONE_SCOPE)]
     # the quantizer rewrites a Gemm into a MatMul named `<gemm>_MatMul` before choosing the nodes
     outside += [f"{n.name}_MatMul" for n in graph.node if n.op_type == "Gemm" and n.name in outside]
+    with _quiet():
+        _quantize(path, out_path, outside)
+    return sum(1 for n in graph.node if n.name in outside)
+
+
+def _quantize(path: str, out_path: str, outside: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     quantize_dynamic(
         path,
         out_path,
@@ -93,7 +115,6 @@ def quantize_int8(path: str, out_path: str) -> int:
         # fused contrib ops (Attention, SkipLayerNormalization) have no ONNX type inference: their outputs are float
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-    return sum(1 for n in graph.node if n.name in outside)
 
 
 def file_megabytes(path: str) -> float:
