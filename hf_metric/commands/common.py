@@ -71,7 +71,7 @@ def model_config(args: argparse.Namespace, data: str | None = None):
     if path is None:
         candidate = os.path.join(os.path.dirname(os.path.abspath(args.model)), RESOLVED_CONFIG)
         path = candidate if os.path.isfile(candidate) else None
-    raw: Any = {}
+    raw: Any = {} if path is not None else _export_defaults(args.model)
     if path is not None:
         try:
             with open(path, encoding="utf-8") as fh:
@@ -87,6 +87,35 @@ def model_config(args: argparse.Namespace, data: str | None = None):
         return apply_overrides(raw, args.overrides, config_from_dict)
     except ConfigError as err:
         raise ConfigError(str(err) if str(err).startswith("--set ") or path is None else f"{path}: {err}") from None
+
+
+FEATURIZER_KEYS = {"max_seq_length": "training", "max_audio_seconds": "data"}
+"""Settings that change a model's inputs: an ONNX export records them (`hf_metric_export.json`)."""
+
+
+def featurizer_settings(cfg, input_column: str) -> dict[str, Any]:
+    """The settings of `FEATURIZER_KEYS` that apply to `input_column` (text: tokens; audio: seconds)."""
+    key = {"text": "max_seq_length", "audio": "max_audio_seconds"}.get(input_column)
+    return {key: getattr(getattr(cfg, FEATURIZER_KEYS[key]), key)} if key else {}
+
+
+def _export_defaults(model_dir: str) -> dict[str, Any]:
+    """An export folder's featurizer settings as config defaults, so it is served with the inputs it was checked
+    with (`--config` / `--set` still win); empty for a model folder."""
+    import json
+
+    from ..inference.backends import EXPORT_INFO_FILE
+
+    try:
+        with open(os.path.join(model_dir, EXPORT_INFO_FILE), encoding="utf-8") as fh:
+            saved = json.load(fh).get("featurizer") or {}
+    except (OSError, ValueError):
+        return {}
+    raw: dict[str, Any] = {}
+    for key, section in FEATURIZER_KEYS.items():
+        if key in saved:
+            raw.setdefault(section, {})[key] = saved[key]
+    return raw
 
 
 def check_model_dir(path: str, backend: str = "torch") -> None:

@@ -1,18 +1,17 @@
 """A trained model as a function of featurized batches: PyTorch or onnxruntime, the same outputs from both.
 
-`InferenceModule` is the ONE definition of what inference returns, used by the PyTorch backend and traced
-into ONNX by `hf_metric.sharing.export`: the head's logits, the L2-normalised embedding, and, when the model
-stores kNN reference rows, the kNN vote's class probabilities and the fused log-probabilities
-``log((1 - w) * softmax(head) + w * p_knn)`` (as `MetricClassifierModel` computes them, here with one dense
-top-k over the reference so that the graph exports), and, when the model has an open-set rejection rule, its
-score (`open_set_graph.OpenSetGraphScore`; reject rows below `config.open_set_threshold`).
+`onnx_module.InferenceModule` is the ONE definition of what inference returns, run by the PyTorch backend and
+traced into ONNX by `hf_metric.sharing.export`: the head's logits, the L2-normalised embedding, and, when the
+model stores kNN reference rows, the kNN vote's class probabilities and the fused log-probabilities
+``log((1 - w) * softmax(head) + w * p_knn)`` (`hf_metric.model.knn_fusion`), and, when the model has an
+open-set rejection rule, its score (`open_set_graph.OpenSetGraphScore`; reject rows below
+`config.open_set_threshold`). This module imports no torch at load time: the onnxruntime backend runs without it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,74 +57,6 @@ def read_id2label(model_dir: str) -> dict[int, str]:
     return {int(i): str(name) for i, name in read_model_config(model_dir)["id2label"].items()}
 
 
-@contextmanager
-def _head_only(model: Any):
-    """Run the model's forward without its own kNN fusion and open-set score (the caller computes both, in an
-    exportable way)."""
-    c = model.config
-    weight, threshold = c.knn_fusion_weight, c.open_set_threshold
-    c.knn_fusion_weight, c.open_set_threshold = 0.0, None
-    try:
-        yield
-    finally:
-        c.knn_fusion_weight, c.open_set_threshold = weight, threshold
-
-
-def inference_module(model: Any):
-    """The exportable `InferenceModule` around a loaded `MetricClassifierModel` (put in eval mode)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from ..model.knn_fusion import fuse_probabilities
-    from .open_set_graph import OpenSetGraphScore
-
-    class InferenceModule(nn.Module):
-        """`(input_ids, attention_mask[, token_type_ids])` (or the pixel / audio inputs of an image or audio model)
-        -> the outputs named by `output_names` (see the module docstring)."""
-
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model.eval()
-            config = model.config
-            self.fused = config.knn_fusion_weight > 0 and config.knn_reference_size > 0
-            self.stored = config.knn_reference_size > 0
-            rejects = config.open_set_threshold is not None
-            self.open_set = OpenSetGraphScore(model) if rejects else None
-            self.output_names = [*OUTPUT_NAMES[: 4 if self.stored else 3], *(["open_set_scores"] if rejects else [])]
-
-        def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
-            """The inputs by position in `INPUT_NAMES` order (as the ONNX export passes them) or by name; the
-            outputs named in `output_names`."""
-            outputs = self.outputs(*inputs, **named)
-            if self.open_set is None:
-                return outputs
-            return (*outputs, self.open_set(outputs[0], outputs[2], outputs[1]))
-
-        def outputs(self, *inputs: torch.Tensor, **named: torch.Tensor):
-            if len(inputs) > len(INPUT_NAMES):
-                raise TypeError(f"at most {len(INPUT_NAMES)} inputs by position, got {len(inputs)}")
-            given = {**dict(zip(INPUT_NAMES, inputs, strict=False)), **named}
-            with _head_only(self.model):
-                out = self.model(**{k: v for k, v in given.items() if v is not None})
-            head, emb = out.logits.float(), out.embeddings
-            if not self.stored:
-                return head, emb, head
-            config = self.model.config
-            ref = self.model.knn_reference_embeddings
-            k = min(config.knn_fusion_k, ref.shape[0])
-            scores, idx = torch.topk(emb @ ref.T, k, dim=1)
-            weights = torch.softmax(scores / config.knn_fusion_temperature, dim=1)
-            one_hot = F.one_hot(self.model.knn_reference_labels[idx], config.num_labels).to(weights.dtype)
-            p_knn = (weights.unsqueeze(-1) * one_hot).sum(dim=1)
-            if not self.fused:
-                return head, emb, head, p_knn
-            fused = fuse_probabilities(head, p_knn, config.knn_fusion_weight).clamp_min(1e-12).log()
-            return fused, emb, head, p_knn
-
-    return InferenceModule(model).eval()
-
-
 class TorchBackend:
     """The saved model in PyTorch (`device`: cpu, cuda, ...)."""
 
@@ -135,10 +66,11 @@ class TorchBackend:
         import torch
 
         from ..model.modeling import MetricClassifierModel
+        from .onnx_module import InferenceModule
 
         self.torch = torch
         self.model = MetricClassifierModel.from_pretrained(model_dir).to(device).eval()
-        self.module = inference_module(self.model)
+        self.module = InferenceModule(self.model).eval()
         self.device = device
         self.id2label = {int(i): str(n) for i, n in self.model.config.id2label.items()}
 
@@ -208,6 +140,9 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_types = {
+            i.name: np.int64 if i.type == "tensor(int64)" else np.float32 for i in self.session.get_inputs()
+        }
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.id2label = read_id2label(export_dir)
         self.export_dir = export_dir
@@ -260,7 +195,7 @@ class OnnxBackend:
             return data["embeddings"], data["labels"]
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> ModelOutputs:
-        feed = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names}
+        feed = {name: np.asarray(inputs[name], dtype=self.input_types[name]) for name in self.input_names}
         return ModelOutputs(**dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True)))
 
 

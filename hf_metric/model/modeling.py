@@ -230,7 +230,7 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         return out.to(logits.device)
 
     def _fused_logits(self, logits: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        from .knn_fusion import fuse_probabilities, knn_class_probabilities
+        from .knn_fusion import fused_log_probabilities, knn_class_probabilities
 
         p_knn = knn_class_probabilities(
             embeddings.detach(),
@@ -240,7 +240,7 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
             self.config.knn_fusion_k,
             self.config.knn_fusion_temperature,
         )
-        return fuse_probabilities(logits, p_knn, self.config.knn_fusion_weight).clamp_min(1e-12).log()
+        return fused_log_probabilities(logits, p_knn, self.config.knn_fusion_weight)
 
     def _same_group_margin(self, labels: torch.Tensor) -> torch.Tensor:
         """`(batch, num_labels)`: the pair margin on the classes of each row's group (the target is the head's)."""
