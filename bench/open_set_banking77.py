@@ -101,15 +101,15 @@ def evaluate_arm(best: Path, val: tuple[list[str], list[int]], test: tuple[list[
     """Per score: test AUROC / FPR95 and the test operating points of thresholds calibrated on `val`."""
     from transformers import AutoTokenizer
 
-    from hf_metric.evaluation.open_set import (
+    from hf_metric.model.modeling import MetricClassifierModel
+    from hf_metric.open_set.calibration import calibrate
+    from hf_metric.open_set.evaluation import (
         OpenSetStatistics,
         all_scores,
         operating_point,
         predict_with_rejection,
         threshold_free_metrics,
     )
-    from hf_metric.evaluation.open_set_calibration import calibrate
-    from hf_metric.model.modeling import MetricClassifierModel
 
     model = MetricClassifierModel.from_pretrained(best).eval()
     tokenizer = AutoTokenizer.from_pretrained(best)

@@ -14,9 +14,9 @@ from test_inference_cli import NAMES, save_tiny_model
 
 from hf_metric.cli import app
 from hf_metric.inference.backends import TorchBackend, run_batches
-from hf_metric.inference.open_set_graph import EXPORTABLE_SCORES
 from hf_metric.model.modeling import MetricClassifierModel
 from hf_metric.model.open_set_scores import SCORE_NAMES, base_scores, fit_mahalanobis, fusion_statistics
+from hf_metric.open_set.onnx_graph import EXPORTABLE_SCORES
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

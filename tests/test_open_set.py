@@ -7,15 +7,6 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from hf_metric.evaluation.open_set import (
-    OpenSetStatistics,
-    all_scores,
-    auroc,
-    fpr_at_recall,
-    operating_point,
-    predict_with_rejection,
-)
-from hf_metric.evaluation.open_set_calibration import CRITERIA, calibrate, candidate_thresholds
 from hf_metric.model.open_set_scores import (
     OUT_OF_SCOPE_ID,
     energy,
@@ -25,6 +16,15 @@ from hf_metric.model.open_set_scores import (
     knn_max_cosine,
     mahalanobis,
     max_softmax,
+)
+from hf_metric.open_set.calibration import CRITERIA, calibrate, candidate_thresholds
+from hf_metric.open_set.evaluation import (
+    OpenSetStatistics,
+    all_scores,
+    auroc,
+    fpr_at_recall,
+    operating_point,
+    predict_with_rejection,
 )
 
 

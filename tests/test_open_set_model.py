@@ -11,9 +11,9 @@ from transformers import AutoModel, AutoTokenizer, pipeline
 
 import hf_metric  # noqa: F401 - registers the model classes and the pipelines
 from hf_metric.evaluation.evaluator import EvalPredictions, MetricEvaluator
-from hf_metric.evaluation.open_set import OpenSetSettings, OpenSetStatistics, all_scores
 from hf_metric.model.modeling import MetricClassifierModel
 from hf_metric.model.open_set_scores import OUT_OF_SCOPE_ID, fit_mahalanobis
+from hf_metric.open_set.evaluation import OpenSetSettings, OpenSetStatistics, all_scores
 
 ID2LABEL = {0: "account", 1: "billing", 2: "card", 3: "delivery"}
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}

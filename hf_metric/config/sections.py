@@ -255,7 +255,7 @@ class MetricValidationSection:
 @dataclass
 class OpenSetSection:
     """Open-set rejection, calibrated on the validation split at the end of training (see
-    `hf_metric.evaluation.open_set_calibration`); the rule is saved in the model's config."""
+    `hf_metric.open_set.calibration`); the rule is saved in the model's config."""
 
     enabled: bool = False
     score: Literal["auto", "msp", "energy", "knn", "mahalanobis", "fused"] = "auto"

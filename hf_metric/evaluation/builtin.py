@@ -124,7 +124,7 @@ class OpenSetEvaluator(Evaluator):
         return bool((predictions.labels == OUT_OF_SCOPE_ID).any()) or with_threshold
 
     def __call__(self, predictions: EvalPredictions, reference: Reference = None) -> dict[str, float]:
-        from .open_set import evaluate_open_set
+        from ..open_set.evaluation import evaluate_open_set
 
         self.scores = None
         if not self.applies(predictions):

@@ -148,7 +148,7 @@ class MetricEvaluator:
 
     def draw_open_set(self, p: EvalPredictions, scores: dict[str, np.ndarray], tag: str) -> dict[str, str]:
         """The accuracy / OOS-recall curve of every score (`open_set_curve_<tag>.png`)."""
-        from .open_set import accuracy_recall_plot
+        from ..open_set.evaluation import accuracy_recall_plot
         from .plots import save_png
 
         rows = p.classifier_rows | (p.labels == OUT_OF_SCOPE_ID)

@@ -13,7 +13,7 @@ genuine pairs (same identity) and impostor pairs (different identities):
   for a target false-accept rate (`threshold_at_far`).
 
 Thresholds are always values the scores hold (or the next float above the largest: reject everything), as in
-`open_set_calibration`. `sample_pairs` draws the pairs reproducibly from a labelled set when no pairs file is
+`hf_metric.open_set.calibration`. `sample_pairs` draws the pairs reproducibly from a labelled set when no pairs file is
 given: genuine pairs, random impostors, and impostors from the same group (the hard ones: two trees at one
 address).
 """

@@ -4,7 +4,7 @@
 traced into ONNX by `hf_metric.sharing.export`: the head's logits, the L2-normalised embedding, and, when the
 model stores kNN reference rows, the kNN vote's class probabilities and the fused log-probabilities
 ``log((1 - w) * softmax(head) + w * p_knn)`` (`hf_metric.model.knn_fusion`), and, when the model has an
-open-set rejection rule, its score (`open_set_graph.OpenSetGraphScore`; reject rows below
+open-set rejection rule, its score (`hf_metric.open_set.onnx_graph.OpenSetGraphScore`; reject rows below
 `config.open_set_threshold`). This module imports no torch at load time: the onnxruntime backend runs without it.
 """
 
@@ -98,7 +98,7 @@ class TorchBackend:
 
     def open_set_settings(self):
         """The model's rejection rule and statistics for the evaluator (`OpenSetSettings`)."""
-        from ..evaluation.open_set import OpenSetSettings
+        from ..open_set.evaluation import OpenSetSettings
 
         return OpenSetSettings.from_model(self.model)
 
@@ -172,7 +172,7 @@ class OnnxBackend:
 
     def open_set_settings(self):
         """The exported rule and its statistics (kNN rows, Mahalanobis fit) for the evaluator."""
-        from ..evaluation.open_set import OpenSetSettings, OpenSetStatistics
+        from ..open_set.evaluation import OpenSetSettings, OpenSetStatistics
 
         c, reference = self.config, self.reference
         stats = OpenSetStatistics(

@@ -1,7 +1,7 @@
 """The unknown-identity threshold of a gallery, chosen on validation queries of known and unknown identities.
 
 A query is "unknown" when its best match scores below the threshold. The threshold is chosen by the package's
-one open-set calibration (`evaluation.open_set_calibration.calibrate`, the same criteria and candidate
+one open-set calibration (`hf_metric.open_set.calibration.calibrate`, the same criteria and candidate
 thresholds as the model's out-of-scope rule), with the gallery match as the classifier: a query whose identity
 is enrolled (in its group, for within-group search) is in scope and "correct" when its best match has its
 label; a query of an identity absent from the gallery is out of scope. The default criterion is the best
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..evaluation.open_set_calibration import calibrate
 from ..model.open_set_scores import OUT_OF_SCOPE_ID
+from ..open_set.calibration import calibrate
 from .gallery import Gallery
 
 SCORE_NAME = "gallery_score"

@@ -1,12 +1,11 @@
 """`InferenceModule`: what inference returns, as one `nn.Module` that both the PyTorch backend runs and
 `torch.onnx.export` traces, so onnxruntime serves exactly what PyTorch computes.
 
-Outputs (`output_names`): the (fused) `logits`, the L2-normalised `embeddings`, the head's own `head_logits`;
-with stored kNN rows the vote's `knn_probabilities`; with an open-set rule its `open_set_scores`
-(`open_set_graph.OpenSetGraphScore`). The kNN vote and the fusion are `hf_metric.model.knn_fusion`'s (written
-once); only the search differs from the model's forward: one dense top-k over the stored rows instead of the
-blocked, threaded exact search, because a traced graph needs static operations. Both find the same neighbours.
-"""
+Outputs (`output_names`): the (fused) `logits`, the L2-normalised `embeddings`, the head's own `head_logits`; with
+stored kNN rows the vote's `knn_probabilities`; with an open-set rule its `open_set_scores`
+(`hf_metric.open_set.onnx_graph.OpenSetGraphScore`). The kNN vote and the fusion are `hf_metric.model.knn_fusion`'s
+(written once); only the search differs from the model's forward: one dense top-k over the stored rows instead of
+the blocked, threaded exact search, because a traced graph needs static operations. Both find the same neighbours."""
 
 from __future__ import annotations
 
@@ -18,8 +17,8 @@ import torch
 from torch import nn
 
 from ..model.knn_fusion import fused_log_probabilities, softmax_vote
+from ..open_set.onnx_graph import OpenSetGraphScore
 from .backends import INPUT_NAMES, OUTPUT_NAMES
-from .open_set_graph import OpenSetGraphScore
 
 
 @contextmanager

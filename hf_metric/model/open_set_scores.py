@@ -1,7 +1,7 @@
 """Out-of-scope scores: how much a row looks like one of the trained classes (higher = more in-scope).
 
 A classifier always picks a class, even for inputs that belong to none. Each score below ranks rows by how
-in-scope they look; a threshold on one of them (chosen on validation data, `hf_metric.evaluation.open_set`)
+in-scope they look; a threshold on one of them (chosen on validation data, `hf_metric.open_set.evaluation`)
 turns the classifier into an open-set one. Every score follows the same convention: **higher = in-scope**.
 
 - `msp`: maximum softmax probability (Hendrycks & Gimpel 2017), the baseline; cheap, but a softmax is

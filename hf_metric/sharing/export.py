@@ -17,10 +17,10 @@ fused graph misses it, the plain one is kept and the reason recorded). `quantize
 backbone dynamically; that graph is held to `int8_check`'s tolerance and accuracy check instead.
 
 A model with an open-set rejection rule gets one more output, `open_set_scores` (its calibrated score, any of
-`open_set_graph.EXPORTABLE_SCORES`), and `hf_metric_export.json` states the rule: a row is out of scope when
-``open_set_scores < threshold`` (the threshold is also `config.json`'s `open_set_threshold`); it is then answered
-with `out_of_scope_label`. The Mahalanobis statistics are saved too (`open_set_statistics.npz`) for `evaluate`.
-"""
+`hf_metric.open_set.onnx_graph.EXPORTABLE_SCORES`), and `hf_metric_export.json` states the rule: a row is out of
+scope when ``open_set_scores < threshold`` (the threshold is also `config.json`'s `open_set_threshold`); it is then
+answered with `out_of_scope_label`. The Mahalanobis statistics are saved too (`open_set_statistics.npz`) for
+`evaluate`."""
 
 from __future__ import annotations
 

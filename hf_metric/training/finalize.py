@@ -80,7 +80,7 @@ def add_knn_reference(trainer, cfg: TrainConfig) -> dict[str, float]:
 def add_open_set(trainer, cfg: TrainConfig) -> dict[str, float]:
     """Calibrate the open-set rejection on the validation split (`open_set` section) and store the rule in the
     model; returns the calibration's metrics (`eval_open_set_*`, `eval_oos_*`)."""
-    from .open_set import calibrate_model
+    from ..open_set.model_rule import calibrate_model
     from .outputs import dataset_outputs
 
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..evaluation.open_set import OpenSetStatistics, all_scores, threshold_free_metrics
-from ..evaluation.open_set_calibration import Calibration, calibrate
 from ..model.open_set_scores import OUT_OF_SCOPE_ID
+from .calibration import Calibration, calibrate
+from .evaluation import OpenSetStatistics, all_scores, threshold_free_metrics
 
 logger = logging.getLogger(__name__)
 
