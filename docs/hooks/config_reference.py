@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 import textwrap
 import types
 import typing
@@ -51,7 +52,7 @@ def attribute_docstrings(cls: type) -> dict[str, str]:
         if not isinstance(node, ast.ClassDef):
             continue
         body = node.body
-        for stmt, after in zip(body, body[1:], strict=False):
+        for stmt, after in itertools.pairwise(body):
             target = stmt.target if isinstance(stmt, ast.AnnAssign) else None
             if (
                 isinstance(target, ast.Name)

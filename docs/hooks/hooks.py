@@ -40,5 +40,6 @@ def expand(markdown: str, src_path: str) -> str:
     return SECTION_MARK.sub(lambda m: benchmark_section(m.group(1)), markdown)
 
 
-def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 - the MkDocs hook signature
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    """MkDocs hook: fill in the generated parts of each page before it is rendered."""
     return expand(markdown, page.file.src_path)
