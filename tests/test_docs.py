@@ -305,5 +305,7 @@ def test_site_builds_strictly(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr[-5000:]
     reference = (tmp_path / "site" / "configuration" / "index.html").read_text(encoding="utf-8")
+    keys = {k.path: k for k in load_hook_module("config_reference").config_keys()}
     assert "training.batch_size" in reference
+    assert keys["loss"].description.split(":")[0] in reference  # this checkout's docstrings, not an installed copy's
     assert (tmp_path / "site" / "ru" / "configuration" / "index.html").is_file()

@@ -10,9 +10,19 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import config_reference
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+# Document this checkout's hf_metric, not another installed copy: import it now, while the path points here (MkDocs
+# restores sys.path after loading a hook; the package, once imported, finds its submodules on its own).
+sys.path.insert(0, str(REPOSITORY))
+try:
+    import hf_metric.config  # noqa: F401
+finally:
+    sys.path.remove(str(REPOSITORY))
 
 CONFIG_MARK = "<!-- config-reference -->"
 SECTION_MARK = re.compile(r"<!-- benchmark-section: ([\w-]+) -->")
