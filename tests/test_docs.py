@@ -86,6 +86,25 @@ def test_the_site_navigation_lists_every_page():
     english = {str(p.relative_to(DOCS)) for p in pages() if not p.name.endswith(".ru.md")}
     assert listed == english
 
+    def titles(node):
+        for item in node if isinstance(node, list) else []:
+            for title, value in item.items():
+                yield title
+                yield from titles(value)
+
+    (i18n,) = [p["i18n"] for p in config["plugins"] if isinstance(p, dict) and "i18n" in p]
+    (russian,) = [lang for lang in i18n["languages"] if lang["locale"] == "ru"]
+    assert set(titles(config["nav"])) <= set(russian["nav_translations"])  # the Russian menu is Russian
+
+
+def test_python_examples_parse():
+    for path in [*READMES, *pages()]:
+        for i, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)):
+            try:
+                compile(block, f"{path.name} example {i}", "exec")
+            except SyntaxError as err:
+                pytest.fail(f"{path.relative_to(ROOT)}: {err}")
+
 
 NO_PROCESS_WORDS = re.compile(r"BEGIN issue|END issue|\bissue[ -]?\d+|\bissues?\b|\bsessions?\b", re.IGNORECASE)
 """Words about how the project was built, which mean nothing to a user."""
