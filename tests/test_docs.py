@@ -116,6 +116,32 @@ def test_no_process_notes_in_readmes_and_pages():
         assert found is None, f"{path.relative_to(ROOT)}: {found.group(0)!r}"
 
 
+@pytest.mark.slow  # imports torch and transformers
+def test_code_names_in_the_docs_exist():
+    """Every `hf_metric.module.name` a page or README mentions can be imported: a moved module fails here."""
+    import importlib
+
+    names = set()
+    for path in [*READMES, *pages()]:
+        text = re.sub(r"^:::.*$", "", path.read_text(encoding="utf-8"), flags=re.M)  # API directives: mkdocs checks
+        names.update(re.findall(r"\bhf_metric(?:\.[A-Za-z_][A-Za-z0-9_]*)+", text))
+    assert len(names) > 10
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            module = ".".join(parts[:cut])
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:
+                found = False
+            if found:
+                break
+        value = importlib.import_module(module)
+        for attribute in parts[cut:]:
+            assert hasattr(value, attribute), f"{name}: {module} has no {'.'.join(parts[cut:])}"
+            value = getattr(value, attribute)
+
+
 def test_readme_links_point_at_files():
     for readme in READMES:
         for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme.read_text(encoding="utf-8")):
