@@ -32,6 +32,7 @@ MEGA_BATCH = 50
 """Batches per mega-batch, as the default of `transformers`' `LengthGroupedSampler`: larger mega-batches pad
 less (a P x K batch needs P distinct classes among chunks of similar length) and mix the epoch less."""
 
+
 def length_chunks(rows: np.ndarray, lengths: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
     """`rows` (a multiple of K) sorted by length plus jitter and cut into chunks of K, shortest chunk first."""
     order = np.argsort(lengths[rows] + rng.random(len(rows)) * LENGTH_JITTER, kind="stable")
