@@ -15,6 +15,9 @@ Guarantees (tested in tests/test_group_sampler.py):
 - the order of epoch e depends only on `seed + e` and the group weights of that epoch, which their owner records
   (`curriculum.HardGroupCurriculum` keeps them in the checkpoint) so a resumed run replays the same batches.
 
+With `lengths` (`training.length_grouping`) the batches hold rows of similar length (`GroupPKSampler` args,
+docs/sampling.md) under the same guarantees.
+
 Group weights (`GroupWeights`, e.g. the hard-group curriculum) change how many chunks each group contributes to
 an epoch: a weight of 2 draws the group's chunks twice as often, 0.5 half as often; the epoch length does not
 change, and uniform weights (the default) give the coverage guarantee above.
@@ -55,8 +58,10 @@ class GroupPKSampler(Sampler[int]):
         num_replicas: processes the batches are dealt to; the batch count is rounded up to a multiple of it.
         weights: optional per-epoch group weights (see `GroupWeights`).
         lengths: tokens of every row (`training.length_grouping`); given, each class's rows of the epoch are
-            sorted by length before they are cut into chunks, and a class's chunks go to its batches by length
-            rank (`length_batches.match_chunks`): the classes of every batch are those planned without lengths.
+            sorted by length before they are cut into chunks, every batch gets a target length (a mega-batch's
+            targets sweep the lengths left), classes and groups with a chunk near it are preferred and give that
+            chunk (`length_batches.LengthPool`), and the batches come in a random order, the longest first. The
+            group rules, the coverage and the epoch length stay those without lengths.
     """
 
     def __init__(

@@ -134,13 +134,12 @@ class ClassBalancedBatchSampler(Sampler[int]):
         how many groups each), each class's groups dealt to them at random, packed shortest first inside each;
         then the batches in a random order, the longest first."""
         groups = [[g[i] for i in rng.permutation(len(g))] for g in self._class_groups(rng)]
-        size = MEGA_BATCH
         mega_batches: list[list[tuple[int, np.ndarray]]] = []
         if self.distinct:
             left = np.array([len(g) for g in groups], dtype=float)
-            for start in range(0, self.num_batches, size):
+            for start in range(0, self.num_batches, MEGA_BATCH):
                 chunks: list[tuple[int, np.ndarray]] = []
-                for _ in range(min(size, self.num_batches - start)):
+                for _ in range(min(MEGA_BATCH, self.num_batches - start)):
                     chosen = self._plan_batch(rng, left)
                     chunks += [(c, groups[c].pop()) for c in chosen]
                     exclude = set(chosen)
@@ -151,7 +150,7 @@ class ClassBalancedBatchSampler(Sampler[int]):
             flat = [g for class_groups in groups for g in class_groups]
             flat += [self._fresh_group(rng, set())[1] for _ in range(self.num_batches * self.p - len(flat))]
             flat = [flat[i] for i in rng.permutation(len(flat))]
-            step = size * self.p
+            step = MEGA_BATCH * self.p
             mega_batches = [list(enumerate(flat[i : i + step])) for i in range(0, len(flat), step)]
         batches = [batch for chunks in mega_batches for batch in pack_mega_batch(chunks, self.lengths, self.p, rng)]
         return deal(batches, self.lengths, rng)
