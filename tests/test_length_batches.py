@@ -185,10 +185,22 @@ def test_pack_mega_batch_places_every_chunk_even_when_a_class_must_fill_every_ba
             assert len({owner[tuple(rows)] for rows in batch}) == p
 
 
-def test_length_chunks_are_sorted_runs_of_k():
+def test_length_chunks_are_sorted_runs_of_k_each_row_moved_less_than_k_places(monkeypatch):
+    import hf_metric.training.length_batches as length_batches
+
     lengths = np.array([9, 1, 5, 7, 3, 8, 2, 6])
+    monkeypatch.setattr(length_batches, "ORDER_JITTER", 0.0)
     chunks = length_chunks(np.arange(8), lengths, 2, np.random.default_rng(0))
     assert [sorted(lengths[c].tolist()) for c in chunks] == [[1, 2], [3, 5], [6, 7], [8, 9]]
+    monkeypatch.setattr(length_batches, "ORDER_JITTER", 1.0)
+    lengths = np.random.default_rng(1).permutation(60)  # distinct: the sorted place of every row is known
+    rank = np.argsort(np.argsort(lengths))
+    orders = set()
+    for seed in range(20):
+        order = np.concatenate(length_chunks(np.arange(60), lengths, 4, np.random.default_rng(seed)))
+        assert (np.abs(np.arange(60) - rank[order]) < 4).all()
+        orders.add(tuple(order))
+    assert len(orders) == 20  # the chunks change with the generator (the epoch)
 
 
 def test_length_pool_distance_and_take_match_a_naive_loop():

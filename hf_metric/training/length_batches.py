@@ -3,8 +3,8 @@
 The P x K samplers decide which classes meet in a batch; a pad-to-longest collator then pays for the longest row
 of every batch. Two tools cut that cost without touching any P x K promise:
 
-- `length_chunks`: each class's rows sorted by length (plus a small random jitter, so chunks differ between
-  epochs) before they are cut into chunks of K, so the K rows of a chunk are of similar length;
+- `length_chunks`: each class's rows sorted by length (each moved a few places at random, so chunks differ
+  between epochs) before they are cut into chunks of K, so the K rows of a chunk are of similar length;
 - `pack_mega_batch`: inside a mega-batch (a run of batches, like the mega-batches of `transformers`' own
   `LengthGroupedSampler`), the chunks are sorted by length and dealt, shortest first, into batches of P distinct
   classes. A class that must go now (as many chunks left as batches left) goes now, so every chunk is placed;
@@ -23,10 +23,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-LENGTH_JITTER = 1.0
-"""Tokens of random noise added to the lengths before sorting: rows of equal token count come in a new random
-order every epoch. A larger jitter mixes neighbouring lengths (more varied positives, more padding: 3 tokens
-cost 2 to 3 points of padding on Banking77)."""
+ORDER_JITTER = 1.0
+"""How far, in chunks of K, a row may move from its place in its class's length order (at random, anew every
+epoch): the K rows of a chunk come from about 2K neighbours in length, so an anchor's in-batch positives change
+between epochs. On the Banking77 demo subset, 0 pads 10.4 % of the tokens and sees 9.6k distinct positive pairs
+in 5 epochs, 1 pads 12.0 % and sees 12.2k, 2 pads 14.9 % and sees 14.5k (random P x K batches: 64 %, 19.8k)."""
 
 MEGA_BATCH = 50
 """Batches per mega-batch, as the default of `transformers`' `LengthGroupedSampler`: larger mega-batches pad
@@ -34,8 +35,12 @@ less (a P x K batch needs P distinct classes among chunks of similar length) and
 
 
 def length_chunks(rows: np.ndarray, lengths: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """`rows` (a multiple of K) sorted by length plus jitter and cut into chunks of K, shortest chunk first."""
-    order = np.argsort(lengths[rows] + rng.random(len(rows)) * LENGTH_JITTER, kind="stable")
+    """`rows` (a multiple of K) sorted by length (ties in a random order), each moved by up to `ORDER_JITTER` x K
+    places at random, and cut into chunks of K, shortest chunk first."""
+    order = np.lexsort((rng.random(len(rows)), lengths[rows]))
+    rank = np.empty(len(rows))
+    rank[order] = np.arange(len(rows))
+    order = np.argsort(rank + rng.random(len(rows)) * ORDER_JITTER * k, kind="stable")
     return list(rows[order].reshape(-1, k))
 
 
