@@ -6,13 +6,13 @@ row appears in every epoch (groups short of K are topped up from their own class
 fixed in advance, which the Trainer needs for its schedule and for resuming mid-epoch.
 
 With `lengths` (token counts, `training.length_grouping`), the batches are length-aware (`length_batches`):
-each class's rows are sorted by length (each moved a few places at random) before they are cut into groups, the epoch is cut into
-mega-batches (the classes of each drawn as without lengths, each class's groups spread over them at random), and
-inside a mega-batch the groups are dealt into batches of P distinct classes shortest first; the batches of the
-epoch then come in a random order, the longest first (a batch too large for memory fails at once). On Banking77
-with MiniLM and max_len 64, batches of 8 x 4 pad far less (`bench/padding_waste.py`, docs/sampling.md). The
-P x K promise is kept: P classes x K rows per batch, every row once per epoch, the order a function of seed +
-epoch.
+each class's rows are sorted by length (each moved a few places at random) before they are cut into groups,
+the epoch is cut into mega-batches (the classes of each drawn as without lengths, each class's groups spread
+over them at random), and inside a mega-batch the groups are dealt into batches of P distinct classes shortest
+first; the batches of the epoch then come in a random order, the longest first (a batch too large for memory
+fails at once). On Banking77 with MiniLM and max_len 64, batches of 8 x 4 pad far less (`bench/padding_waste.py`,
+docs/sampling.md). The P x K promise is kept: P classes x K rows per batch, every row once per epoch, the order
+a function of seed + epoch.
 """
 
 from __future__ import annotations
