@@ -135,11 +135,15 @@ class TrainingSection:
     """group_pk: the in-group classes of a batch come from at most this many groups."""
     hard_group_mining: HardGroupMiningSection | None = None
     length_grouping: bool = False
-    """P x K batches of rows of similar token length (`samplers.ClassBalancedBatchSampler`): less padding."""
+    """P x K batches (pk or group_pk) of rows of similar token length (`training.length_batches`): less padding."""
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
-        _check(not self.length_grouping or self.sampler == "pk", "training.length_grouping", "needs sampler: pk")
+        _check(
+            not self.length_grouping or self.sampler != "random",
+            "training.length_grouping",
+            "needs sampler: pk or group_pk",
+        )
         _check(self.num_epochs > 0, "training.num_epochs", "must be > 0")
         _at_least(self, "training.", gradient_accumulation_steps=1, max_seq_length=2)
         _check(
