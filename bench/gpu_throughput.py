@@ -202,7 +202,7 @@ def one_run(case: str, arm: str, grouping: bool, args: argparse.Namespace) -> di
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from hf_metric.config import config_from_dict
+    from hf_metric.loading import config_from_dict
     from hf_metric.run import build_run
 
     with tempfile.TemporaryDirectory(prefix="hf_metric_gpu_throughput_") as out_dir:

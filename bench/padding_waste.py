@@ -116,8 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if not __package__:  # run as a file: import hf_metric from this repository, not an installed copy
-        import sys
-
-        sys.path.insert(0, str(ROOT))
     main()

@@ -297,6 +297,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if not __package__:  # run as a file: the children and `bench.docs_section` need the repository on the path
-        sys.path.insert(0, str(ROOT))
     main()

@@ -243,7 +243,7 @@ def _varied_rows(per_class: int = 16):
 
 def _run(config, checkpoint=None) -> tuple[list[tuple[int, list]], object]:
     """Train; (optimizer step, the rows of the micro-batch) for every micro-batch, and the trainer."""
-    from hf_metric.config import load_config
+    from hf_metric.loading import load_config
     from hf_metric.run import build_trainer
 
     trainer = build_trainer(load_config(config), report_to=[])

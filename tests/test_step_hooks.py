@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from conftest import synthetic_rows, write_parquet
 
-from hf_metric.config import load_config
+from hf_metric.loading import load_config
 from hf_metric.run import build_trainer
 
 
