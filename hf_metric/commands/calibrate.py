@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.tables import format_metrics_table
     from ..inference.backends import load_backend, read_id2label, read_model_config
     from ..inference.evaluate import read_test_file
+    from ..model.open_set_scores import OUT_OF_SCOPE_ID
     from ..open_set.recalibrate import file_scores, recalibrate
     from .common import check_model_dir, featurizer, model_config
 
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = model_config(args, args.data)
     oos_label = args.out_of_scope_label or read_model_config(args.model).get("out_of_scope_label") or "oos"
     labeled = read_test_file(args.data, read_id2label(args.model), oos_label)
+    if args.criterion in ("accuracy", "fpr") and not (labeled.labels == OUT_OF_SCOPE_ID).any():
+        raise DataError(f"{args.data}: criterion {args.criterion} needs rows labelled {oos_label!r}; there are none")
     backend = load_backend(args.model, "torch", args.device)
     feat = featurizer(args.model, args.data, cfg)
     scores, logits, labels, fusion_stats = file_scores(backend, labeled, feat, cfg.training.batch_size)
