@@ -1,6 +1,6 @@
 """Interleaved A/B timing of the exact kNN evaluation against faiss, in one process.
 
-    python bench/ab_knn.py [--sizes 10000 30000] [--repeats 5] [--baseline GIT_REF]
+    python -m bench.ab_knn [--sizes 10000 30000] [--repeats 5] [--baseline GIT_REF]
 
 On a shared machine absolute times drift with other people's load, so `bench/bench_knn.py` (fresh process per
 run) needs many runs to compare two methods. This script instead alternates faiss, hf_metric (and, with
@@ -16,17 +16,14 @@ import importlib.util
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import hf_metric.evaluation.metrics
+from bench.bench_knn import make_data, run_method
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-
-from bench_knn import make_data, run_method  # noqa: E402
-
-import hf_metric.evaluation.metrics  # noqa: E402
 
 
 def baseline_search(ref: str):

@@ -3,15 +3,15 @@ CE + class weights, focal loss and the recommended metric-learning recipe, each 
 ResNet on log-mel spectrograms (configs/quickstart_audio.yaml) for the same epochs; test accuracy, macro-F1,
 macro-F1 over the 9 rarest words, kNN accuracy and training time (bench/media_recipes.py).
 
-    python bench/audio_spoken_words.py --epochs 20 --json docs/audio_spoken_words.json
-    python bench/audio_spoken_words.py --max-steps 2 --recipes ce_linear recipe   # smoke test
+    python -m bench.audio_spoken_words --epochs 20 --json docs/audio_spoken_words.json
+    python -m bench.audio_spoken_words --max-steps 2 --recipes ce_linear recipe   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 
-from media_recipes import ROOT, add_arguments, run
+from bench.media_recipes import ROOT, add_arguments, run
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Approximate kNN indexes (faiss IVF / HNSW via `hf_metric.evaluation.ann`) against exact search.
 
-    python bench/bench_ann.py [--n 1000000] [--queries 10000] [--out docs/benchmarks.md]
+    python -m bench.bench_ann [--n 1000000] [--queries 10000] [--out docs/benchmarks.md]
 
 Data: N reference and Q query rows of width 384 drawn around N / 100 cluster centres (clustered Gaussian,
 float32, so that near neighbours are meaningful and recall is not trivially high or low). Exact: the top 10 of
@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from bench.docs_section import write_section
 
-from docs_section import write_section  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MARKS = ("<!-- bench_ann:start -->", "<!-- bench_ann:end -->")
 VARIANTS = {
@@ -87,7 +86,7 @@ def main() -> None:
         print(f"{name}: build {build_s:.1f} s, query {query_s:.2f} s, recall@10 {recall:.4f}", flush=True)
         del search
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    command = "python bench/bench_ann.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.bench_ann " + " ".join(sys.argv[1:])
     lines = [
         MARKS[0],
         "## Approximate kNN index vs exact search (`bench/bench_ann.py`)",

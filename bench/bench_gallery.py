@@ -1,6 +1,6 @@
 """Gallery search speed: the whole gallery vs within-group candidate sets, and the cost of an atomic append.
 
-    python bench/bench_gallery.py [--rows 200000] [--groups 20000] [--queries 50000] [--dim 384] [--k 5]
+    python -m bench.bench_gallery [--rows 200000] [--groups 20000] [--queries 50000] [--dim 384] [--k 5]
 
 Data: random unit vectors (float32). Timed, each once after a warm-up on 1 % of the queries:
 

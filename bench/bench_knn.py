@@ -1,6 +1,6 @@
 """Exact kNN evaluation (recall@K + kNN accuracy) with hf_metric against faiss and scikit-learn, on CPU.
 
-    python bench/bench_knn.py [--sizes 10000 50000 200000] [--repeats 3] [--out docs/benchmarks.md]
+    python -m bench.bench_knn [--sizes 10000 50000 200000] [--repeats 3] [--out docs/benchmarks.md]
 
 Data: N_query = N_ref = N random unit vectors of width 384 around 1000 class centres (float32). Each method
 searches the k = 10 nearest references of every query by cosine similarity and computes recall@{1,5,10} and
@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from docs_section import write_section
+
+from bench.docs_section import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("hf_metric", "hf_metric_2calls", "faiss", "sklearn")
@@ -191,7 +192,7 @@ def main() -> None:
         worker(args.worker, args.n, args.dim, args.classes)
         return
 
-    command = "python bench/bench_knn.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.bench_knn " + " ".join(sys.argv[1:])
     wall = time.perf_counter()
     results: dict[tuple[str, int], list[dict]] = {}
     skipped: dict[tuple[str, int], str] = {}

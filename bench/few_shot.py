@@ -1,8 +1,8 @@
 """Few-shot text classification: plain CE vs hf_metric (recipe and few-shot preset) vs SetFit, k rows per class.
 
-    python bench/few_shot.py --datasets banking77 --ks 10 --seeds 0 1 2          # test protocol (the table)
-    python bench/few_shot.py --protocol val --methods few_shot --overrides '{"training": {"num_epochs": 10}}'
-    python bench/few_shot.py --render-only                                        # rewrite the docs section
+    python -m bench.few_shot --datasets banking77 --ks 10 --seeds 0 1 2          # test protocol (the table)
+    python -m bench.few_shot --protocol val --methods few_shot --overrides '{"training": {"num_epochs": 10}}'
+    python -m bench.few_shot --render-only                                        # rewrite the docs section
 
 For each dataset, k and seed, `sample_k_shot` draws k training rows per class (seeded per class; the samples of
 one seed are nested: the 5-shot rows are the first 5 of the 10-shot rows). Every method trains on exactly those
@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import quality
-import quality_render
 import torch
 import yaml
-from docs_section import append_result, read_results, table_row, write_section
+
+from bench import quality, quality_render
+from bench.docs_section import append_result, read_results, table_row, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -352,7 +352,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     run_id = args.run_id or time.strftime("%Y-%m-%dT%H:%M:%S")
-    command = "python bench/few_shot.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.few_shot " + " ".join(sys.argv[1:])
     for dataset in args.datasets:
         for k in args.ks:
             for seed in args.seeds:

@@ -1,6 +1,6 @@
 """Tune classifier + kNN fusion offline on arrays saved by `bench/quality.py --arrays DIR` (validation protocol).
 
-    python bench/fusion_grid.py /work/logs/arrays/val/cosine.npz [...]
+    python -m bench.fusion_grid /work/logs/arrays/val/cosine.npz [...]
 
 For each file: classifier-only and kNN-only accuracy, then accuracy / macro-F1 of the fused prediction for a
 grid of weights and temperatures (`hf_metric.model.knn_fusion`), so the model's default can be picked on validation

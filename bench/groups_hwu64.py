@@ -1,8 +1,8 @@
 """Grouped identification on HWU64 (64 intents in 18 scenarios): the recommended recipe with and without each
 group lever, scored by accuracy, macro-F1 and the error analysis by group.
 
-    python bench/groups_hwu64.py --protocol val                       # tune: 90 % of train, scored on 10 %
-    python bench/groups_hwu64.py --protocol test --variants recipe all   # once, at the end: the official test
+    python -m bench.groups_hwu64 --protocol val                       # tune: 90 % of train, scored on 10 %
+    python -m bench.groups_hwu64 --protocol test --variants recipe all   # once, at the end: the official test
 
 Variants (`VARIANTS`) override the example config (`configs/metric_classifier_training.example.yaml`, the
 recommended recipe: cosine head, 0.2 x SupCon, P x K batches, kNN fusion):
@@ -31,8 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from docs_section import append_result, read_results, table_row, write_section
-from quality import SEED, VAL_RATIO, deep_update, encode, train_variant
+
+from bench.docs_section import append_result, read_results, table_row, write_section
+from bench.quality import SEED, VAL_RATIO, deep_update, encode, train_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_PK = {"training": {"sampler": "group_pk", "groups_per_batch": 2, "group_mix": 0.25}}
@@ -162,7 +163,7 @@ def main() -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    run_id, command = time.strftime("%Y-%m-%dT%H:%M:%S"), "python bench/groups_hwu64.py " + " ".join(sys.argv[1:])
+    run_id, command = time.strftime("%Y-%m-%dT%H:%M:%S"), "python -m bench.groups_hwu64 " + " ".join(sys.argv[1:])
     rows = []
     with tempfile.TemporaryDirectory(prefix="hf_metric_groups_") as tmp:
         split = load_split(Path(args.data), args.protocol, Path(tmp), args.limit_per_class)

@@ -1,6 +1,6 @@
 """Train one short run per classification head on the Banking77 demo subset and print a comparison table.
 
-    python bench/heads_banking77.py [--epochs 2] [--heads linear arcface ...] [--out docs/heads_banking77.json]
+    python -m bench.heads_banking77 [--epochs 2] [--heads linear arcface ...] [--out docs/heads_banking77.json]
 
 Every run uses configs/quickstart.yaml with only `head` changed (and `num_epochs`), so the numbers compare heads,
 not recipes. Margin heads use scale 30 (64 is tuned for face recognition with far more steps).

@@ -3,15 +3,15 @@
 recommended metric-learning recipe, each on the same small from-scratch ConvNeXt (configs/quickstart_image.yaml)
 for the same epochs (bench/media_recipes.py).
 
-    python bench/image_digits.py --epochs 20 --json docs/image_digits.json
-    python bench/image_digits.py --max-steps 2 --recipes ce_linear recipe   # smoke test
+    python -m bench.image_digits --epochs 20 --json docs/image_digits.json
+    python -m bench.image_digits --max-steps 2 --recipes ce_linear recipe   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 
-from media_recipes import ROOT, add_arguments, run
+from bench.media_recipes import ROOT, add_arguments, run
 
 
 def main() -> None:

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import yaml
-from quality import deep_update
+
+from bench.quality import deep_update
 
 ROOT = Path(__file__).resolve().parents[1]
 

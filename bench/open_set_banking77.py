@@ -1,7 +1,7 @@
 """Open-set protocol on Banking77: can the model reject intents it was never trained on?
 
-    python bench/open_set_banking77.py                     # the full protocol, all arms (docs/benchmarks.md)
-    python bench/open_set_banking77.py --intents 12 --max-per-class 8 --max-steps 1 --docs /tmp/x.md   # smoke
+    python -m bench.open_set_banking77                     # the full protocol, all arms (docs/benchmarks.md)
+    python -m bench.open_set_banking77 --intents 12 --max-per-class 8 --max-steps 1 --docs /tmp/x.md   # smoke
 
 Protocol (seeded, `--seed` 42): 25 % of the 77 intents become out of scope. Their test rows are the out-of-scope
 test rows. Their training rows enter the run's training file with label "oos" (`data.out_of_scope_label`):
@@ -49,8 +49,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from docs_section import write_section
-from quality import deep_update, encode
+
+from bench.docs_section import write_section
+from bench.quality import deep_update, encode
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "configs" / "metric_classifier_training.example.yaml"
@@ -264,7 +265,7 @@ def main() -> None:
             result["val_oos_rows"] = int((labeled.labels[val_idx] < 0).sum())
             result["seconds"] = round(seconds, 1)
             results[protocol][arm] = result
-    command = "python bench/open_set_banking77.py " + " ".join(
+    command = "python -m bench.open_set_banking77 " + " ".join(
         f"--{k.replace('_', '-')} {v}"
         for k, v in vars(args).items()
         if k in ("epochs", "intents", "max_per_class", "criterion", "target", "max_steps") and v is not None and v != -1

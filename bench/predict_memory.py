@@ -7,7 +7,7 @@ the same (Parquet is read a row group at a time: this file is written in row gro
 200k / 4 rows up both files have the same row groups); the script exits with code 1 when the large file's
 peak exceeds the small one's by more than `--max-growth-mb`.
 
-    python bench/predict_memory.py --rows 200000 --tiny    # or --model checkpoints/best (real speed, slower)
+    python -m bench.predict_memory --rows 200000 --tiny    # or --model checkpoints/best (real speed, slower)
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.inference import generated_texts
 
-from inference import generated_texts  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_rows(path: str, rows: int, chunk: int = 50_000) -> None:

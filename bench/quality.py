@@ -1,7 +1,7 @@
 """Does CE + metric learning beat plain cross-entropy? Train both on Banking77 and compare, end to end.
 
-    python bench/quality.py                                   # the comparison: plain CE vs the example config
-    python bench/quality.py --protocol val --epochs 2 --variants cosine cosine_proj ...   # ablations
+    python -m bench.quality                                   # the comparison: plain CE vs the example config
+    python -m bench.quality --protocol val --epochs 2 --variants cosine cosine_proj ...   # ablations
 
 Recipes (same packaged all-MiniLM-L6-v2 backbone, batch 32, lr 1e-4, linear warm-up 10 % / decay, max_len 64):
 
@@ -41,8 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
-from docs_section import append_result
-from quality_render import write_docs
+
+from bench.docs_section import append_result
+from bench.quality_render import write_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "configs" / "metric_classifier_training.example.yaml"
@@ -341,7 +342,7 @@ def main() -> None:
         parser.error("--seeds > 1 needs --protocol test (the val protocol's held-out rows depend on seed 42)")
     rows = []
     run_id = args.run_id or time.strftime("%Y-%m-%dT%H:%M:%S")
-    command = "python bench/quality.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.quality " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="hf_metric_quality_") as tmp:
         workdir = Path(tmp)
         split = load_split(Path(args.data), args.protocol, workdir)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from docs_section import read_results, write_section
+
+from bench.docs_section import read_results, write_section
 
 MARKS = ("<!-- quality:start -->", "<!-- quality:end -->")
 FUSION_PROBE = (0.3, 0.05)
@@ -17,8 +18,8 @@ FUSION_PROBE = (0.3, 0.05)
 
 def _fused_accuracy(npz: Path) -> str:
     """Accuracy / macro-F1 of the head's logits fused with the kNN vote at `FUSION_PROBE`, from saved arrays."""
-    from fusion_grid import fused_scores
-    from quality import KNN_K
+    from bench.fusion_grid import fused_scores
+    from bench.quality import KNN_K
 
     weight, temperature = FUSION_PROBE
     return fused_scores(np.load(npz), [weight], temperature, KNN_K)[0]
@@ -196,7 +197,7 @@ def write_docs(results: Path, docs: Path, arrays: Path | None) -> None:
     lines = [MARKS[0], "## CE + metric learning vs plain cross-entropy on Banking77 (`bench/quality.py`)", ""]
     if latest:
         run = [r for r in tests if r["run_id"] == latest]
-        commands = list(dict.fromkeys(r.get("command", "python bench/quality.py") for r in run))
+        commands = list(dict.fromkeys(r.get("command", "python -m bench.quality") for r in run))
         together = " and, at the same time, ".join(f"`{c}`" for c in commands)
         side_by_side = (
             " (one process per recipe, side by side, so both saw the same machine load)" if len(commands) > 1 else ""

@@ -5,7 +5,7 @@ validation protocol (seed 42, the test file is not read); the rule fixed before 
 spec with the best validation accuracy (the model's fused prediction), and keeps the control (the first spec)
 unless the pick beats it by `--min-gain`. Phase 2 trains the plain-Trainer baseline, the control and the pick on
 the full train file, one process per (spec, seed), and scores each once on the test file. Rows go to
-`--results` with run ids `<run-id>-val` and `<run-id>-test`; `python bench/quality.py --render-only` renders them.
+`--results` with run ids `<run-id>-val` and `<run-id>-test`; `python -m bench.quality --render-only` renders them.
 
 A spec is a `bench/quality.VARIANTS` name (or `baseline`), optionally `@epochs`: `hf_metric@10`.
 """
@@ -19,9 +19,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from docs_section import read_results
-from quality import SEED
-from quality_render import spec
+from bench.docs_section import read_results
+from bench.quality import SEED
+from bench.quality_render import spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def spec_args(spec: str) -> list[str]:
 
 
 def run_all(jobs: list[list[str]], parallel: int, log_dir: Path) -> None:
-    """Run each argument list as `python bench/quality.py ...`, `parallel` at a time; stop on the first failure."""
+    """Run each argument list as `python -m bench.quality ...`, `parallel` at a time; stop on the first failure."""
 
     def one(i_args: tuple[int, list[str]]) -> int:
         i, args = i_args
@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     log_dir = Path(args.logs)
     log_dir.mkdir(parents=True, exist_ok=True)
-    launched_by = "python bench/quality_sweep.py " + " ".join(sys.argv[1:])
+    launched_by = "python -m bench.quality_sweep " + " ".join(sys.argv[1:])
     common = ["--data", args.data, "--threads", str(args.threads), "--results", args.results, "--docs", ""]
     common += ["--launched-by", launched_by]
     common += ["--max-steps", str(args.max_steps)] if args.max_steps > 0 else []

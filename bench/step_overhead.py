@@ -1,8 +1,10 @@
 """Seconds per optimizer step: hf_metric's trainer (the recipe and with each part switched off) against a plain
-`transformers.Trainer` (CE, linear head, random batches) on the same backbone, batch, max_len and rows.
+`transformers.Trainer` (CE, linear head) on the same backbone, batch, max_len and rows, with random batches and
+with its own length grouping (`train_sampling_strategy="group_by_length"`, `LengthGroupedSampler`), the fair
+peer of `recipe_length_grouping`.
 
-    python bench/step_overhead.py --steps 40 --warmup 8 --repeats 3     # writes its table to docs/benchmarks.md
-    python bench/step_overhead.py --data ../shared/data/banking77/train.parquet ...   # another training file
+    python -m bench.step_overhead --steps 40 --warmup 8 --repeats 3     # writes its table to docs/benchmarks.md
+    python -m bench.step_overhead --data ../shared/data/banking77/train.parquet ...   # another training file
 
 Each measurement is its own process (fresh allocator and caches); variants alternate (A B C ... A B C ...) so a
 change in machine load hits all of them alike. A callback records the wall time of every optimizer step; the
@@ -35,6 +37,7 @@ BATCH, MAX_LEN = 32, 64
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain_trainer": {},
+    "plain_trainer_length_grouped": {},
     "recipe": {},
     "recipe_no_bank": {"metric_validation": {"keep_last_n_emb_steps": 1}},
     "recipe_no_supcon": {"loss": {"metric": {"weight": 0.0}}},
@@ -42,7 +45,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe_no_collapse_watch": {"training": {"collapse_check_steps": 1_000_000}},
     "recipe_length_grouping": {"training": {"length_grouping": True}},
 }
-"""Name -> overrides of the example config (`plain_trainer` is transformers alone)."""
+"""Name -> overrides of the example config (`plain_trainer*` is transformers alone)."""
+PLAIN = ("plain_trainer", "plain_trainer_length_grouped")
 
 
 class TokenCounter:
@@ -116,7 +120,17 @@ def _arguments(out_dir: str, steps: int, **extra: Any):
     )
 
 
-def plain_trainer(steps: int, out_dir: str) -> list[float]:
+def length_grouping_arguments() -> dict[str, Any]:
+    """The Trainer's own length grouping: `train_sampling_strategy` from transformers 5 on, `group_by_length`
+    before."""
+    from transformers import TrainingArguments
+
+    if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length"}
+    return {"group_by_length": True}
+
+
+def plain_trainer(steps: int, out_dir: str, length_grouped: bool = False) -> tuple[list[float], list, Any]:
     import pyarrow.parquet as pq
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
@@ -135,16 +149,18 @@ def plain_trainer(steps: int, out_dir: str) -> list[float]:
     timer, counter = _step_timer(), TokenCounter(DataCollatorWithPadding(tokenizer))
     trainer = Trainer(
         model=model,
-        args=_arguments(out_dir, steps),
+        args=_arguments(out_dir, steps, **(length_grouping_arguments() if length_grouped else {})),
         train_dataset=train,
+        processing_class=tokenizer,
         data_collator=counter,
         callbacks=[timer],
     )
+    print(f"sampler: {type(trainer._get_train_sampler()).__name__}", flush=True)
     trainer.train()
     return timer.times, counter.batches, model
 
 
-def hf_metric_trainer(overrides: dict[str, Any], steps: int, out_dir: str) -> list[float]:
+def hf_metric_trainer(overrides: dict[str, Any], steps: int, out_dir: str) -> tuple[list[float], list, Any]:
     import yaml
 
     from hf_metric.loading import config_from_dict
@@ -174,9 +190,10 @@ def child(name: str, steps: int, out_dir: str, warmup: int) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    times, batches, model = (
-        plain_trainer(steps, out_dir) if name == "plain_trainer" else hf_metric_trainer(VARIANTS[name], steps, out_dir)
-    )
+    if name in PLAIN:
+        times, batches, model = plain_trainer(steps, out_dir, length_grouped=name == "plain_trainer_length_grouped")
+    else:
+        times, batches, model = hf_metric_trainer(VARIANTS[name], steps, out_dir)
     timed = batches[warmup : len(times)]  # one batch per step (no gradient accumulation)
     seconds = sum(times[warmup:])
     fed, real = sum(b[0] for b in timed), sum(b[1] for b in timed)
@@ -220,7 +237,8 @@ def main() -> None:
     throughput: dict[str, list[dict]] = {v: [] for v in args.variants}
     for _ in range(args.repeats):
         for name in args.variants:
-            cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--out", args.out]
+            cmd = [sys.executable, "-m", "bench.step_overhead", "--child", name, "--steps", str(args.steps)]
+            cmd += ["--out", args.out]
             cmd += ["--warmup", str(args.warmup), "--data", args.data]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
             result = json.loads(out.split("RESULT ", 1)[1])
@@ -233,10 +251,11 @@ def main() -> None:
             )
     load_after = os.getloadavg()
     base = median(per_variant.get("plain_trainer", [float("nan")]))
+    grouped_base = median(per_variant.get("plain_trainer_length_grouped", [float("nan")]))
     rows = [
-        "| variant | s / step (median of repeats) | x plain Trainer | real tokens / s | padding share "
-        "| x peak (real tokens) | x peak (fed tokens) |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | s / step (median of repeats) | x plain Trainer | x plain Trainer, length-grouped "
+        "| real tokens / s | padding share | x peak (real tokens) | x peak (fed tokens) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in args.variants:
         value = median(per_variant[name])
@@ -246,17 +265,18 @@ def main() -> None:
             if key not in ("times", "variant")
         }
         rows.append(
-            f"| {name} | {value:.3f} | {value / base:.3f} | {t['real_tokens_per_s']:,.0f} | {t['padding_share']:.3f} "
+            f"| {name} | {value:.3f} | {value / base:.3f} | {value / grouped_base:.3f} "
+            f"| {t['real_tokens_per_s']:,.0f} | {t['padding_share']:.3f} "
             f"| {t['real_flop_share']:.3f} | {t['fed_flop_share']:.3f} |"
         )
     peak = median([r["peak_gflops"] for runs in throughput.values() for r in runs])
     rows.append(f"\nfloat32 matmul peak (2048^3 torch.mm, median of the runs' best): {peak:.1f} GFLOP/s.")
-    command = "python bench/step_overhead.py " + " ".join(sys.argv[1:])
+    command = "python -m bench.step_overhead " + " ".join(sys.argv[1:])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     section = "\n".join(
         [
             "<!-- step-overhead:start -->",
-            "## Training step: hf_metric vs plain transformers.Trainer (`bench/step_overhead.py`)",
+            "## Training step: hf_metric vs plain transformers.Trainer (`python -m bench.step_overhead`)",
             "",
             f"Command: `{command}`; {time.strftime('%Y-%m-%d')}; {machine}; load average "
             f"{load_before[0]:.2f} before, {load_after[0]:.2f} after; batch {BATCH}, max_len {MAX_LEN}, "
@@ -269,8 +289,7 @@ def main() -> None:
     )
     print(section)
     if not args.no_docs:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from docs_section import write_section
+        from bench.docs_section import write_section
 
         write_section(
             ROOT / "docs" / "benchmarks.md", section, ("<!-- step-overhead:start -->", "<!-- step-overhead:end -->")
@@ -278,4 +297,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if not __package__:  # run as a file: the children and `bench.docs_section` need the repository on the path
+        sys.path.insert(0, str(ROOT))
     main()

@@ -18,8 +18,7 @@ def few_shot_row(run_id: str, k: int, seed: int, accuracy: float, method: str = 
 
 
 def test_few_shot_docs_show_the_latest_run_of_every_k(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import few_shot
+    from bench import few_shot
 
     rows = [
         few_shot_row("k10-old", 10, 0, 0.10),
@@ -38,8 +37,7 @@ def test_few_shot_docs_show_the_latest_run_of_every_k(tmp_path, monkeypatch):
 
 def test_few_shot_comparison_pairs_preset_and_setfit_by_seed(tmp_path, monkeypatch):
     """The headline table is rendered from the rows: per-seed differences only where both arms ran that seed."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import few_shot
+    from bench import few_shot
 
     rows = [
         few_shot_row("k10", 10, 0, 0.80),
@@ -64,8 +62,7 @@ def test_few_shot_comparison_pairs_preset_and_setfit_by_seed(tmp_path, monkeypat
 def test_ablation_table_separates_the_head_from_the_fused_prediction(monkeypatch):
     """Newer rows record the model's (fused) prediction as accuracy and the head apart; older rows only the head.
     One table must put each number in its own column, whichever kind of row it holds."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import quality_render
+    from bench import quality_render
 
     base = {"dataset": "toy", "protocol": "val", "overrides": {}, "knn_accuracy": 0.5, "knn_f1": 0.5, "load_avg": 2.0}
     rows = [
@@ -96,9 +93,9 @@ def quality_row(run_id: str, variant: str, seed: int, accuracy: float, **extra) 
 def test_sweep_rows_get_their_own_tables_and_leave_the_seeds_tables_alone(tmp_path, monkeypatch):
     """A GPU sweep's test rows must not replace the latest CPU seeds table of the same dataset; its test table
     lists every spec's seeds in order, with the mean +- sample std of a float64 reference."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import numpy as np
-    import quality_render
+
+    from bench import quality_render
 
     sweep = {"launched_by": "python bench/quality_sweep.py --val hf_metric lever"}
     rows = [
@@ -124,8 +121,7 @@ def test_sweep_rows_get_their_own_tables_and_leave_the_seeds_tables_alone(tmp_pa
 
 
 def test_the_sweep_keeps_the_control_unless_a_lever_clears_the_minimum_gain(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import quality_sweep
+    from bench import quality_sweep
 
     rows = [{"spec": "control", "accuracy": 0.930}, {"spec": "a", "accuracy": 0.932}, {"spec": "b", "accuracy": 0.929}]
     assert quality_sweep.pick(rows, "control", min_gain=0.003) == "control"

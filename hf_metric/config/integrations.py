@@ -15,11 +15,18 @@ class NeptuneSection:
     """Neptune tracker settings. The API token is read only from NEPTUNE_API_TOKEN, never from this file."""
 
     mode: Literal["async", "sync", "offline", "debug", "disabled"] = "disabled"
+    """`async`, `sync`, `offline` (stored in .neptune/ for a later `neptune sync`), `debug` (in memory) or
+    `disabled`."""
     project: str | None = None
+    """workspace/project; required for async and sync."""
     name: str | None = None
+    """Run name."""
     tags: list[str] = field(default_factory=list)
+    """Run tags."""
     with_id: str | None = None
+    """An existing run id to continue."""
     log_model_checkpoints: bool = False
+    """Upload the best model (best/) to the run at the end."""
 
     def validate(self) -> None:
         if self.mode in ("async", "sync"):
@@ -32,10 +39,15 @@ class HubSection:
     never from this file; `HF_ENDPOINT` points at a private mirror."""
 
     push_to_hub: bool = False
+    """Upload best/ (without pickles) when training ends, from the main process; CLI: --push-to-hub."""
     model_id: str | None = None
+    """Repo id owner/name, required to push; CLI: --hub-model-id."""
     private: bool = True
+    """Create the repo private (an existing repo keeps its visibility); CLI: --[no-]hub-private."""
     revision: str | None = None
+    """Branch to push to (created if missing); null: main; CLI: --hub-revision."""
     commit_message: str = "Upload model trained with hf_metric"
+    """Message of the upload commit."""
     license: str | None = None
     """Model card `license` (a Hub license id such as apache-2.0, or `other`); null: not stated in the card."""
     datasets: list[str] = field(default_factory=list)
@@ -43,6 +55,7 @@ class HubSection:
     language: list[str] = field(default_factory=list)
     """ISO 639-1 codes of the texts (e.g. [en, ru]), for the card metadata."""
     pipeline_tag: str | None = None
+    """Model card: the Hub task widget; null: by modality (text-, image- or audio-classification)."""
     base_model: str | None = None
     """Hub id of the backbone for the card; null: `model_name` when it is a Hub id (never a local folder)."""
 

@@ -23,7 +23,10 @@ from .schema import check, deprecated
 @dataclass
 class _LossPart:
     type: str
+    """The loss class by its registered name (`ce`, `focal`; `supcon`, `triplet`, `multi_similarity`; or a class
+    registered with `hf_metric.register_*_loss`)."""
     weight: float
+    """Weight of this part in the total loss (>= 0; the two weights must not both be 0)."""
     options: dict[str, Any] = field(default_factory=dict)
 
     PREFIX: ClassVar[str] = ""
@@ -63,6 +66,8 @@ ClassificationLossPart, MetricLossPart = (_loss_part(part, *spec) for part, spec
 
 @dataclass
 class LossSection:
+    """The losses: total = classification.weight x classification loss + metric.weight x metric loss."""
+
     classification: ClassificationLossPart = field(default_factory=ClassificationLossPart)
     metric: MetricLossPart = field(default_factory=MetricLossPart)
 

@@ -18,14 +18,19 @@ class ImageAugmentSection:
     """Image augmentations, applied in this order to training images only (`hf_metric.data.augment`)."""
 
     enabled: bool = False
+    """Turn image augmentation on (training split only)."""
     crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
     """Random resized crop: share of the image area kept ([1, 1] turns the crop off)."""
     crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    """Random resized crop: range of the aspect ratio."""
     hflip_prob: float = 0.5
+    """Probability of a horizontal flip (set 0 for digits or text in images)."""
     color_jitter: float = 0.2
     """Brightness, contrast and saturation each scaled by a factor drawn from [1 - x, 1 + x] (0: off)."""
     erasing_prob: float = 0.25
+    """Probability of erasing one rectangle (set to 0 after normalisation)."""
     erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.2])
+    """Area share of the erased rectangle, [min, max]."""
 
     def validate(self) -> None:
         _check_range(self.crop_scale, "data.image_augment.crop_scale", 0.0, 1.0)
@@ -43,6 +48,7 @@ class AudioAugmentSection:
     masks on the extractor's features (time and frequency for spectrograms, time only for raw waveforms)."""
 
     enabled: bool = False
+    """Turn audio augmentation on (training split only)."""
     time_shift_seconds: float = 0.1
     """Roll the clip by up to this many seconds either way (the gap is silence)."""
     gain_db: float = 6.0
@@ -50,10 +56,13 @@ class AudioAugmentSection:
     noise_snr_db: list[float] | None = field(default_factory=lambda: [15.0, 40.0])
     """Add white noise at a signal-to-noise ratio drawn from this range (null: off)."""
     time_masks: int = 2
+    """Number of SpecAugment time masks per clip."""
     time_mask_fraction: float = 0.1
     """Each time mask covers up to this share of the frames (or samples)."""
     freq_masks: int = 2
+    """Number of SpecAugment frequency masks per clip (spectrogram features only)."""
     freq_mask_fraction: float = 0.15
+    """Each frequency mask covers up to this share of the feature bins."""
 
     def validate(self) -> None:
         _at_least(self, "data.audio_augment.", time_shift_seconds=0, gain_db=0)

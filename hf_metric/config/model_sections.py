@@ -19,6 +19,8 @@ class KnnIndexSettings:
     """Which index answers kNN queries (YAML `model.knn_index`, stored in the model's config)."""
 
     type: Literal["exact", "ivf", "hnsw"] = "exact"
+    """`exact` (chunked exact search), or a faiss `ivf` or `hnsw` index (extra `ann`) for references of at least
+    `min_size` rows."""
     min_size: int = 100_000
     """References with fewer rows are searched exactly."""
     nlist: int | None = None
@@ -28,6 +30,7 @@ class KnnIndexSettings:
     hnsw_m: int = 32
     """HNSW: links per node."""
     ef_construction: int = 80
+    """HNSW: candidate list size while building the graph (more: a better graph, a slower build)."""
     ef_search: int = 128
     """HNSW: candidate list size at query time (more: higher recall, slower)."""
 
@@ -62,15 +65,21 @@ class ModelSection:
     `MetricClassifierConfig` as they are."""
 
     pooling: Literal["mean", "cls", "pooler", "gem"] = "mean"
+    """How token/frame states or feature maps become one vector: `mean`, `cls` (first token), `pooler` (the
+    backbone's pooler output) or `gem` (generalised mean, for convolutional feature maps)."""
     projection_dim: int | None = None
     """Size of the projection MLP giving the metric embedding (null: the pooled output itself)."""
     classifier_dropout: float = 0.1
+    """Dropout on the pooled output before the classification head."""
     knn_fusion_weight: float = 0.3
     """At inference, `logits` = log((1 - w) * softmax(head) + w * p_knn) with p_knn the vote of the k nearest
     stored training rows (0: off). Trained models fuse by default; a bare `MetricClassifierConfig` does not."""
     knn_fusion_k: int = 10
+    """Neighbours in the kNN vote of the fusion."""
     knn_fusion_temperature: float = 0.05
+    """Softmax temperature over the neighbours' cosine similarities in the fusion's vote."""
     knn_reference_max_rows: int = 100_000
+    """Training rows whose embeddings are stored with the model for the fusion (a seeded subsample above this)."""
     gem_p: float = 3.0
     """Exponent of GeM pooling (`pooling: gem`, for convolutional feature maps): 1 is the mean, large p the max."""
     store_knn_reference: bool = True
@@ -112,7 +121,9 @@ class GroupMarginSection:
     """Per-class margins from the data's `group` column: classes sharing a group get the larger `same`."""
 
     same: float = 0.7
+    """Margin of a class that shares its group with other classes (the confusable ones)."""
     default: float = 0.5
+    """Margin of a class alone in its group, or without a group."""
     same_group_pair: float = 0.0
     """Pair-wise: an extra cosine margin against the classes of the row's own group (0: off)."""
 
@@ -131,11 +142,20 @@ class HeadSection:
     """The classification head. `null` keeps the head's own default (see hf_metric.heads.HEADS)."""
 
     type: str = "cosine"
+    """The head by its registered name: `linear`, `cosine`, `arcface`, `subcenter_arcface`, `cosface`, `circle`, or
+    one registered with `hf_metric.register_head`."""
     scale: float | None = None
+    """Logit scale s of the cosine and margin heads (circle: its gamma); null keeps the head's default."""
     margin: float | None = None
+    """Margin of the margin heads: radians for arcface/subcenter_arcface, a cosine for cosface, m for circle; null
+    keeps the head's default."""
     easy_margin: bool = False
+    """arcface/subcenter_arcface: apply the margin only where cos(theta) > 0."""
     sub_centers: int | None = None
+    """Sub-centres per class (subcenter_arcface defaults to 3, the other cosine heads to 1); null keeps the head's
+    default."""
     temperature: float = 1.0
+    """The logits are divided by it before the softmax (> 1 softens the predictions)."""
     group_margin: GroupMarginSection | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of a head registered with `hf_metric.register_head`, given as keys of `head:`."""

@@ -14,11 +14,19 @@ from .schema import check as _check
 
 @dataclass
 class DataSection:
+    """The training data: the Parquet file, the validation split, per-class resampling and media settings."""
+
     parquet_path: str = ""
+    """The training Parquet file: one input column (text, image or audio), label, and optional metric_mask,
+    classifier_mask and group columns (required)."""
     val_ratio: float = 0.1
+    """Share of each class held out for validation (stratified, seeded), in (0, 1)."""
     num_workers: int = 0
+    """DataLoader worker processes."""
     upsample: int | None = None
+    """Classes with fewer training rows are resampled (with replacement) up to this many; null: off."""
     downsample: int | None = None
+    """Classes with more training rows are subsampled down to this many; null: off."""
     out_of_scope_label: str | None = None
     """Rows with this label belong to no class: they only validate (open-set calibration and metrics)."""
     max_audio_seconds: float = 10.0
@@ -56,7 +64,9 @@ class BankNegativesSection:
     and negatives (detached) from optimizer step `start_step` on; before it the embeddings drift too fast."""
 
     size: int = 1024
+    """The newest rows of the embedding bank that join the metric loss."""
     start_step: int = 100
+    """Optimizer step from which the memory is used."""
 
     def validate(self) -> None:
         _at_least(self, "training.bank_negatives.", size=1, start_step=0)
@@ -68,8 +78,11 @@ class HardGroupMiningSection:
     error from epoch `start_epoch` (0-based), weights clipped to [min_weight, max_oversample] x the mean."""
 
     start_epoch: int = 1
+    """First epoch (0-based) whose groups are drawn by their validation error; the epochs before are uniform."""
     max_oversample: float = 3.0
+    """Upper clip of a group's weight, as a multiple of the mean."""
     min_weight: float = 0.25
+    """Lower clip of a group's weight, as a multiple of the mean, in (0, 1]."""
 
     def validate(self) -> None:
         _at_least(self, "training.hard_group_mining.", start_epoch=0, max_oversample=1)
@@ -78,32 +91,59 @@ class HardGroupMiningSection:
 
 @dataclass
 class TrainingSection:
+    """The training loop: batches and samplers, epochs, precision, seeding, logging and safeguards."""
+
     batch_size: int = 32
+    """Rows per device per micro-batch (P classes x K samples_per_class for the P x K samplers)."""
     num_epochs: float = 5.0
+    """Training epochs (may be fractional); ignored when scheduler.num_training_steps is set."""
     gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; each loss part is normalised over the whole window."""
     max_seq_length: int = 64
+    """Tokens per text after truncation (padding is dynamic per batch)."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """`no`, `fp16` (GPU only) or `bf16`; heads and losses compute in float32 either way."""
     attention_implementation: str | None = None
+    """The backbone's attention: null (library default), `eager`, `sdpa` or `flash_attention_2`."""
     gradient_clip_val: float | None = 1.0
+    """Maximum gradient norm; null: no clipping."""
     seed: int = 42
+    """Seeds the validation split, the batch order, the new weights and dropout."""
     resume_from: str | None = None
+    """A checkpoint folder, or `latest` (the newest in checkpointing.checkpoints_dir); null: start afresh."""
     sampler: Literal["pk", "random", "group_pk"] = "pk"
+    """`pk`: P classes x K rows per batch (the metric loss needs positives); `random`: plain shuffling; `group_pk`: P
+    x K with the classes drawn from a few groups (needs a `group` column)."""
     samples_per_class: int = 4
+    """K of the P x K batches; batch_size must be a multiple of it."""
     distributed_metric_loss: Literal["global", "local_anchors"] = "global"
+    """Several processes: `global` (exact, gradients through every process's embeddings) or `local_anchors` (cheaper:
+    the other processes' embeddings detached)."""
     logging_steps: int = 10
+    """Optimizer steps between log lines (loss, its parts, learning rate, gradient norm)."""
     report_to: list[str] = field(default_factory=lambda: ["none"])
+    """Trackers the Trainer reports to: `none`, `tensorboard`, `mlflow`, `trackio`, `wandb`, `all`, ... (a name or a
+    list; Neptune has its own `neptune` section)."""
     collapse_check_steps: int | None = None
+    """Optimizer steps between collapse checks on the training batch (logged as batch_*); null: every logging_steps."""
     max_nonfinite_steps: int = 10
+    """A step with a NaN/inf loss or gradient norm is skipped; this many in a row stop the run."""
     bank_negatives: BankNegativesSection | None = None
     group_mix: float = 0.25
+    """group_pk: share of the P classes of a batch drawn from other groups than the batch's own."""
     groups_per_batch: int = 2
+    """group_pk: the in-group classes of a batch come from at most this many groups."""
     hard_group_mining: HardGroupMiningSection | None = None
     length_grouping: bool = False
-    """P x K batches of rows of similar token length (`samplers.ClassBalancedBatchSampler`): less padding."""
+    """P x K batches (pk or group_pk) of rows of similar token length (`training.length_batches`): less padding."""
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
-        _check(not self.length_grouping or self.sampler == "pk", "training.length_grouping", "needs sampler: pk")
+        _check(
+            not self.length_grouping or self.sampler != "random",
+            "training.length_grouping",
+            "needs sampler: pk or group_pk",
+        )
         _check(self.num_epochs > 0, "training.num_epochs", "must be > 0")
         _at_least(self, "training.", gradient_accumulation_steps=1, max_seq_length=2)
         _check(
@@ -150,10 +190,16 @@ class TrainingSection:
 
 @dataclass
 class OptimizerSection:
+    """AdamW and its per-parameter learning rates."""
+
     learning_rate: float = 1e-4
+    """AdamW peak learning rate (write `1.0e-4`: plain `1e-4` is a string in YAML, which is accepted too)."""
     weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
     head_lr_multiplier: float = 1.0
+    """The head and the projection (trained from scratch) learn this many times faster than the backbone."""
     layerwise_lr_decay: float = 1.0
+    """In (0, 1]: backbone block l of L learns at decay**(L - l) times the rate, the embeddings at decay**L; 1: off."""
 
     def validate(self) -> None:
         _check(self.learning_rate > 0, "optimizer.learning_rate", "must be > 0")
@@ -182,10 +228,16 @@ the list equal to the installed transformers')."""
 
 @dataclass
 class SchedulerSection:
+    """The learning-rate schedule (any transformers scheduler)."""
+
     name: str = "linear"
+    """Any transformers scheduler: `linear`, `cosine`, `cosine_with_restarts`, `constant`, ..."""
     warmup_steps: float = 0.1
+    """Warm-up: a whole number of optimizer steps, or a ratio of all training steps when < 1."""
     num_training_steps: int | None = None
+    """Total optimizer steps; overrides training.num_epochs. Null: from the epochs."""
     num_cycles: float = 0.5
+    """`cosine`: number of waves (0.5 = one half-cosine decay); `cosine_with_restarts`: number of restarts."""
 
     def validate(self) -> None:
         names = list(SCHEDULER_NAMES)
@@ -206,10 +258,17 @@ class SchedulerSection:
 
 @dataclass
 class CheckpointingSection:
+    """Where and when checkpoints are written, and which one is the best."""
+
     checkpoints_dir: str = "checkpoints"
+    """Where checkpoints, best/, plots/, metrics.json, report.md and resolved_config.yaml go."""
     save_every_n_batches: int | None = None
+    """Evaluate and save every N optimizer steps; null: at the end of every epoch."""
     save_best_by: str = "f1"
+    """The metric that picks the best checkpoint: `loss`, `acc`, `f1` (macro-F1 of the classifier) or any logged
+    metric name (`knn_f1`, `recall@1`, a user evaluator's metric, ...)."""
     save_total_limit: int = 2
+    """Checkpoints kept on disk (the best one is always kept)."""
 
     def validate(self) -> None:
         _check(
@@ -222,13 +281,24 @@ class CheckpointingSection:
 
 @dataclass
 class MetricValidationSection:
+    """What each evaluation computes and draws besides accuracy and F1: retrieval, kNN, the bank, pictures, your own
+    evaluators."""
+
     recall_at_k: list[int] = field(default_factory=lambda: [1, 5, 10])
+    """The K of Recall@K, validation rows against the embedding bank."""
     distance: Literal["cos", "l2"] = "cos"
+    """Distance for retrieval and kNN: `cos` or `l2`."""
     knn_k: int = 10
+    """Neighbours in the kNN classification of validation rows."""
     keep_last_n_emb_steps: int = 50
+    """The embedding bank holds the training embeddings of the last N optimizer steps."""
     plots: bool = True
+    """Pictures at every evaluation, into checkpoints_dir/plots/ and the trackers."""
     embedding_map: Literal["pca", "umap"] = "pca"
+    """Projection of the embedding map picture: `pca`, or `umap` (needs `pip install umap-learn`)."""
     always_fail_min_rows: int = 5
+    """With a `group` column: a class with at least this many validation rows and none right is reported as always
+    failing."""
     evaluators: list[str | dict[str, Any]] = field(default_factory=list)
     """Your own evaluators (`hf_metric.Evaluator` subclasses registered with `hf_metric.register_evaluator` in a
     module under `imports:`), run at every validation after the built-in ones: a name, or `{type: name, ...}` with
@@ -258,11 +328,19 @@ class OpenSetSection:
     `hf_metric.open_set.calibration`); the rule is saved in the model's config."""
 
     enabled: bool = False
+    """Calibrate the rejection rule at the end of training and save it in the model's config."""
     score: Literal["auto", "msp", "energy", "knn", "mahalanobis", "fused"] = "auto"
+    """`auto` (the best on validation; `fused` without out-of-scope validation rows), `msp`, `energy`, `knn`,
+    `mahalanobis` or `fused`."""
     criterion: Literal["auto", "accuracy", "in_scope_recall", "fpr", "accuracy_drop"] = "auto"
+    """How the threshold is chosen: `auto` (`accuracy` with out-of-scope validation rows, else `in_scope_recall`),
+    `accuracy`, `in_scope_recall`, `fpr` or `accuracy_drop`."""
     target: float | None = None
+    """Target of the criterion: in_scope_recall (default 0.95), fpr (0.05) or accuracy_drop (0.01)."""
     mahalanobis_ridge: float = 1e-3
+    """Ridge added to the shared covariance (times its mean variance) before inverting it."""
     energy_temperature: float = 1.0
+    """Temperature T of the energy score T * logsumexp(logits / T)."""
     train_with_oos: bool = False
     """Known out-of-scope rows (`data.out_of_scope_label`) also train: split like a class between train and
     validation, never a class for CE, negatives of every class in the metric loss (`model.objective`)."""

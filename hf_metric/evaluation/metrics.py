@@ -361,7 +361,7 @@ COLLAPSE_REMEDIES = (
     "try a lower head.scale, a softer head.margin (or head.easy_margin: true), a head.temperature > 1 "
     "or a lower learning rate"
 )
-"""What the collapse warning suggests (see the README section on choosing head, scale, margin and temperature)."""
+"""What the collapse warning suggests (see docs/heads_losses.md, "When to use which")."""
 
 
 def collapse_statistics(

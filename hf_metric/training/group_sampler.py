@@ -15,6 +15,9 @@ Guarantees (tested in tests/test_group_sampler.py):
 - the order of epoch e depends only on `seed + e` and the group weights of that epoch, which their owner records
   (`curriculum.HardGroupCurriculum` keeps them in the checkpoint) so a resumed run replays the same batches.
 
+With `lengths` (`training.length_grouping`) the batches hold rows of similar length (`GroupPKSampler` args,
+docs/sampling.md) under the same guarantees.
+
 Group weights (`GroupWeights`, e.g. the hard-group curriculum) change how many chunks each group contributes to
 an epoch: a weight of 2 draws the group's chunks twice as often, 0.5 half as often; the epoch length does not
 change, and uniform weights (the default) give the coverage guarantee above.
@@ -29,6 +32,8 @@ from typing import Protocol
 
 import numpy as np
 from torch.utils.data import Sampler
+
+from .length_batches import MEGA_BATCH, LengthPool, deal, length_chunks
 
 
 class GroupWeights(Protocol):
@@ -52,6 +57,11 @@ class GroupPKSampler(Sampler[int]):
         seed: the order of epoch e depends only on `seed + e` (and that epoch's weights).
         num_replicas: processes the batches are dealt to; the batch count is rounded up to a multiple of it.
         weights: optional per-epoch group weights (see `GroupWeights`).
+        lengths: tokens of every row (`training.length_grouping`); given, each class's rows of the epoch are
+            sorted by length before they are cut into chunks, every batch gets a target length (a mega-batch's
+            targets sweep the lengths left), classes and groups with a chunk near it are preferred and give that
+            chunk (`length_batches.LengthPool`), and the batches come in a random order, the longest first. The
+            group rules, the coverage and the epoch length stay those without lengths.
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class GroupPKSampler(Sampler[int]):
         seed: int = 0,
         num_replicas: int = 1,
         weights: GroupWeights | None = None,
+        lengths: Sequence[int] | None = None,
     ) -> None:
         if batch_size % samples_per_class:
             raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {samples_per_class}")
@@ -76,6 +87,9 @@ class GroupPKSampler(Sampler[int]):
         self.p_mix = round(group_mix * self.p)
         self.groups_per_batch = max(1, groups_per_batch)
         self.seed, self.epoch, self.weights = seed, 0, weights
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.float64)
+        if self.lengths is not None and self.lengths.shape != self.labels.shape:
+            raise ValueError(f"lengths has {len(self.lengths)} rows, labels {len(self.labels)}")
         self.classes = np.unique(self.labels)
         if len(self.classes) < self.p:
             raise ValueError(f"group P x K batches need at least P={self.p} classes, the data has {len(self.classes)}")
@@ -129,13 +143,23 @@ class GroupPKSampler(Sampler[int]):
             picked.append(int(rng.choice(len(free), p=free / free.sum())))
         return picked
 
-    def _plan_batch(self, rng: np.random.Generator, left: np.ndarray, batches_left: int) -> list[int]:
+    def _length_chunks(self, rng: np.random.Generator, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        """A class's chunks of the epoch cut again from its rows sorted by length."""
+        return length_chunks(np.concatenate(chunks), self.lengths, self.k, rng) if chunks else []
+
+    def _plan_batch(
+        self, rng: np.random.Generator, left: np.ndarray, batches_left: int, distance: np.ndarray | None = None
+    ) -> list[int]:
         """The P classes of the next batch: classes that must go now (chunks left = batches left), then the
-        largest of the chosen groups, then other groups, then any class with chunks left."""
-        noise = rng.random(len(left)) * 0.5  # random tie-break among equal counts
-        order = np.argsort(-(left + noise), kind="stable")
+        largest of the chosen groups (with `distance`, from `lengths`: those with a chunk nearest the batch's
+        target length), then other groups, then any class with chunks left. Whatever the order, every batch
+        takes P classes with chunks left when there are P, which keeps every chunk placeable."""
+        noise = rng.random(len(left)) * 0.5  # random tie-break among equal counts (or distances)
+        order = np.argsort(-(left + noise) if distance is None else distance + noise, kind="stable")
         order = order[left[order] > 0]
         chosen = [int(c) for c in order[left[order] >= batches_left][: self.p]]
+        if distance is not None:  # groups drawn by chunks left near the target length
+            left = left / (1.0 + np.minimum(distance, 1e9)) ** 2
         groups = self._pick_groups(rng, left, chosen)
         in_group = np.isin(self.class_group[order], groups)
         taken = np.isin(order, chosen)
@@ -159,16 +183,29 @@ class GroupPKSampler(Sampler[int]):
         weights = self.weights.weights_for_epoch(self.epoch, self.groups) if self.weights is not None else None
         counts = self._chunk_counts(rng, None if weights is None else np.asarray(weights, dtype=float))
         chunks = self._chunks(rng, counts)
+        pool = target = distance = None
+        if self.lengths is not None:
+            pool = LengthPool([self._length_chunks(rng, c) for c in chunks], self.lengths)
         left = counts.astype(float)
+        batches = []
         for b in range(self.num_batches):
-            chosen = self._plan_batch(rng, left, self.num_batches - b)
-            batch = [chunks[c].pop() for c in chosen]
+            if pool is not None:  # each mega-batch sweeps the lengths left, one target per batch
+                if b % MEGA_BATCH == 0:
+                    targets = pool.targets(min(MEGA_BATCH, self.num_batches - b))
+                target = targets[b % MEGA_BATCH]
+                distance = pool.distance(target)
+            chosen = self._plan_batch(rng, left, self.num_batches - b, distance)
+            batch = [chunks[c].pop() if pool is None else pool.take(c, target) for c in chosen]
             left[chosen] -= 1
             groups = np.unique(self.class_group[chosen]) if chosen else np.array([], dtype=int)
             while len(batch) < self.p:
                 cls, rows = self._filler(rng, chosen, groups)
                 chosen.append(cls)
                 batch.append(rows)
+            batches.append(batch)
+        if pool is not None:
+            batches = deal(batches, self.lengths, rng)
+        for batch in batches:
             yield from (int(i) for i in np.concatenate(batch))
 
 
@@ -182,7 +219,13 @@ class GroupSampling:
     curriculum: GroupWeights | None = None
 
     def sampler(
-        self, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int, num_replicas: int
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        samples_per_class: int,
+        seed: int,
+        num_replicas: int,
+        lengths: Sequence[int] | None = None,
     ) -> GroupPKSampler:
         return GroupPKSampler(
             labels,
@@ -194,4 +237,5 @@ class GroupSampling:
             seed,
             num_replicas,
             self.curriculum,
+            lengths,
         )

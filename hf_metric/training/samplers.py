@@ -5,13 +5,14 @@ sampler cuts every class into groups of K rows and packs P groups of distinct cl
 row appears in every epoch (groups short of K are topped up from their own class), and the epoch length is
 fixed in advance, which the Trainer needs for its schedule and for resuming mid-epoch.
 
-With `lengths` (token counts, `training.length_grouping`), each class's rows are ordered by length (plus a
-random jitter of `LENGTH_JITTER` tokens, so groups differ between epochs) before they are cut into groups, and
-the batches of the epoch are dealt out in a random order. Groups are then rows of similar length, and since
-every batch takes the next group of each of its classes, the P groups of a batch are of similar length too:
-the collator pads less (on Banking77 with MiniLM and max_len 64, padding falls from 64 % to 30 % of the
-tokens of a 8 x 4 batch, 48 % fewer tokens per epoch; `bench/padding_waste.py`). The P x K promise is kept:
-P classes x K rows per batch, every row once per epoch, the order a function of seed + epoch.
+With `lengths` (token counts, `training.length_grouping`), the batches are length-aware (`length_batches`):
+each class's rows are sorted by length (each moved a few places at random) before they are cut into groups,
+the epoch is cut into mega-batches (the classes of each drawn as without lengths, each class's groups spread
+over them at random), and inside a mega-batch the groups are dealt into batches of P distinct classes shortest
+first; the batches of the epoch then come in a random order, the longest first (a batch too large for memory
+fails at once). On Banking77 with MiniLM and max_len 64, batches of 8 x 4 pad far less (`bench/padding_waste.py`,
+docs/sampling.md). The P x K promise is kept: P classes x K rows per batch, every row once per epoch, the order
+a function of seed + epoch.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-LENGTH_JITTER = 3.0
-"""Tokens of random noise added to the lengths before sorting (`lengths`)."""
+from .length_batches import MEGA_BATCH, deal, length_chunks, pack_mega_batch
 
 
 class ClassBalancedBatchSampler(Sampler[int]):
@@ -40,6 +40,8 @@ class ClassBalancedBatchSampler(Sampler[int]):
         seed: base seed; the order of epoch `e` depends only on `seed + e`, which makes runs reproducible and
             lets a resumed run skip exactly the batches it has already seen.
         lengths: tokens of every row; given, batches hold rows of similar length (module doc).
+        num_replicas: processes the batches are dealt to; the batch count is rounded up to a multiple of it, so
+            that no process gets a batch twice to even out the others.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class ClassBalancedBatchSampler(Sampler[int]):
         samples_per_class: int,
         seed: int = 0,
         lengths: Sequence[int] | None = None,
+        num_replicas: int = 1,
     ) -> None:
         if batch_size % samples_per_class:
             raise ValueError(f"batch_size {batch_size} is not a multiple of samples_per_class {samples_per_class}")
@@ -67,6 +70,7 @@ class ClassBalancedBatchSampler(Sampler[int]):
         self.num_batches = max(1, math.ceil(sum(groups_per_class) / self.p))
         if self.distinct:  # a class appears at most once per batch, so its groups need that many batches
             self.num_batches = max(self.num_batches, max(groups_per_class))
+        self.num_batches = math.ceil(self.num_batches / num_replicas) * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -82,25 +86,25 @@ class ClassBalancedBatchSampler(Sampler[int]):
             short = (-len(rows)) % self.k
             if short:
                 rows = np.concatenate([rows, rng.choice(rows, size=short, replace=len(rows) < short)])
-            if self.lengths is not None:  # ascending: `pop` takes the longest first, in every class alike
-                rows = rows[np.argsort(self.lengths[rows] + rng.random(len(rows)) * LENGTH_JITTER, kind="stable")]
-            groups.append(list(rows.reshape(-1, self.k)))
+            if self.lengths is not None:
+                groups.append(length_chunks(rows, self.lengths, self.k, rng))
+            else:
+                groups.append(list(rows.reshape(-1, self.k)))
         return groups
 
-    def _fresh_group(self, rng: np.random.Generator, exclude: set[int]) -> np.ndarray:
-        """K rows of a random class not in `exclude` (which is updated), for the batches left short."""
+    def _fresh_group(self, rng: np.random.Generator, exclude: set[int]) -> tuple[int, np.ndarray]:
+        """(class, K random rows of it) for a class not in `exclude` (which is updated), for the batches left
+        short."""
         candidates = [c for c in range(len(self.class_rows)) if c not in exclude]
         cls = int(rng.choice(candidates or range(len(self.class_rows))))
         if self.distinct:
             exclude.add(cls)
         rows = self.class_rows[cls]
-        return rng.choice(rows, size=self.k, replace=len(rows) < self.k)
+        return cls, rng.choice(rows, size=self.k, replace=len(rows) < self.k)
 
     def __iter__(self) -> Iterator[int]:
-        batches = self._batches(np.random.default_rng(self.seed + self.epoch))
-        if self.lengths is not None:  # long-to-short as drawn: deal the batches out in a random order instead
-            order = np.random.default_rng([self.seed + self.epoch, 1]).permutation(len(batches))
-            batches = [batches[i] for i in order]
+        rng = np.random.default_rng(self.seed + self.epoch)
+        batches = self._batches(rng) if self.lengths is None else self._length_batches(rng)
         for batch in batches:
             yield from (int(i) for i in np.concatenate(batch))
 
@@ -111,22 +115,53 @@ class ClassBalancedBatchSampler(Sampler[int]):
         if not self.distinct:  # fewer classes than P: classes may repeat within a batch
             flat = [g for class_groups in groups for g in class_groups]
             flat = [flat[i] for i in rng.permutation(len(flat))]
+        left = np.array([len(g) for g in groups], dtype=float)
         for b in range(self.num_batches):
             if self.distinct:
-                # Take the P classes with the most groups left (random tie-break): this places every group
-                # within `num_batches` batches, however imbalanced the classes are.
-                left = np.array([len(g) for g in groups], dtype=float)
-                order = np.argsort(-(left + rng.random(len(left)) * 0.5), kind="stable")
-                chosen = [int(c) for c in order[: self.p] if left[c] > 0]
+                chosen = self._plan_batch(rng, left)
                 batch = [groups[c].pop() for c in chosen]
                 exclude = set(chosen)
             else:
                 batch = flat[b * self.p : (b + 1) * self.p]
                 exclude = set()
             while len(batch) < self.p:
-                batch.append(self._fresh_group(rng, exclude))
+                batch.append(self._fresh_group(rng, exclude)[1])
             batches.append(batch)
         return batches
+
+    def _length_batches(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
+        """The epoch's batches with `lengths`: mega-batches planned as `_batches` plans batches (which classes,
+        how many groups each), each class's groups dealt to them at random, packed shortest first inside each;
+        then the batches in a random order, the longest first."""
+        groups = [[g[i] for i in rng.permutation(len(g))] for g in self._class_groups(rng)]
+        mega_batches: list[list[tuple[int, np.ndarray]]] = []
+        if self.distinct:
+            left = np.array([len(g) for g in groups], dtype=float)
+            for start in range(0, self.num_batches, MEGA_BATCH):
+                chunks: list[tuple[int, np.ndarray]] = []
+                for _ in range(min(MEGA_BATCH, self.num_batches - start)):
+                    chosen = self._plan_batch(rng, left)
+                    chunks += [(c, groups[c].pop()) for c in chosen]
+                    exclude = set(chosen)
+                    while len(exclude) < self.p:
+                        chunks.append(self._fresh_group(rng, exclude))
+                mega_batches.append(chunks)
+        else:  # fewer classes than P: classes repeat within a batch, every group counts as a class of its own
+            flat = [g for class_groups in groups for g in class_groups]
+            flat += [self._fresh_group(rng, set())[1] for _ in range(self.num_batches * self.p - len(flat))]
+            flat = [flat[i] for i in rng.permutation(len(flat))]
+            step = MEGA_BATCH * self.p
+            mega_batches = [list(enumerate(flat[i : i + step])) for i in range(0, len(flat), step)]
+        batches = [batch for chunks in mega_batches for batch in pack_mega_batch(chunks, self.lengths, self.p, rng)]
+        return deal(batches, self.lengths, rng)
+
+    def _plan_batch(self, rng: np.random.Generator, left: np.ndarray) -> list[int]:
+        """The P classes with the most groups left (random tie-break), whose counts `left` drop by one: this
+        places every group within `num_batches` batches, however imbalanced the classes are."""
+        order = np.argsort(-(left + rng.random(len(left)) * 0.5), kind="stable")
+        chosen = [int(c) for c in order[: self.p] if left[c] > 0]
+        left[chosen] -= 1
+        return chosen
 
 
 def row_lengths(dataset) -> list[int]:
@@ -167,9 +202,9 @@ def train_sampler(
     lengths: Sequence[int] | None = None,
 ) -> Sampler[int]:
     """The training sampler: group-aware P x K batches with `group_sampling` (`group_sampler.GroupSampling`), else
-    P x K batches (length-grouped with `lengths`, `training.length_grouping`); known out-of-scope rows are spread
+    P x K batches; length-aware with `lengths` (`training.length_grouping`). Known out-of-scope rows are spread
     over pseudo-classes (`sampling_labels`); under group-aware sampling each pseudo-class is a group of its own."""
     labels = sampling_labels(labels)
     if group_sampling is not None:
-        return group_sampling.sampler(labels, batch_size, samples_per_class, seed, num_replicas)
-    return ClassBalancedBatchSampler(labels, batch_size, samples_per_class, seed, lengths)
+        return group_sampling.sampler(labels, batch_size, samples_per_class, seed, num_replicas, lengths)
+    return ClassBalancedBatchSampler(labels, batch_size, samples_per_class, seed, lengths, num_replicas)

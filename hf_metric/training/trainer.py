@@ -118,6 +118,7 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         self._pending_images: dict[str, str] = {}
         self._part_sums: torch.Tensor | None = None  # the loss parts' window means summed since the last log
         self._part_steps = 0
+        self._after_backward: tuple[torch.Tensor, torch.Tensor, dict] | None = None  # see `training_step`
         self._training_done = False
 
     def _unwrapped(self):
@@ -208,9 +209,24 @@ class MetricClassifierTrainer(NonFiniteGuardMixin, AtomicCheckpointsMixin, Train
         # this process's share of each window mean; the shares of all processes add up to it
         shares = torch.stack([part.detach().float() for part in parts.parts()]) / scale
         self._part_sums = shares if self._part_sums is None else self._part_sums + shares
-        self._add_to_bank(outputs.embeddings, inputs)
-        self.collapse_watch.watch_batch(self.state.global_step, outputs.logits, labels, ce_mask)
+        self._after_backward = (outputs.embeddings.detach(), outputs.logits.detach(), inputs)
         return (parts.loss, outputs) if return_outputs else parts.loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, then the micro-batch's embeddings to the bank and its logits to the collapse watch.
+
+        Both wait for the host (a boolean mask's row count, a copy to the CPU bank); done between forward and
+        backward, that wait would keep an accelerator idle while the backward pass is launched. After it, the
+        wait overlaps the one the step needs anyway (the gradient norm is read before the optimizer step).
+        """
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._after_backward is not None:
+            (embeddings, logits, batch), self._after_backward = self._after_backward, None
+            self._add_to_bank(embeddings, batch)
+            self.collapse_watch.watch_batch(
+                self.state.global_step, logits, batch["labels"], batch.get("classifier_mask")
+            )
+        return loss
 
     def _add_to_bank(self, embeddings: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
         """Keep this micro-batch's metric rows (from every process) in the bank under the current step."""
