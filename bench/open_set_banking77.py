@@ -1,7 +1,7 @@
 """Open-set protocol on Banking77: can the model reject intents it was never trained on?
 
     python -m bench.open_set_banking77                     # the full protocol, all arms (docs/benchmarks.md)
-    python -m bench.open_set_banking77 --intents 12 --max-per-class 8 --epochs 1 --docs /tmp/x.md   # smoke
+    python -m bench.open_set_banking77 --intents 12 --max-per-class 8 --max-steps 1 --docs /tmp/x.md   # smoke
 
 Protocol (seeded, `--seed` 42): 25 % of the 77 intents become out of scope. Their test rows are the out-of-scope
 test rows. Their training rows enter the run's training file with label "oos" (`data.out_of_scope_label`):
@@ -15,6 +15,12 @@ test rows. Their training rows enter the run's training file with label "oos" (`
   test rows come from the same intents as these training rows (known outliers, as CLINC150's "oos" split): the
   arm measures what exposure to the kind of queries to reject buys, not rejection of unseen kinds.
 
+Two protocols (`--oos-train-rows`, default both): ``all`` (above: every training row of the out-of-scope
+intents is known, thousands) and ``N`` (known outliers are few, e.g. 100: a hand-collected list of off-topic
+queries): only N seeded rows of the out-of-scope intents' training rows enter the training file, the rest are
+dropped; the out-of-scope test rows are unchanged. With N = 100 the ``recipe_oos`` arm validates on about 10 of
+them, the other arms on all N.
+
 The model trains on the in-scope intents (hf_metric holds out its own `val_ratio` of them for checkpoint selection
 and calibration). Thresholds are chosen on each run's validation rows only (in-scope + the out-of-scope
 validation rows above); the test file is scored once.
@@ -23,9 +29,10 @@ Arms: ``baseline`` (plain CE: linear head, no metric loss, no kNN fusion), ``rec
 cosine head, CE + 0.2 SupCon, kNN fusion 0.3) and ``recipe_oos`` (the recipe trained with the known out-of-scope
 rows as above), each with `open_set.enabled`. For every score the table gives the
 threshold-free AUROC and FPR at 95 % in-scope recall on test, and the test operating point of the threshold
-calibrated on validation by two criteria: `accuracy_drop` 0.01 (the goal: in-scope accuracy within 1 point of
-no rejection) and `accuracy` (in-scope classes + OOS as one class). `auto` is the score the run stored in the
-model (criterion `open_set.criterion` of the arm, default `accuracy_drop` 0.01 here).
+calibrated on validation by three criteria: `auto` (the package default: best accuracy with at least
+`MIN_OOS_ROWS` out-of-scope validation rows, else 95 % in-scope recall), `accuracy_drop` 0.01 (the goal: in-scope
+accuracy within 1 point of no rejection) and `accuracy` (in-scope classes + OOS as one class). "(stored)" marks the
+score the run stored in the model (criterion `open_set.criterion` of the arm: `--criterion`, default `auto`).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "recipe_oos": {"open_set": {"train_with_oos": True, "outlier_exposure_weight": 0.5}},
 }
 """Overrides of the example config per arm (the calibration keys of open_set are added to each)."""
-CRITERIA = {"drop1": ("accuracy_drop", 0.01), "acc": ("accuracy", None)}
+CRITERIA = {"auto": ("auto", None), "drop1": ("accuracy_drop", 0.01), "acc": ("accuracy", None)}
 MARKS = ("<!-- open_set:start -->", "<!-- open_set:end -->")
 
 
@@ -85,7 +92,19 @@ def split_intents(data_dir: Path, seed: int, share: float, intents: int | None, 
     return rows(train), rows(test), sorted(oos)
 
 
-def arm_config(name: str, parquet: Path, out_dir: Path, epochs: float | None, criterion: str, target) -> dict:
+def keep_known_outliers(texts: list[str], labels: list[str], rows: int | None, seed: int):
+    """The training rows with only `rows` seeded out-of-scope rows kept (None: all of them)."""
+    oos = np.flatnonzero(np.array(labels, dtype=object) == OOS)
+    if rows is None or rows >= len(oos):
+        return texts, labels
+    drop = set(np.random.default_rng(seed).permutation(oos)[rows:].tolist())
+    keep = [i for i in range(len(texts)) if i not in drop]
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
+def arm_config(
+    name: str, parquet: Path, out_dir: Path, epochs: float | None, criterion: str, target, max_steps: int = -1
+) -> dict:
     raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     raw = deep_update(raw, ARMS[name])
     raw["data"]["parquet_path"] = str(parquet)
@@ -95,6 +114,8 @@ def arm_config(name: str, parquet: Path, out_dir: Path, epochs: float | None, cr
     raw["open_set"] = {**raw.get("open_set", {}), "enabled": True, "criterion": criterion, "target": target}
     if epochs is not None:
         raw["training"]["num_epochs"] = epochs
+    if max_steps > 0:
+        raw = deep_update(raw, {"scheduler": {"num_training_steps": max_steps}})
     return raw
 
 
@@ -138,30 +159,45 @@ def evaluate_arm(best: Path, val: tuple[list[str], list[int]], test: tuple[list[
     return out
 
 
-def table(results: dict[str, dict], command: str) -> str:
+def table(results: dict[str, dict[str, dict]], command: str) -> str:
+    """`results`: known out-of-scope training rows ("all" or N) -> arm -> `evaluate_arm`'s result."""
     lines = [
         MARKS[0],
         "## Open set on Banking77: 25 % of the intents out of scope (`bench/open_set_banking77.py`)",
         "",
-        f"Command: `{command}`. Thresholds chosen on validation rows only; numbers on the test file (%).",
+        f"Command: `{command}`. Thresholds chosen on validation rows only; numbers on the test file (%). "
+        "known OOS: out-of-scope training rows the run may use (all, or a seeded few); val OOS: how many of them "
+        "validate (what `auto` weighs).",
         "",
-        "| arm | score | AUROC | FPR95 | in-acc (no rej.) | in-acc @drop1 | OOS rec @drop1 | OOS prec @drop1 "
-        "| in-acc @acc | OOS rec @acc |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| known OOS | val OOS | arm | score | AUROC | FPR95 | in-acc (no rej.) | in-acc @auto | OOS rec @auto "
+        "| in-acc @drop1 | OOS rec @drop1 | OOS prec @drop1 | in-acc @acc | OOS rec @acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for arm, r in results.items():
-        for name in ("msp", "energy", "knn", "mahalanobis", "fused"):
-            tf = r["threshold_free"]
-            d, a = r["points"][f"drop1/{name}"]["test"], r["points"][f"acc/{name}"]["test"]
-            stored = " (stored)" if r["stored"][0] == name else ""
-            lines.append(
-                f"| {arm} | {name}{stored} | {100 * tf[f'oos_auroc_{name}']:.2f} | {100 * tf[f'oos_fpr95_{name}']:.2f} "
-                f"| {100 * r['no_rejection_in_scope_accuracy']:.2f} | {100 * d['in_scope_accuracy']:.2f} "
-                f"| {100 * d['oos_recall']:.2f} | {100 * d['oos_precision']:.2f} | {100 * a['in_scope_accuracy']:.2f} "
-                f"| {100 * a['oos_recall']:.2f} |"
-            )
+    for known, arms in results.items():
+        for arm, r in arms.items():
+            for name in ("msp", "energy", "knn", "mahalanobis", "fused"):
+                tf, points = r["threshold_free"], r["points"]
+                u, d, a = (points[f"{tag}/{name}"]["test"] for tag in ("auto", "drop1", "acc"))
+                stored = " (stored)" if r["stored"][0] == name else ""
+                lines.append(
+                    f"| {known} | {r.get('val_oos_rows', '')} | {arm} | {name}{stored} "
+                    f"| {100 * tf[f'oos_auroc_{name}']:.2f} | {100 * tf[f'oos_fpr95_{name}']:.2f} "
+                    f"| {100 * r['no_rejection_in_scope_accuracy']:.2f} | {100 * u['in_scope_accuracy']:.2f} "
+                    f"| {100 * u['oos_recall']:.2f} | {100 * d['in_scope_accuracy']:.2f} "
+                    f"| {100 * d['oos_recall']:.2f} | {100 * d['oos_precision']:.2f} "
+                    f"| {100 * a['in_scope_accuracy']:.2f} | {100 * a['oos_recall']:.2f} |"
+                )
     lines.append(MARKS[1])
     return "\n".join(lines)
+
+
+def known_rows(value: str) -> int | None:
+    """`--oos-train-rows` values: "all" or a positive count."""
+    if value == "all":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a positive count, got {value!r}")
+    return int(value)
 
 
 def main() -> None:
@@ -176,8 +212,17 @@ def main() -> None:
     parser.add_argument("--oos-share", type=float, default=0.25)
     parser.add_argument("--arms", nargs="*", default=list(ARMS))
     parser.add_argument("--epochs", type=float, default=None, help="default: the example config's")
-    parser.add_argument("--criterion", default="accuracy_drop", help="what the run stores in the model")
-    parser.add_argument("--target", type=float, default=0.01)
+    parser.add_argument("--criterion", default="auto", help="what the run stores in the model (default: auto)")
+    parser.add_argument("--target", type=float, default=None)
+    parser.add_argument(
+        "--oos-train-rows",
+        nargs="+",
+        type=known_rows,
+        default=[None, 100],
+        metavar="N",
+        help="known out-of-scope training rows per protocol: all, or a seeded few (default: all 100, both)",
+    )
+    parser.add_argument("--max-steps", type=int, default=-1, help="smoke: stop every training after N steps")
     parser.add_argument("--intents", type=int, default=None, help="smoke: use this many intents only")
     parser.add_argument("--max-per-class", type=int, default=None, help="smoke: rows per intent and split")
     parser.add_argument("--workdir", default=None)
@@ -189,38 +234,47 @@ def main() -> None:
         Path(args.data), args.seed, args.oos_share, args.intents, args.max_per_class
     )
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="open_set_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    parquet = workdir / "train.parquet"
-    pq.write_table(pa.table({"text": train_texts, "label": train_labels}), parquet)
     print(f"{len(oos)} out-of-scope intents: {', '.join(oos)}", flush=True)
 
-    results = {}
-    for arm in args.arms:
-        raw = arm_config(arm, parquet, workdir, args.epochs, args.criterion, args.target)
-        cfg = config_from_dict(copy.deepcopy(raw))
-        start = time.perf_counter()
-        train(cfg)
-        seconds = time.perf_counter() - start
-        # the validation rows of the run: its own split of the in-scope rows, plus every out-of-scope row (or,
-        # training with them, the out-of-scope rows of that same split)
-        labeled = read_labeled_parquet(parquet, out_of_scope_label=OOS)
-        _, val_idx = stratified_split(labeled.labels, cfg.data.val_ratio, cfg.training.seed)
-        if not cfg.open_set.train_with_oos:
-            val_idx = np.union1d(val_idx, np.flatnonzero(labeled.labels < 0))
-        texts = labeled.table.column("text").to_pylist()
-        val = ([texts[i] for i in val_idx], labeled.labels[val_idx].tolist())
-        label2id = {v: k for k, v in labeled.id2label.items()}
-        test = (test_texts, [label2id.get(v, -1) for v in test_labels])
-        results[arm] = evaluate_arm(Path(cfg.checkpointing.checkpoints_dir) / "best", val, test)
-        results[arm]["seconds"] = round(seconds, 1)
+    results: dict[str, dict[str, dict]] = {}
+    for known in args.oos_train_rows:
+        protocol = "all" if known is None else str(known)
+        folder = workdir / f"known_{protocol}"
+        folder.mkdir(parents=True, exist_ok=True)
+        parquet = folder / "train.parquet"
+        texts, labels = keep_known_outliers(train_texts, train_labels, known, args.seed)
+        pq.write_table(pa.table({"text": texts, "label": labels}), parquet)
+        results[protocol] = {}
+        for arm in args.arms:
+            raw = arm_config(arm, parquet, folder, args.epochs, args.criterion, args.target, args.max_steps)
+            cfg = config_from_dict(copy.deepcopy(raw))
+            start = time.perf_counter()
+            train(cfg)
+            seconds = time.perf_counter() - start
+            # the validation rows of the run: its own split of the in-scope rows, plus every out-of-scope row (or,
+            # training with them, the out-of-scope rows of that same split)
+            labeled = read_labeled_parquet(parquet, out_of_scope_label=OOS)
+            _, val_idx = stratified_split(labeled.labels, cfg.data.val_ratio, cfg.training.seed)
+            if not cfg.open_set.train_with_oos:
+                val_idx = np.union1d(val_idx, np.flatnonzero(labeled.labels < 0))
+            column = labeled.table.column("text").to_pylist()
+            val = ([column[i] for i in val_idx], labeled.labels[val_idx].tolist())
+            label2id = {v: k for k, v in labeled.id2label.items()}
+            test = (test_texts, [label2id.get(v, -1) for v in test_labels])
+            result = evaluate_arm(Path(cfg.checkpointing.checkpoints_dir) / "best", val, test)
+            result["val_oos_rows"] = int((labeled.labels[val_idx] < 0).sum())
+            result["seconds"] = round(seconds, 1)
+            results[protocol][arm] = result
     command = "python -m bench.open_set_banking77 " + " ".join(
         f"--{k.replace('_', '-')} {v}"
         for k, v in vars(args).items()
-        if k in ("epochs", "intents", "max_per_class", "criterion", "target") and v is not None
+        if k in ("epochs", "intents", "max_per_class", "criterion", "target", "max_steps") and v is not None and v != -1
     )
+    command += " --oos-train-rows " + " ".join("all" if n is None else str(n) for n in args.oos_train_rows)
     section = table(results, command.strip())
     print("\n" + section, flush=True)
-    write_section(Path(args.docs), section, MARKS)
+    if args.docs:
+        write_section(Path(args.docs), section, MARKS)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"oos_intents": oos, "args": vars(args), "results": results}, indent=2))
 

@@ -77,3 +77,22 @@ def test_quality_benchmark_trains_both_arms_on_another_backbone_in_bf16(tmp_path
     ]
     for name in ("baseline", "hf_metric"):
         assert np.load(arrays / "test" / f"{name}.npz")["eval_emb"].shape[1] == 32
+
+
+def test_open_set_benchmark_runs_the_many_and_the_few_outlier_protocols(tmp_path):
+    data, out = toy_split(tmp_path / "toy", classes=8), tmp_path / "open_set.json"
+    command = [sys.executable, "-m", "bench.open_set_banking77", "--data", str(data), "--intents", "8"]
+    command += ["--max-per-class", "10", "--max-steps", "1", "--arms", "recipe_oos", "--oos-train-rows", "all", "5"]
+    command += ["--workdir", str(tmp_path / "work"), "--docs", "", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert sorted(results) == ["5", "all"]
+    # 2 of the 8 intents are out of scope: 16 known rows in "all", 5 in the few-outlier protocol
+    known = {p: pd.read_parquet(tmp_path / "work" / f"known_{p}" / "train.parquet") for p in results}
+    assert (known["all"]["label"] == "oos").sum() == 16 and (known["5"]["label"] == "oos").sum() == 5
+    assert (known["all"]["label"] != "oos").sum() == (known["5"]["label"] != "oos").sum() == 48
+    assert "| 5 |" in run.stdout and "| all |" in run.stdout and "OOS rec @auto" in run.stdout
+    for protocol in results.values():
+        assert 0.0 <= protocol["recipe_oos"]["points"]["auto/fused"]["test"]["oos_recall"] <= 1.0

@@ -123,3 +123,26 @@ def test_card_states_the_open_set_rule_and_the_oos_training(tiny_model_dir, tmp_
     assert "in scope accuracy 0.9100, oos recall 0.8000" in line
     assert "known out-of-scope rows (`other`) trained as negatives" in text
     assert "`+ 0.5 * CE(uniform, softmax)`" in text
+
+
+def test_card_states_how_the_rule_was_chosen(tiny_model_dir, tmp_path):
+    import numpy as np
+
+    from hf_metric.model.modeling import MetricClassifierModel
+    from hf_metric.open_set.calibration import calibrate
+
+    folder = tmp_path / "best"
+    save_tiny_model(tiny_model_dir, folder)
+    cfg = config_from_dict(tiny_config(tiny_model_dir, tmp_path / "t.parquet", tmp_path / "ckpt"))
+    scores = {"knn": np.linspace(0, 1, 40, dtype=np.float32)}
+    labels = np.array([0] * 30 + [-1] * 10)
+    logits = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (40, 1))
+    chosen = calibrate(scores, logits, labels, "knn", "auto")
+    model = MetricClassifierModel.from_pretrained(folder)
+    model.set_open_set("knn", chosen.threshold)
+    model.config.open_set_calibration = chosen.summary()
+    model.save_pretrained(folder)
+    text = str(build_model_card(cfg, {}, {"train_rows": 24}, {"loss": 1.0}, {0: "a"}, folder=str(folder)))
+    line = next(ln for ln in text.splitlines() if "Out-of-scope rejection" in ln)
+    assert "`in_scope_recall` target `0.95`, 30 in-scope and 10 out-of-scope rows" in line
+    assert "Why: only 10 out-of-scope rows (< 100)" in line

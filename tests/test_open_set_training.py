@@ -38,7 +38,8 @@ def test_out_of_scope_rows_get_no_class(tmp_path):
 def test_open_set_config_is_checked(tmp_path, make_config):
     path = write_parquet(tmp_path / "d.parquet", synthetic_rows(5))
     with pytest.raises(ConfigError, match=r"open_set\.target"):
-        load_config(make_config(path, open_set={"enabled": True, "target": 0.9}))
+        load_config(make_config(path, open_set={"enabled": True, "criterion": "accuracy", "target": 0.9}))
+    assert load_config(make_config(path, open_set={"enabled": True, "target": 0.9})).open_set.target == 0.9
     with pytest.raises(ConfigError, match=r"open_set\.score"):
         load_config(make_config(path, open_set={"score": "entropy"}))
 
@@ -60,11 +61,13 @@ def test_training_calibrates_and_saves_the_rejection(tmp_path, make_config):
     assert saved["open_set_score"] in ("msp", "energy", "knn", "mahalanobis", "fused")
     assert saved["open_set_threshold"] == metrics["eval_open_set_threshold"]
     assert "oos" not in saved["id2label"].values()
-    # the calibrated rule's open-set accuracy on the validation rows is at least that of rejecting nothing;
-    # validation: 8 in-scope rows per class (val_ratio 0.25 of 30) and every one of the 40 out-of-scope rows
-    n_in = 4 * 8
-    reject_nothing = metrics["eval_accuracy"] * n_in / (n_in + 40)
-    assert metrics["eval_open_set_open_set_accuracy"] >= reject_nothing - 1e-9
+    # validation: 8 in-scope rows per class (val_ratio 0.25 of 30) and every one of the 40 out-of-scope rows: too
+    # few out-of-scope rows to choose by (criterion auto), so the rule keeps 95 % of the in-scope rows, and says so
+    chosen = saved["open_set_calibration"]
+    assert (chosen["in_scope_rows"], chosen["oos_rows"], chosen["criterion"]) == (4 * 8, 40, "in_scope_recall")
+    assert metrics["eval_open_set_validation_oos_rows"] == 40 and metrics["eval_open_set_in_scope_recall"] >= 0.95
+    report = (tmp_path / "ckpt" / "report.md").read_text()
+    assert "## Open-set rule" in report and "only 40 out-of-scope rows (< 100)" in report
     loaded = MetricClassifierModel.from_pretrained(best)
     assert loaded.config.open_set_threshold == saved["open_set_threshold"]
     assert np.isfinite(loaded.config.open_set_threshold)

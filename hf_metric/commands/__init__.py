@@ -1,5 +1,5 @@
-"""`hf-metric`: the command line of the whole life of a model: train, evaluate, predict, embed, index, verify,
-export, push.
+"""`hf-metric`: the command line of the whole life of a model: train, evaluate, calibrate, predict, embed, index,
+verify, export, push.
 
 Each subcommand is one module with `configure(parser)` and `run(args) -> exit code`. User errors (config, data,
 upload) print one line `error: ...` and exit with code 2; so do command-line usage errors.
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from ..errors import HfMetricUserError
-from . import evaluate, export, index, predict, push, train, verify
+from . import calibrate, evaluate, export, index, predict, push, train, verify
 from .common import OneLineParser
 
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -21,6 +21,12 @@ Run = Callable[[argparse.Namespace], int]
 SUBCOMMANDS: dict[str, tuple[str, str, Configure, Run]] = {
     "train": ("train a model from a YAML config", train.DESCRIPTION, train.configure, train.run),
     "evaluate": ("every metric on a held-out labelled file", evaluate.DESCRIPTION, evaluate.configure, evaluate.run),
+    "calibrate": (
+        "re-choose the open-set threshold on a new validation file",
+        calibrate.DESCRIPTION,
+        calibrate.configure,
+        calibrate.run,
+    ),
     "predict": (
         "label a Parquet file (streamed)",
         predict.PREDICT_DESCRIPTION,

@@ -333,10 +333,12 @@ class OpenSetSection:
     """`auto` (the best on validation; `fused` without out-of-scope validation rows), `msp`, `energy`, `knn`,
     `mahalanobis` or `fused`."""
     criterion: Literal["auto", "accuracy", "in_scope_recall", "fpr", "accuracy_drop"] = "auto"
-    """How the threshold is chosen: `auto` (`accuracy` with out-of-scope validation rows, else `in_scope_recall`),
-    `accuracy`, `in_scope_recall`, `fpr` or `accuracy_drop`."""
+    """How the threshold is chosen: `auto` (`accuracy` with at least 100 out-of-scope validation rows, else
+    `in_scope_recall` on the `fused` score: a few rows cannot choose a threshold), `accuracy`, `in_scope_recall`,
+    `fpr` or `accuracy_drop`."""
     target: float | None = None
-    """Target of the criterion: in_scope_recall (default 0.95), fpr (0.05) or accuracy_drop (0.01)."""
+    """Target of the criterion: in_scope_recall (default 0.95; also `auto`'s with few out-of-scope rows), fpr
+    (0.05) or accuracy_drop (0.01)."""
     mahalanobis_ridge: float = 1e-3
     """Ridge added to the shared covariance (times its mean variance) before inverting it."""
     energy_temperature: float = 1.0
@@ -356,9 +358,10 @@ class OpenSetSection:
         )
         _check(self.target is None or 0.0 <= self.target <= 1.0, "open_set.target", "must be in [0, 1] or null")
         _check(
-            self.target is None or self.criterion not in ("auto", "accuracy"),
+            self.target is None or self.criterion != "accuracy",
             "open_set.target",
-            "needs criterion in_scope_recall, fpr or accuracy_drop",
+            "needs criterion auto (the in-scope recall kept with few out-of-scope rows), in_scope_recall, fpr or "
+            "accuracy_drop",
         )
         _check(self.mahalanobis_ridge >= 0, "open_set.mahalanobis_ridge", "must be >= 0")
         _check(self.energy_temperature > 0, "open_set.energy_temperature", "must be > 0")

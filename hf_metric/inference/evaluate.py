@@ -9,8 +9,10 @@ Rows labelled with the model's out-of-scope label (`out_of_scope_label` in its c
 given to `read_test_file`) count as out of scope: they are left out of every class metric and give the open-set
 metrics the evaluator reports in training (`oos_auroc_<score>`, `oos_fpr95_<score>` for every score; with the
 model's calibrated rule also `in_scope_accuracy` (a rejected in-scope row counts wrong), `in_scope_recall`,
-`oos_recall`, `oos_precision`, `open_set_accuracy`), plus the accuracy / OOS-recall curve. Any other unknown label
-is still an error.
+`oos_recall`, `oos_precision`, `open_set_accuracy`), plus the accuracy / OOS-recall curve (the model's operating
+point marked) and a table of operating points (the model's rule; each score at in-scope recall 0.90 / 0.95 /
+0.99: its threshold, in-scope accuracy, OOS recall; `open_set_operating_points` in metrics.json), so that a user
+can move the threshold knowingly (`hf-metric calibrate`). Any other unknown label is still an error.
 
 A file with a `group` column (the candidate set of each row: an address, a scenario) also gets the error analysis
 by group that validation reports in training (`evaluation.groups`): `within_group_accuracy` and its values by
@@ -35,6 +37,7 @@ from ..evaluation.metrics import classification_metrics, per_class_f1, top_k_acc
 from ..evaluation.report import PLOT_CAPTIONS
 from ..evaluation.tables import metrics_markdown_table
 from ..model.open_set_scores import OUT_OF_SCOPE_ID
+from ..open_set.evaluation import operating_points, operating_points_markdown
 from .backends import ModelOutputs, concat_outputs, run_batches
 
 TOP_KS = (1, 3, 5)
@@ -123,9 +126,14 @@ def evaluate_file(
         if oos.any():
             metrics["out_of_scope_rows"] = int(oos.sum())
         summary = {"metrics": metrics, "per_class": _per_class(outputs, labels[ce], ce, id2label)}
+        points = _operating_points(predictions, evaluator.open_set) if oos.any() else []
+        if points:
+            summary["open_set_operating_points"] = points
         if folder:
             write_json_atomic(os.path.join(folder, "metrics.json"), summary)
             report = _report(folder, path, summary, result.plots)
+            if points:
+                report += "\n" + operating_points_markdown(points)
             if result.group_analysis is not None:
                 report += "\n" + analysis_markdown(result.group_analysis, id2label)
             write_text_atomic(os.path.join(folder, "report.md"), report)
@@ -136,6 +144,16 @@ def evaluate_file(
     with atomic_directory(out_dir) as tmp:
         summary = run(tmp)
     return summary
+
+
+def _operating_points(p: EvalPredictions, open_set: Any) -> list[dict[str, Any]]:
+    """The operating-point table (`open_set.evaluation.operating_points`) of the scores the evaluator computed."""
+    if open_set.scores is None:
+        return []
+    rows = p.classifier_rows | (p.labels == OUT_OF_SCOPE_ID)
+    s = open_set.settings
+    rule = (s.score, s.threshold) if s is not None and s.threshold is not None else None
+    return operating_points(open_set.scores, p.open_set_inputs()[0][rows], p.labels[rows], rule)
 
 
 def _run_column(backend: Any, featurizer: Any, values: Any, batch_size: int) -> ModelOutputs:

@@ -42,6 +42,8 @@ class MetricClassifierConfig(PreTrainedConfig):
         open_set_energy_temperature: temperature of the `energy` score.
         open_set_mahalanobis: the model stores class means and a shared precision for the `mahalanobis` score
             (set by `set_open_set`).
+        open_set_calibration: how the threshold was chosen (score, criterion, target, validation rows of each
+            kind, the reason; `hf_metric.open_set.calibration.Calibration.summary`); informative only.
         class_group_ids, same_group_pair_margin: group index of each class (-1: none) and the extra cosine margin
             a target-margin head puts, in training, on the classes of the row's own group (0: off).
         gem_p: exponent of `gem` pooling.
@@ -83,6 +85,7 @@ class MetricClassifierConfig(PreTrainedConfig):
     open_set_fusion_stats: dict | None = None
     open_set_energy_temperature: float = 1.0
     open_set_mahalanobis: bool = False
+    open_set_calibration: dict | None = None
     class_group_ids: list[int] | None = None
     same_group_pair_margin: float = 0.0
     gem_p: float = 3.0

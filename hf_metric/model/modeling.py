@@ -207,6 +207,7 @@ class MetricClassifierModel(MetricClassifierPreTrainedModel):
         self.config.open_set_score = score
         self.config.open_set_threshold = None if threshold is None else float(threshold)
         self.config.open_set_fusion_stats = dict(fusion_stats) if score == "fused" else None
+        self.config.open_set_calibration = None  # a calibration records its choice after setting the rule
 
     def open_set_scores(self, logits: torch.Tensor, head_logits: torch.Tensor, embeddings: torch.Tensor):
         """(batch,) the configured open-set score: msp from `logits` (the prediction, kNN-fused or not),

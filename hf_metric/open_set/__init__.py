@@ -6,8 +6,10 @@ Everything about the rejection rule lives here, in the order it is used:
   threshold-free metrics (AUROC, FPR at 95 % recall) and the accuracy / out-of-scope-recall curve;
   `OpenSetSettings` (a model's rule) and `OpenSetStatistics` (the class means and precision it needs);
 - `calibration.py`: the ONE threshold calibration (criteria `accuracy`, `in_scope_recall`, `fpr`,
-  `accuracy_drop`), used after training, by galleries (unknown identities) and by re-calibration;
+  `accuracy_drop`, and `auto`, which weighs how many out-of-scope validation rows there are), used after
+  training, by galleries (unknown identities) and by re-calibration;
 - `model_rule.py`: calibrate a trained model on its validation outputs and store the rule in its config;
+- `recalibrate.py`: re-choose a trained model's rule on a new validation file (`hf-metric calibrate`);
 - `onnx_graph.py`: the same score inside an exported ONNX graph.
 
 The score functions themselves (`hf_metric.model.open_set_scores`) stay in `model/`: a saved model applies its

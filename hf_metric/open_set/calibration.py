@@ -17,6 +17,15 @@ one pass over the sorted scores (cumulative counts), and the criterion picks one
 `score="auto"` tries every score and keeps the best by the criterion (for the targets: the best OOS recall,
 or for `fpr` the best in-scope accuracy, at the target); without out-of-scope rows nothing can rank the
 scores, and `fused` is used.
+
+`criterion="auto"` (the config's default) weighs the evidence first. The best validation accuracy is decided by
+the few out-of-scope rows near the threshold: with 10 of them one row moves the OOS recall by 10 points, and the
+chosen threshold lands wherever those rows happen to fall (it then rejects few of the out-of-scope kinds that
+validation did not show). So with fewer than `MIN_OOS_ROWS` out-of-scope validation rows `auto` does not use
+them to choose: it keeps `AUTO_IN_SCOPE_RECALL` of the in-scope rows (criterion `in_scope_recall`, estimated on
+the in-scope rows, which are plenty; its error does not depend on the out-of-scope rows at all) on the `fused`
+score (no ranking of scores on a handful of rows either). With `MIN_OOS_ROWS` or more it is `accuracy`, as
+before. The returned `Calibration` says what it chose and why (`reason`, `describe()`).
 """
 
 from __future__ import annotations
@@ -29,6 +38,11 @@ import numpy as np
 from ..model.open_set_scores import OUT_OF_SCOPE_ID
 
 CRITERIA = ("accuracy", "in_scope_recall", "fpr", "accuracy_drop")
+MIN_OOS_ROWS = 100
+"""Out-of-scope validation rows below which `criterion="auto"` does not chase validation accuracy. At 100 rows
+an OOS recall near 0.75 is known to about +-4 points (binomial standard error); at 50, +-6; at 10, +-14."""
+AUTO_IN_SCOPE_RECALL = 0.95
+"""The in-scope recall `criterion="auto"` keeps with few out-of-scope rows (unless a target is given)."""
 
 
 @dataclass
@@ -41,6 +55,33 @@ class Calibration:
     metrics: dict[str, float]
     per_score: dict[str, dict[str, float]] = field(default_factory=dict)
     """Each score's own calibrated threshold and metrics (what `auto` chose among)."""
+    target: float | None = None
+    in_scope_rows: int = 0
+    oos_rows: int = 0
+    reason: str = ""
+    """Why this criterion (and score): the evidence `criterion="auto"` weighed; empty for an explicit one."""
+
+    def summary(self) -> dict[str, object]:
+        """JSON-able record of the choice (stored in a model's config as `open_set_calibration`)."""
+        return {
+            "score": self.score,
+            "threshold": float(self.threshold),
+            "criterion": self.criterion,
+            "target": self.target,
+            "in_scope_rows": self.in_scope_rows,
+            "oos_rows": self.oos_rows,
+            "reason": self.reason,
+            "metrics": {k: float(v) for k, v in self.metrics.items() if not np.isnan(v)},
+        }
+
+    def describe(self) -> str:
+        """One line for logs, reports and the model card."""
+        target = "" if self.target is None else f" (target {self.target:g})"
+        why = f"; {self.reason}" if self.reason else ""
+        return (
+            f"score {self.score}, threshold {self.threshold:.6g}, criterion {self.criterion}{target}, on "
+            f"{self.in_scope_rows} in-scope and {self.oos_rows} out-of-scope validation rows{why}"
+        )
 
 
 def candidate_thresholds(scores: np.ndarray) -> np.ndarray:
@@ -98,6 +139,15 @@ def _rank(metrics: Mapping[str, float], criterion: str) -> float:
     return -np.inf if np.isnan(value) else value
 
 
+def auto_criterion(oos_rows: int, target: float | None = None) -> tuple[str, float | None, str]:
+    """(criterion, target, reason) of `criterion="auto"` for this many out-of-scope validation rows."""
+    if oos_rows >= MIN_OOS_ROWS:
+        return "accuracy", None, f"{oos_rows} out-of-scope rows >= {MIN_OOS_ROWS}: best validation accuracy"
+    target = AUTO_IN_SCOPE_RECALL if target is None else target
+    what = "no out-of-scope rows" if oos_rows == 0 else f"only {oos_rows} out-of-scope rows (< {MIN_OOS_ROWS})"
+    return "in_scope_recall", target, f"{what}: too few to choose by; keep {target:g} of the in-scope rows"
+
+
 def calibrate(
     scores: Mapping[str, np.ndarray],
     logits: np.ndarray,
@@ -108,11 +158,19 @@ def calibrate(
 ) -> Calibration:
     """The score and threshold for these validation rows (labels: class ids, `OUT_OF_SCOPE_ID` out of scope).
 
-    `criterion` None means `accuracy` with out-of-scope rows and `in_scope_recall` without; targets default to
-    0.95 (in-scope recall), 0.05 (FPR) and 0.01 (accuracy drop).
+    `criterion` None means `accuracy` with out-of-scope rows and `in_scope_recall` without; `auto` weighs the
+    evidence (module docstring; `target` is then its in-scope recall). Targets default to 0.95 (in-scope recall),
+    0.05 (FPR) and 0.01 (accuracy drop).
     """
     labels = np.asarray(labels)
-    has_oos = bool((labels == OUT_OF_SCOPE_ID).any())
+    n_oos = int((labels == OUT_OF_SCOPE_ID).sum())
+    has_oos = n_oos > 0
+    reason = ""
+    if criterion == "auto":
+        criterion, target, reason = auto_criterion(n_oos, target)
+        if criterion != "accuracy" and score == "auto" and "fused" in scores:
+            score = "fused"
+            reason += "; score fused (not ranked on few rows)"
     criterion = criterion or ("accuracy" if has_oos else "in_scope_recall")
     if criterion in ("accuracy", "fpr") and not has_oos:
         raise ValueError(f"calibration criterion {criterion!r} needs out-of-scope validation rows; there are none")
@@ -130,4 +188,7 @@ def calibrate(
         per_score[name] = {key: float(values[i]) for key, values in curves.items()}
     best = max(names, key=lambda n: _rank(per_score[n], criterion)) if has_oos else names[0]
     chosen = per_score[best]
-    return Calibration(best, chosen["threshold"], criterion, chosen, per_score)
+    if target is None and criterion != "accuracy":
+        target = {"in_scope_recall": 0.95, "fpr": 0.05, "accuracy_drop": 0.01}[criterion]
+    n_in = len(labels) - n_oos
+    return Calibration(best, chosen["threshold"], criterion, chosen, per_score, target, n_in, n_oos, reason)

@@ -176,7 +176,8 @@ def accuracy_recall_plot(
     if threshold is not None and threshold[0] in scores:
         name, t = threshold
         point = operating_point(predict_with_rejection(logits, scores[name], t), labels)
-        ax.scatter([point["oos_recall"]], [point["in_scope_accuracy"]], color="black", zorder=3, label=f"{name} @ t")
+        mark = f"model's rule: {name} < {t:.4g} rejected"
+        ax.scatter([point["oos_recall"]], [point["in_scope_accuracy"]], color="black", zorder=3, label=mark)
     ax.set_xlabel("out-of-scope recall (rejected share of OOS rows)")
     ax.set_ylabel("in-scope accuracy (rejections count wrong)")
     ax.set_title("Open set: accuracy vs OOS recall", fontsize=11)
@@ -184,6 +185,60 @@ def accuracy_recall_plot(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+OPERATING_RECALLS = (0.90, 0.95, 0.99)
+"""In-scope recalls of the operating-point table `hf-metric evaluate` reports."""
+
+
+def operating_points(
+    scores: Mapping[str, np.ndarray],
+    logits: np.ndarray,
+    labels: np.ndarray,
+    rule: tuple[str, float] | None = None,
+    recalls: tuple[float, ...] = OPERATING_RECALLS,
+) -> list[dict[str, object]]:
+    """Rows of the operating-point table: the model's own rule (score name, threshold) first when given, then for
+    every score the highest threshold keeping each in-scope recall of `recalls` (the calibration's
+    `in_scope_recall` criterion on these rows), with what it costs in-scope and buys out of scope."""
+    from .calibration import pick, threshold_curves
+
+    labels = np.asarray(labels)
+    correct = np.asarray(logits).argmax(axis=-1) == labels
+    keys = ("in_scope_recall", "in_scope_accuracy", "oos_recall")
+    rows: list[dict[str, object]] = []
+    if rule is not None and rule[0] in scores:
+        point = operating_point(predict_with_rejection(logits, scores[rule[0]], rule[1]), labels)
+        rows.append({"score": rule[0], "rule": "model", "threshold": float(rule[1]), **{k: point[k] for k in keys}})
+    names = sorted(scores, key=lambda n: (rule is None or n != rule[0], n))
+    for name in names:
+        curves = threshold_curves(scores[name], correct, labels)
+        for recall in recalls:
+            i = pick(curves, "in_scope_recall", recall)
+            values = {k: float(curves[k][i]) for k in keys}
+            rule_name = f"in-scope recall >= {recall:g}"
+            rows.append({"score": name, "rule": rule_name, "threshold": float(curves["threshold"][i]), **values})
+    return rows
+
+
+def operating_points_markdown(rows: list[dict[str, object]]) -> str:
+    """The report section of `operating_points`: where the threshold can move, and at what price."""
+    lines = [
+        "## Open set: operating points",
+        "",
+        "The model's rule, then each score's threshold at a target in-scope recall on this file. "
+        "`hf-metric calibrate --criterion in_scope_recall --target R` moves the model there (choose on validation "
+        "data, not on the test set).",
+        "",
+        "| score | rule | threshold | in-scope recall | in-scope accuracy | OOS recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['score']} | {r['rule']} | {r['threshold']:.6g} | {r['in_scope_recall']:.4f} | "
+            f"{r['in_scope_accuracy']:.4f} | {r['oos_recall']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 @dataclass

@@ -41,8 +41,7 @@ def calibrate_model(
         outputs["head_logits"][rows],
         settings.energy_temperature,
     )
-    criterion = None if settings.criterion == "auto" else settings.criterion
-    result = calibrate(scores, logits, labels, settings.score, criterion, settings.target)
+    result = calibrate(scores, logits, labels, settings.score, settings.criterion, settings.target)
     model.config.open_set_energy_temperature = settings.energy_temperature
     model.set_open_set(
         result.score,
@@ -51,10 +50,34 @@ def calibrate_model(
         torch.as_tensor(stats.means),
         torch.as_tensor(stats.precision),
     )
-    metrics = {f"open_set_{k}": v for k, v in result.metrics.items() if not np.isnan(v)}
+    model.config.open_set_calibration = result.summary()
+    metrics = calibration_metrics(result)
     if (labels == OUT_OF_SCOPE_ID).any():
         metrics.update(threshold_free_metrics(scores, labels))
-    logger.info(
-        "open set: score %s, threshold %.6g (%s): %s", result.score, result.threshold, result.criterion, metrics
-    )
+    logger.info("open set: %s; validation metrics: %s", result.describe(), metrics)
     return result, metrics
+
+
+def calibration_metrics(result: Calibration) -> dict[str, float]:
+    """`open_set_*`: the chosen point's validation metrics and the evidence it was chosen on (row counts)."""
+    metrics = {f"open_set_{k}": v for k, v in result.metrics.items() if not np.isnan(v)}
+    metrics.update(open_set_validation_in_scope_rows=result.in_scope_rows, open_set_validation_oos_rows=result.oos_rows)
+    return metrics
+
+
+def calibration_markdown(calibration: dict | None) -> str:
+    """The report section on a stored rule's choice (`open_set_calibration` of a model config); empty without."""
+    if not calibration:
+        return ""
+    target = calibration.get("target")
+    lines = [
+        "## Open-set rule",
+        "",
+        "| score | threshold | criterion | target | in-scope rows | out-of-scope rows |",
+        "|---|---|---|---|---|---|",
+        f"| {calibration['score']} | {calibration['threshold']:.6g} | {calibration['criterion']} | "
+        f"{'' if target is None else f'{target:g}'} | {calibration['in_scope_rows']} | {calibration['oos_rows']} |",
+    ]
+    if calibration.get("reason"):
+        lines += ["", f"Why: {calibration['reason']}."]
+    return "\n".join(lines) + "\n"

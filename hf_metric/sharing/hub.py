@@ -196,10 +196,17 @@ def _open_set_line(cfg: TrainConfig, config: Mapping[str, Any], metrics: Mapping
         if f"eval_open_set_{name}" in metrics
     ]
     on_validation = f"; on the validation split: {', '.join(measured)}" if measured else ""
+    chosen = config.get("open_set_calibration") or {}
+    criterion = chosen.get("criterion", cfg.open_set.criterion)
+    if chosen.get("target") is not None:
+        criterion += f"` target `{chosen['target']:g}"
+    rows = f", {chosen.get('in_scope_rows')} in-scope and {chosen.get('oos_rows')} out-of-scope rows"
+    evidence = rows if "oos_rows" in chosen else ""
+    why = f" Why: {chosen['reason']}." if chosen.get("reason") else ""
     return (
         f"\n\n**Out-of-scope rejection:** a row whose calibrated `{score}` score (higher = in-scope) is below "
         f"**{threshold:.6g}** is answered with `{label}` (pipelines, `predict`'s `is_out_of_scope`; threshold chosen "
-        f"on the validation split, criterion `{cfg.open_set.criterion}`{on_validation})."
+        f"on the validation split, criterion `{criterion}`{evidence}{on_validation}).{why}"
     )
 
 

@@ -38,7 +38,7 @@ def finalize(trainer, cfg: TrainConfig, data) -> dict[str, float]:
     trainer.save_final_model(best_dir)
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(out_dir, "metrics.json"), metrics)
-        sections = group_sections(trainer, out_dir)
+        sections = group_sections(trainer, out_dir) + open_set_sections(trainer)
         report = write_report(out_dir, metrics, trainer.latest_plots, cfg.to_yaml(), sections)
         print("\nFinal validation metrics (best checkpoint):\n" + format_metrics_table(metrics), flush=True)
         finish_best_model(trainer, cfg, best_dir, metrics, data.summary)
@@ -89,11 +89,17 @@ def add_open_set(trainer, cfg: TrainConfig) -> dict[str, float]:
     outputs = dataset_outputs(trainer, trainer.eval_dataset)
     reference = (model.knn_reference_embeddings, model.knn_reference_labels)
     calibration, metrics = calibrate_model(model, outputs, reference, cfg.open_set)
-    print(
-        f"Open set: score {calibration.score}, threshold {calibration.threshold:.6g} ({calibration.criterion})",
-        flush=True,
-    )
+    print(f"Open set: {calibration.describe()}", flush=True)
     return {f"eval_{k}": v for k, v in metrics.items()}
+
+
+def open_set_sections(trainer) -> list[str]:
+    """The report section on how the open-set rule was chosen (none without a calibrated rule)."""
+    from ..open_set.model_rule import calibration_markdown
+
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    section = calibration_markdown(getattr(config, "open_set_calibration", None))
+    return [section] if section else []
 
 
 def finish_best_model(
