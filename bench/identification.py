@@ -133,7 +133,7 @@ def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 
 def train_model(split: dict, overrides: dict[str, Any], args: argparse.Namespace, workdir: Path) -> tuple[str, float]:
     """Train the example config (+ overrides) on the split's training rows: (best model folder, seconds)."""
-    from hf_metric.config import config_from_dict
+    from hf_metric.loading import config_from_dict
     from hf_metric.run import train
 
     parquet = workdir / "train.parquet"
