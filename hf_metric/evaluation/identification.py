@@ -122,8 +122,9 @@ def search_gallery(
 @dataclass
 class IdentificationEvaluator(Evaluator):
     """Identification, open-set and verification metrics of (query embeddings, labels[, groups]) against a
-    gallery (embeddings, labels[, groups]); see the module docstring. Call it; `details` keeps the last call's
-    tables (per group, by number of candidates) for a report.
+    gallery (embeddings, labels[, groups]); see the module docstring. `evaluate` takes arrays, a call takes the
+    trainer's predictions and bank; `details` keeps the last call's search, pairs and tables (per group, by number
+    of candidates) for a report and the pictures.
 
     Args:
         ks: the K of cmc@K.
