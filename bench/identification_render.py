@@ -9,16 +9,17 @@ from bench.docs_section import table_row, write_section
 
 MARKS = ("<!-- identification:start -->", "<!-- identification:end -->")
 COLUMNS = (
-    ("precision_at_1", "precision@1", 100, 1),
-    ("map_at_r", "MAP@R", 1, 3),
-    ("mrr", "MRR", 1, 3),
-    ("within_group_precision_at_1", "precision@1 in group", 100, 1),
-    ("within_group_map_at_r", "MAP@R in group", 1, 3),
-    ("eer", "EER %", 100, 2),
-    ("tar@far=0.001", "TAR@FAR=1e-3 %", 100, 1),
-    ("eer_same_group", "EER % same group", 100, 2),
-    ("train_seconds", "train s", 1, 0),
+    ("precision_at_1", 100, 1),
+    ("map_at_r", 1, 3),
+    ("mrr", 1, 3),
+    ("within_group_precision_at_1", 100, 1),
+    ("within_group_map_at_r", 1, 3),
+    ("eer", 100, 2),
+    ("tar@far=0.001", 100, 1),
+    ("eer_same_group", 100, 2),
+    ("train_seconds", 1, 0),
 )
+"""(result key, scale, digits) of each column; the titles are in `TEXT`."""
 TEXT = {
     "en": {
         "title": "# Identification of unseen classes",
@@ -36,6 +37,19 @@ TEXT = {
         "run": "Run",
         "none": "No measured run yet: the script is ready (see the commands above).",
         "model": "model",
+        "columns": (
+            "precision@1",
+            "MAP@R",
+            "MRR",
+            "precision@1 in group",
+            "MAP@R in group",
+            "EER %",
+            "TAR@FAR=1e-3 %",
+            "EER % same group",
+            "train s",
+        ),
+        "heading": "{dataset}, protocol {protocol} ({run_id})",
+        "setup": "{seen} + {held} classes, {rows} training rows, epochs {epochs}, {machine}, {threads} threads",
     },
     "ru": {
         "title": "# Идентификация невиданных классов",
@@ -53,6 +67,19 @@ TEXT = {
         "run": "Запуск",
         "none": "Измерений пока нет: скрипт готов (команды выше).",
         "model": "модель",
+        "columns": (
+            "precision@1",
+            "MAP@R",
+            "MRR",
+            "precision@1 в группе",
+            "MAP@R в группе",
+            "EER %",
+            "TAR@FAR=1e-3 %",
+            "EER %, чужие из группы",
+            "обучение, с",
+        ),
+        "heading": "{dataset}, протокол {protocol} ({run_id})",
+        "setup": "{seen} + {held} классов, {rows} обучающих строк, эпох: {epochs}, {machine}, потоков: {threads}",
     },
 }
 
@@ -74,17 +101,20 @@ def tables(rows: list[dict[str, Any]], lang: str) -> str:
     for (dataset, protocol), run_id in sorted(latest.items()):
         chosen = [r for r in rows if (r["dataset"], r["protocol"], r["run_id"]) == (dataset, protocol, run_id)]
         first = chosen[0]
-        setup = (
-            f"{first['train_classes']} + {first['held_out_classes']} classes, {first['train_rows']} training rows, "
-            f"epochs {first['epochs'] or 'config'}, {first['machine']}, {first['threads']} threads"
+        setup = text["setup"].format(
+            seen=first["train_classes"],
+            held=first["held_out_classes"],
+            rows=first["train_rows"],
+            epochs=first["epochs"] or "config",
+            machine=first["machine"],
+            threads=first["threads"],
         )
-        out += [f"### {dataset}, protocol {protocol} ({run_id})", "", setup, "", f"`{first['command']}`", ""]
-        out.append(table_row([text["model"], "k", *(title for _, title, _, _ in COLUMNS)]))
+        heading = text["heading"].format(dataset=dataset, protocol=protocol, run_id=run_id)
+        out += [f"### {heading}", "", setup, "", f"`{first['command']}`", ""]
+        out.append(table_row([text["model"], "k", *text["columns"]]))
         out.append(table_row(["---"] * (len(COLUMNS) + 2)))
         for r in chosen:
-            out.append(
-                table_row([r["model"], r["k"], *(_cell(r, key, scale, digits) for key, _, scale, digits in COLUMNS)])
-            )
+            out.append(table_row([r["model"], r["k"], *(_cell(r, *column) for column in COLUMNS)]))
         out.append("")
     return "\n".join(out) if out else text["none"] + "\n"
 
