@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -90,16 +91,15 @@ def _cell(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
 
 
 def tables(rows: list[dict[str, Any]], lang: str) -> str:
-    """One table per (dataset, protocol): its latest run, a row per model and k."""
+    """One table per (dataset, protocol, recipe overrides): its latest run, a row per model and k."""
     text = TEXT[lang]
-    latest: dict[tuple[str, str], str] = {}
+    latest: dict[tuple[str, str, str], str] = {}
     for row in rows:
-        latest[(row["dataset"], row["protocol"])] = max(
-            row["run_id"], latest.get((row["dataset"], row["protocol"]), "")
-        )
+        key = (row["dataset"], row["protocol"], json.dumps(row.get("overrides") or {}, sort_keys=True))
+        latest[key] = max(row["run_id"], latest.get(key, ""))
     out = []
-    for (dataset, protocol), run_id in sorted(latest.items()):
-        chosen = [r for r in rows if (r["dataset"], r["protocol"], r["run_id"]) == (dataset, protocol, run_id)]
+    for (dataset, protocol, _), run_id in sorted(latest.items()):
+        chosen = [r for r in rows if r["run_id"] == run_id and (r["dataset"], r["protocol"]) == (dataset, protocol)]
         first = chosen[0]
         setup = text["setup"].format(
             seen=first["train_classes"],
