@@ -91,11 +91,13 @@ def _cell(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
 
 
 def tables(rows: list[dict[str, Any]], lang: str) -> str:
-    """One table per (dataset, protocol, recipe overrides): its latest run, a row per model and k."""
+    """One table per dataset, protocol and setting (recipe overrides, epochs, row cap): its latest run, a row per
+    model and k."""
     text = TEXT[lang]
     latest: dict[tuple[str, str, str], str] = {}
     for row in rows:
-        key = (row["dataset"], row["protocol"], json.dumps(row.get("overrides") or {}, sort_keys=True))
+        setting = json.dumps([row.get("overrides") or {}, row["epochs"], row["max_train_rows"]], sort_keys=True)
+        key = (row["dataset"], row["protocol"], setting)
         latest[key] = max(row["run_id"], latest.get(key, ""))
     out = []
     for (dataset, protocol, _), run_id in sorted(latest.items()):
