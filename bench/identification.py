@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -219,7 +220,7 @@ def run_dataset(data_dir: Path, args: argparse.Namespace, run_id: str) -> None:
     split = build_protocol(data_dir, args.protocol, args.shots, args.seed, args.max_train_rows)
     common = {
         "run_id": run_id,
-        "command": "python -m bench.identification " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.identification " + shlex.join(sys.argv[1:]),
         "dataset": split["name"],
         "protocol": args.protocol,
         "seed": args.seed,

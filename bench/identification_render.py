@@ -90,18 +90,23 @@ def _cell(row: dict[str, Any], key: str, scale: float, digits: int) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
+def _table_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(dataset, protocol, setting): the setting is the recipe's overrides, the epochs and the row cap."""
+    setting = json.dumps([row.get("overrides") or {}, row["epochs"], row["max_train_rows"]], sort_keys=True)
+    return row["dataset"], row["protocol"], setting
+
+
 def tables(rows: list[dict[str, Any]], lang: str) -> str:
     """One table per dataset, protocol and setting (recipe overrides, epochs, row cap): its latest run, a row per
     model and k."""
     text = TEXT[lang]
     latest: dict[tuple[str, str, str], str] = {}
     for row in rows:
-        setting = json.dumps([row.get("overrides") or {}, row["epochs"], row["max_train_rows"]], sort_keys=True)
-        key = (row["dataset"], row["protocol"], setting)
-        latest[key] = max(row["run_id"], latest.get(key, ""))
+        latest[_table_key(row)] = max(row["run_id"], latest.get(_table_key(row), ""))
     out = []
-    for (dataset, protocol, _), run_id in sorted(latest.items()):
-        chosen = [r for r in rows if r["run_id"] == run_id and (r["dataset"], r["protocol"]) == (dataset, protocol)]
+    for key, run_id in sorted(latest.items()):
+        chosen = [r for r in rows if _table_key(r) == key and r["run_id"] == run_id]
+        dataset, protocol = key[:2]
         first = chosen[0]
         setup = text["setup"].format(
             seen=first["train_classes"],
