@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -204,12 +205,12 @@ def score(split: dict, encode, shots: list[int]) -> list[dict[str, Any]]:
         enrolled = split["enrol"][k]
         g_emb = np.concatenate([base_emb, encode(enrolled["text"])])
         g_labels = np.concatenate([base["label"], enrolled["label"]])
-        got = evaluator(q_emb, queries["label"], g_emb, g_labels)
+        got = evaluator.evaluate(q_emb, queries["label"], g_emb, g_labels)
         row = {"k": k, **{m: got[m] for m in REPORTED}}
         if grouped:
             g_groups = np.concatenate([base["group"], enrolled["group"]])
             within = IdentificationEvaluator(within_group=True, verification=False)
-            got = within(q_emb, queries["label"], g_emb, g_labels, queries["group"], g_groups)
+            got = within.evaluate(q_emb, queries["label"], g_emb, g_labels, queries["group"], g_groups)
             row.update({f"within_group_{m}": got[m] for m in ("precision_at_1", "map_at_r")})
         rows.append({**row, **{m: v for m, v in verification.items() if not m.startswith("threshold")}})
     return rows
@@ -219,7 +220,7 @@ def run_dataset(data_dir: Path, args: argparse.Namespace, run_id: str) -> None:
     split = build_protocol(data_dir, args.protocol, args.shots, args.seed, args.max_train_rows)
     common = {
         "run_id": run_id,
-        "command": "python -m bench.identification " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.identification " + shlex.join(sys.argv[1:]),
         "dataset": split["name"],
         "protocol": args.protocol,
         "seed": args.seed,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from hf_metric.evaluation.base import EvalPredictions
 from hf_metric.evaluation.identification import IdentificationEvaluator, search_gallery
 from hf_metric.evaluation.names import identification_metric_names
 
@@ -51,7 +53,7 @@ def test_search_matches_naive_and_never_leaves_the_group(within):
 def test_metrics_names_open_set_and_verification():
     query, qy, qg, gallery, gy, gg = data(1)
     evaluator = IdentificationEvaluator(within_group=True, impostors=200)
-    got = evaluator(query, qy, gallery, gy, qg, gg)
+    got = evaluator.evaluate(query, qy, gallery, gy, qg, gg)
     assert got["queries_absent_from_gallery"] == 2 and got["identification_queries"] == 25
     assert "dir@fpir=0.01" in got and "dir@fpir=0.1" in got  # pine is the unknown identity
     assert set(identification_metric_names(groups=True)) <= set(got)
@@ -60,13 +62,80 @@ def test_metrics_names_open_set_and_verification():
     assert sorted(by_candidates) == [1, 2, 3]
     assert got["precision_at_1_candidates_3-5"] == by_candidates[3][0]
     assert got["precision_at_1_candidates_2"] == by_candidates[2][0]
-    plain = IdentificationEvaluator(verification=False)(query, qy, gallery, gy)
+    plain = IdentificationEvaluator(verification=False).evaluate(query, qy, gallery, gy)
     assert "eer" not in plain and "group_precision_at_1_min" not in plain and "precision_at_1" in plain
 
 
 def test_errors():
     query, qy, _, gallery, gy, _ = data()
     with pytest.raises(ValueError, match="within_group"):
-        IdentificationEvaluator(within_group=True)(query, qy, gallery, gy)
+        IdentificationEvaluator(within_group=True).evaluate(query, qy, gallery, gy)
     with pytest.raises(ValueError, match="queries and a gallery"):
-        IdentificationEvaluator()(query[:0], qy[:0], gallery, gy)
+        IdentificationEvaluator().evaluate(query[:0], qy[:0], gallery, gy)
+
+
+def test_as_a_validation_evaluator_the_bank_is_the_gallery():
+    query, qy, qg, gallery, gy, _ = data(2)
+    codes = {name: i for i, name in enumerate(sorted(set(gy) | {"pine"}))}
+    labels = np.array([codes[y] for y in qy])
+    labels[3] = -1  # an out-of-scope row: not a query
+    metric_rows = np.ones(len(labels), bool)
+    metric_rows[4] = False
+    predictions = EvalPredictions(
+        logits=np.zeros((len(labels), 2)),
+        embeddings=query,
+        labels=labels,
+        classifier_rows=np.ones(len(labels), bool),
+        metric_rows=metric_rows,
+        groups=qg,
+    )
+    bank = (torch.from_numpy(gallery).float(), np.array([codes[y] for y in gy]))
+    evaluator = IdentificationEvaluator(within_group=True, impostors=100)
+    got = evaluator(predictions, bank)
+    keep = (labels >= 0) & metric_rows
+    group_of = dict(zip(labels[keep].tolist(), qg[keep].tolist(), strict=True))
+    gallery_groups = [group_of.get(y) for y in bank[1].tolist()]
+    want = IdentificationEvaluator(within_group=True, impostors=100).evaluate(
+        query[keep], labels[keep], gallery, bank[1], qg[keep], gallery_groups
+    )
+    assert got == pytest.approx(want, nan_ok=True)
+    assert evaluator(predictions, None) == {}
+
+
+def test_registered_names_are_valid_save_best_by(tmp_path, tiny_model_dir):
+    from conftest import tiny_config
+
+    from hf_metric.errors import ConfigError
+    from hf_metric.loading import config_from_dict
+
+    def config(best: str, **options):
+        raw = tiny_config(tiny_model_dir, tmp_path / "d.parquet", tmp_path / "ckpt")
+        raw["metric_validation"] = {"evaluators": [{"type": "identification", **options}]}
+        raw["checkpointing"]["save_best_by"] = best
+        return config_from_dict(raw)
+
+    for name in ("map_at_r", "precision_at_1", "cmc@5", "eer", "tar@far=0.001", "dir@fpir=0.1", "mrr"):
+        config(name)
+    config("cmc@20", ks=[1, 20])
+    config("eer_same_group", within_group=True)
+    with pytest.raises(ConfigError, match="save_best_by"):
+        config("cmc@20")
+
+
+@pytest.mark.slow
+def test_validation_during_training_reports_and_chooses_by_map_at_r(tmp_path, tiny_model_dir):
+    import json
+
+    from conftest import synthetic_rows, tiny_config, write_parquet
+
+    from hf_metric.loading import config_from_dict
+    from hf_metric.run import train
+
+    data = write_parquet(tmp_path / "d.parquet", synthetic_rows(10))
+    raw = tiny_config(tiny_model_dir, data, tmp_path / "ckpt")
+    raw["metric_validation"] = {"plots": False, "evaluators": [{"type": "identification", "impostors": 500}]}
+    raw["scheduler"] = {"num_training_steps": 4, "warmup_steps": 0}
+    raw["checkpointing"]["save_best_by"] = "map_at_r"
+    train(config_from_dict(raw))
+    metrics = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
+    assert 0.0 <= metrics["eval_map_at_r"] <= 1.0 and 0.0 <= metrics["eval_eer"] <= 1.0

@@ -129,3 +129,6 @@ def build_evaluators(specs: Sequence[Any]) -> list[Evaluator]:
         options = {k: v for k, v in spec.items() if k != "type"}
         built.append(EVALUATORS.get_class(spec["type"])(**options))
     return built
+
+
+from . import identification  # noqa: E402, F401  (registers the built-in "identification" evaluator)

@@ -16,6 +16,11 @@ the trainer, `hf-metric evaluate --gallery` and the benchmarks report the same n
 
 The search is exact cosine (`sharded_search.sharded_topk_neighbors`: the plain blocked search in one process,
 shared out among the processes of a distributed run).
+
+Two ways in: `evaluate(query_emb, query_labels, gallery_emb, gallery_labels, query_groups, gallery_groups)` on
+arrays (the gallery, the CLI, the benchmark), and, as a registered `base.Evaluator` named "identification"
+(`metric_validation.evaluators: [{type: identification, within_group: true}]`), `__call__(predictions,
+reference)` during training: the validation rows are the queries, the reference (the bank) is the gallery.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .base import EVALUATORS, EvalPredictions, Evaluator, Reference
 from .retrieval import (
     PAD,
     accuracy_by_candidates,
@@ -33,7 +39,6 @@ from .retrieval import (
     open_set_identification,
     relevant_counts,
 )
-from .sharded_search import sharded_topk_neighbors
 from .verification import IMPOSTOR_SAME_GROUP, sample_pairs, verification_metrics
 
 SAME_GROUP_SUFFIX = "_same_group"
@@ -57,6 +62,12 @@ def _object(values: Any) -> np.ndarray:
     return out
 
 
+def _float32(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor (the trainer's bank)
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float32)
+
+
 def search_gallery(
     query_emb: Any,
     gallery_emb: Any,
@@ -65,12 +76,14 @@ def search_gallery(
     ks: tuple[int, ...] = (1, 5, 10),
     query_groups: Any = None,
     gallery_groups: Any = None,
-    search=sharded_topk_neighbors,
+    search: Any = None,
 ) -> GallerySearch:
     """Exact cosine search of the queries against the gallery, or (with both group arrays) each query against
     its own group's rows only (a query whose group has no gallery row gets no candidates); k = max(max R,
     max ks), so that MAP@R is exact."""
-    query_emb, gallery_emb = np.asarray(query_emb, dtype=np.float32), np.asarray(gallery_emb, dtype=np.float32)
+    if search is None:
+        from .sharded_search import sharded_topk_neighbors as search
+    query_emb, gallery_emb = _float32(query_emb), _float32(gallery_emb)
     gallery_labels, query_labels = _object(gallery_labels), _object(query_labels)
     n = len(query_labels)
     if query_groups is None or gallery_groups is None:
@@ -105,11 +118,13 @@ def search_gallery(
     return GallerySearch(labels, scores, indices, relevant, candidates)
 
 
+@EVALUATORS.register("identification")
 @dataclass
-class IdentificationEvaluator:
+class IdentificationEvaluator(Evaluator):
     """Identification, open-set and verification metrics of (query embeddings, labels[, groups]) against a
-    gallery (embeddings, labels[, groups]); see the module docstring. Call it; `details` keeps the last call's
-    tables (per group, by number of candidates) for a report.
+    gallery (embeddings, labels[, groups]); see the module docstring. `evaluate` takes arrays, a call takes the
+    trainer's predictions and bank; `details` keeps the last call's search, pairs and tables (per group, by number
+    of candidates) for a report and the pictures.
 
     Args:
         ks: the K of cmc@K.
@@ -118,6 +133,7 @@ class IdentificationEvaluator:
         within_group: search each query among its own group's gallery rows only (needs both group arrays).
         verification: sample pairs of query rows and report the verification metrics.
         genuine_per_label / impostors / seed: the pair sample (`verification.sample_pairs`).
+        search: the exact search (None: `sharded_search.sharded_topk_neighbors`).
     """
 
     ks: tuple[int, ...] = (1, 5, 10)
@@ -128,16 +144,41 @@ class IdentificationEvaluator:
     genuine_per_label: int | None = 100
     impostors: int = 100_000
     seed: int = 0
-    search: Any = sharded_topk_neighbors
+    search: Any = None
     details: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def metric_names(self, groups: bool = False) -> tuple[str, ...]:
-        """What `__call__` can return (the names `save_best_by` may take)."""
+    def __post_init__(self) -> None:
+        self.ks, self.fars, self.fpirs = tuple(self.ks), tuple(self.fars), tuple(self.fpirs)
+
+    def metric_names(self, groups: bool | None = None) -> tuple[str, ...]:
+        """What it returns that `save_best_by` may take (`groups`, default `within_group`: with the per-group
+        numbers)."""
         from .names import identification_metric_names
 
+        groups = self.within_group if groups is None else groups
         return identification_metric_names(self.ks, self.fars, self.fpirs, groups)
 
-    def __call__(
+    def __call__(self, predictions: EvalPredictions, reference: Reference = None) -> dict[str, float]:
+        """During training: the labelled rows with metric_mask = 1 (label >= 0) against the reference (embeddings,
+        labels); {} without embeddings or reference. A gallery row's group is the group its label has among the
+        queries (one group per class, as the group analysis assumes)."""
+        p = predictions
+        if p.embeddings is None or reference is None or len(reference[1]) == 0:
+            return {}
+        rows = p.metric_rows & (p.labels >= 0)
+        if not rows.any():
+            return {}
+        gallery_labels = np.asarray(reference[1])
+        query_groups = gallery_groups = None
+        if p.groups is not None:
+            query_groups = _object(p.groups[rows])
+            group_of = dict(zip(p.labels[rows].tolist(), query_groups.tolist(), strict=True))
+            gallery_groups = _object([group_of.get(y) for y in gallery_labels.tolist()])
+        return self.evaluate(
+            p.embeddings[rows], p.labels[rows], reference[0], gallery_labels, query_groups, gallery_groups
+        )
+
+    def evaluate(
         self,
         query_emb: Any,
         query_labels: Any,
