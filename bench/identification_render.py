@@ -31,8 +31,8 @@ TEXT = {
             "(linear head, random batches, no metric loss); `untuned`: the pretrained all-MiniLM-L6-v2, mean "
             "pooling, no fine-tuning. Verification on pairs of the query rows (genuine vs random impostors; "
             "`same group`: vs impostors of the same scenario). Written by `python -m bench.identification`; "
-            "settings may be chosen on `--protocol val` only (the test file is not read there). The goal "
-            "(issue of the identification work): on unseen classes, precision@1 >= untuned + 10 points and "
+            "settings may be chosen on `--protocol val` only (the test file is not read there). The goal: "
+            "on unseen classes, precision@1 >= untuned + 10 points and "
             "MAP@R >= untuned + 0.10."
         ),
         "run": "Run",

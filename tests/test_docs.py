@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,8 +101,8 @@ def test_the_site_navigation_lists_every_page():
 def test_python_examples_parse():
     for path in [*READMES, *pages()]:
         for i, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)):
-            try:
-                compile(block, f"{path.name} example {i}", "exec")
+            try:  # a block inside a list item is indented as a whole
+                compile(textwrap.dedent(block), f"{path.name} example {i}", "exec")
             except SyntaxError as err:
                 pytest.fail(f"{path.relative_to(ROOT)}: {err}")
 

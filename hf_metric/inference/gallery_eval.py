@@ -60,7 +60,7 @@ def gallery_metrics(
     targets, target_labels, target_groups, _ = gallery.targets()
     labels = np.asarray([str(x) for x in labels], dtype=object)
     metrics = {"gallery_rows": float(len(gallery)), "gallery_identities": float(len(gallery.identities))}
-    metrics.update(evaluator(embeddings, labels, targets, target_labels, groups, target_groups))
+    metrics.update(evaluator.evaluate(embeddings, labels, targets, target_labels, groups, target_groups))
     if gallery.threshold is not None:
         metrics.update(threshold_metrics(evaluator.details["search"], labels, gallery.threshold))
     plots: dict[str, str] = {}
