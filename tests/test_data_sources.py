@@ -212,3 +212,27 @@ def test_cli_exits_2_on_a_bad_shard(tmp_path, tiny_model_dir, capsys):
 def test_source_keys_are_validated(data, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"data": data})
+
+
+def test_image_shards_resolve_their_own_relative_paths_and_name_a_bad_row(tmp_path):
+    import re
+
+    from media_fixtures import png_bytes
+
+    from hf_metric.data.parquet import read_labeled_parquet
+    from hf_metric.data.sources import read_paths
+
+    paths = []
+    for i, folder in enumerate("ab"):
+        (tmp_path / folder / "img").mkdir(parents=True)
+        for j in range(2):
+            (tmp_path / folder / "img" / f"{j}.png").write_bytes(png_bytes((10, 20 * i, 30), j))
+        paths.append(str(tmp_path / folder / "s.parquet"))
+        pq.write_table(pa.table({"image": [f"img/{j}.png" for j in range(2)], "label": ["x", "y"]}), paths[-1])
+    labeled = read_labeled_parquet(read_paths(paths))
+    cells = labeled.table.column("image").to_pylist()
+    assert [c["path"] for c in cells] == [str(tmp_path / f / "img" / f"{j}.png") for f in "ab" for j in range(2)]
+    assert labeled.where(3) == (paths[1], 1)  # what a decoding error in training names
+    (tmp_path / "b" / "img" / "1.png").write_bytes(b"broken")
+    with pytest.raises(DataError, match=rf"^{re.escape(paths[1])}: column 'image', row 1: "):
+        read_labeled_parquet(read_paths(paths))

@@ -187,11 +187,14 @@ def read_paths(spec: str | list[str], columns: Mapping[str, str] | None = None) 
     files = expand_paths(spec)
     label = spec if isinstance(spec, str) else ", ".join(str(s) for s in spec)
     tables, starts, total = [], [], 0
+    schema = None  # the first shard's, as written
     for path in files:
         table = rename_columns(_read_file(path), columns, path)
-        if tables:
-            table = _like_first(table, tables[0].schema)
-            _check_schema(files[0], tables[0].schema, path, table.schema)
+        if schema is None:
+            schema = table.schema
+        else:
+            table = _like_first(table, schema)
+            _check_schema(files[0], schema, path, table.schema)
         if len(files) > 1:
             table = _absolute_media(table, path)
         tables.append(table)
