@@ -187,16 +187,16 @@ def read_paths(spec: str | list[str], columns: Mapping[str, str] | None = None) 
     files = expand_paths(spec)
     label = spec if isinstance(spec, str) else ", ".join(str(s) for s in spec)
     tables, starts, total = [], [], 0
-    schema = None  # the first shard's, as written
+    schema = None  # the first shard's (image/audio cells as {bytes, path}: shards may hold bytes or paths)
     for path in files:
         table = rename_columns(_read_file(path), columns, path)
+        if len(files) > 1:
+            table = _absolute_media(table, path)
         if schema is None:
             schema = table.schema
         else:
             table = _like_first(table, schema)
             _check_schema(files[0], schema, path, table.schema)
-        if len(files) > 1:
-            table = _absolute_media(table, path)
         tables.append(table)
         starts.append(total)
         total += table.num_rows
