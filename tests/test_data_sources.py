@@ -236,3 +236,23 @@ def test_image_shards_resolve_their_own_relative_paths_and_name_a_bad_row(tmp_pa
     (tmp_path / "b" / "img" / "1.png").write_bytes(b"broken")
     with pytest.raises(DataError, match=rf"^{re.escape(paths[1])}: column 'image', row 1: "):
         read_labeled_parquet(read_paths(paths))
+
+
+def test_source_keys_round_trip_through_the_resolved_config():
+    raw = {"data": {"dataset": {"path": "d", "val_split": "validation"}, "columns": {"text": "utterance"}}}
+    cfg = config_from_dict(raw)
+    again = config_from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again.data.dataset == cfg.data.dataset and again.data.columns == {"text": "utterance"}
+
+
+def test_commands_on_a_trained_model_accept_a_dataset_config(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_metric.commands.common import model_config
+
+    path = tmp_path / "resolved_config.yaml"
+    path.write_text(yaml.safe_dump({"data": {"dataset": {"path": "d"}, "columns": {"label": "intent"}}}))
+    args = SimpleNamespace(config=str(path), model=str(tmp_path / "best"), overrides=[])
+    assert model_config(args).data.dataset.path == "d"
+    cfg = model_config(args, data="test.parquet")  # the command's file replaces the training source
+    assert cfg.data.dataset is None and cfg.data.parquet_path == "test.parquet"
