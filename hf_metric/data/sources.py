@@ -80,7 +80,8 @@ def expand_paths(spec: str | list[str]) -> list[str]:
         if os.path.isdir(one):
             found = sorted(str(p) for p in Path(one).rglob("*") if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
             if not found:
-                raise DataError(f"{one}: no Parquet, CSV or JSON Lines files in this folder")
+                hint = " (a datasets save_to_disk folder: data.dataset.path)" if _is_saved_dataset(one) else ""
+                raise DataError(f"{one}: no Parquet, CSV or JSON Lines files in this folder{hint}")
         elif glob.has_magic(one):
             found = sorted(p for p in glob.glob(one, recursive=True) if os.path.isfile(p))
             if not found:
@@ -91,6 +92,12 @@ def expand_paths(spec: str | list[str]) -> list[str]:
             raise DataError(f"{one}: file not found")
         files.extend(found)
     return files
+
+
+def _is_saved_dataset(path: str) -> bool:
+    """A folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    markers = ("state.json", "dataset_dict.json")
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in markers)
 
 
 def rename_columns(table: pa.Table, columns: Mapping[str, str] | None, source: str) -> pa.Table:
@@ -196,6 +203,8 @@ def read_paths(spec: str | list[str], columns: Mapping[str, str] | None = None) 
             schema = table.schema
         else:
             table = _like_first(table, schema)
+            if set(table.column_names) == set(schema.names):  # the same columns in another order
+                table = table.select(schema.names)
             _check_schema(files[0], schema, path, table.schema)
         tables.append(table)
         starts.append(total)
@@ -211,7 +220,7 @@ def read_dataset(dataset_cfg: Any, split: str, columns: Mapping[str, str] | None
     reads (Parquet, CSV, JSON), or a Hub name (online only)."""
     path = dataset_cfg.path
     source = f"{path} (split {split})"
-    if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json")):
+    if _is_saved_dataset(path):
         import datasets
 
         ds = datasets.load_from_disk(path)
