@@ -8,6 +8,7 @@ column, more than one Arrow `binary` array holds (2 GB).
 
     python -m bench.data_scale                          # 19,200 clips, about 2.5 GB
     python -m bench.data_scale --rows 4800 --threads 1  # a quarter
+    python -m bench.data_scale --shards 8               # the same rows as 8 Parquet shards in a folder
 
 Prints one JSON line: rows, file size, wall seconds of the training command, seconds from its start to the first
 logged training step (the Trainer logs step 1), the child's peak RSS (`ru_maxrss`) and its exit code. The
@@ -100,15 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="optimizer steps (scheduler.num_training_steps)")
     parser.add_argument("--threads", type=int, default=1, help="OMP/MKL/Arrow threads of the training process")
     parser.add_argument("--keep", action="store_true", help="keep the generated file and the run's folder")
+    parser.add_argument("--shards", type=int, default=1, help="write the rows as this many Parquet shards in a folder")
     args = parser.parse_args(argv)
 
     folder = Path(args.workdir) / f"hf_metric_data_scale_{args.rows}"
     folder.mkdir(parents=True, exist_ok=True)
-    parquet = folder / "clips.parquet"
+    parquet = folder / "clips.parquet" if args.shards == 1 else folder / "shards"
     try:
         began = time.perf_counter()
-        write_clips(parquet, args.rows)
-        result = {"rows": args.rows, "file_gb": round(parquet.stat().st_size / 1e9, 2)}
+        if args.shards == 1:
+            write_clips(parquet, args.rows)
+        else:  # data.parquet_path: the folder of shards
+            parquet.mkdir(exist_ok=True)
+            bounds = [args.rows * i // args.shards for i in range(args.shards + 1)]
+            for i in range(args.shards):
+                write_clips(parquet / f"part-{i:05d}.parquet", bounds[i + 1] - bounds[i], seed=i)
+        size = sum(p.stat().st_size for p in ([parquet] if parquet.is_file() else parquet.glob("*.parquet")))
+        result = {"rows": args.rows, "shards": args.shards, "file_gb": round(size / 1e9, 2)}
         result["generate_s"] = round(time.perf_counter() - began, 1)
         result.update(train_once(parquet, folder / "run", args.steps, args.threads))
     finally:

@@ -38,15 +38,14 @@ def train(cfg: TrainConfig) -> dict[str, float]:
 def build_run(cfg: TrainConfig, **argument_overrides: Any):
     """`(trainer, prepared data)`: everything up to `trainer.train()`."""
     from .data.featurize import FeaturizerSettings, featurizer_for
-    from .data.parquet import input_column_of
-    from .data.prepare import prepare_datasets
+    from .data.prepare import input_column_of_data, prepare_datasets
     from .packaged_models import resolve_model_path
     from .training.arguments import build_training_arguments
     from .training.build import build_model, build_trainer, check_data_for_config
 
     check_precision(cfg)
     args = build_training_arguments(cfg, **argument_overrides)
-    modality = input_column_of(cfg.data.parquet_path)
+    modality = input_column_of_data(cfg.data)
     model_path = None if cfg.model_config is not None else resolve_model_path(cfg.model_name)
     model_type = (cfg.model_config or {}).get("model_type")
     settings = FeaturizerSettings(cfg.training.max_seq_length, cfg.data, model_type, cfg.processor_config)

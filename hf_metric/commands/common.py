@@ -81,7 +81,9 @@ def model_config(args: argparse.Namespace, data: str | None = None):
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     raw.setdefault("data", {})
-    if isinstance(raw["data"], dict):
+    # the command's file replaces a training `datasets` source
+    if isinstance(raw["data"], dict) and (data or not raw["data"].get("dataset")):
+        raw["data"].pop("dataset", None)
         raw["data"]["parquet_path"] = data or raw["data"].get("parquet_path") or PLACEHOLDER_DATA
     try:
         return apply_overrides(raw, args.overrides, config_from_dict)

@@ -73,6 +73,8 @@ class MediaFeaturizer:
     input_column = ""
     source = ""
     """The Parquet file (set by `prepare_datasets`), for error messages."""
+    locate: Any = None
+    """`row -> (file, row in it)` for sharded data (set by `prepare_datasets`), or None."""
 
     def __init__(self, processor: Any, augment_cfg: Any = None) -> None:
         require_backend(self.input_column)
@@ -95,8 +97,11 @@ class MediaFeaturizer:
         try:
             return decoder(cell)
         except ValueError as err:
+            source = self.source
+            if row is not None and self.locate is not None:
+                source, row = self.locate(row)  # the shard and the row in it
             where = f", row {row}" if row is not None else ""
-            raise DataError(f"{self.source}: column '{self.input_column}'{where}: {err}") from None
+            raise DataError(f"{source}: column '{self.input_column}'{where}: {err}") from None
 
     def features(self, cells: list[dict], rows: list[int | None], augmented: bool) -> dict[str, torch.Tensor]:
         raise NotImplementedError

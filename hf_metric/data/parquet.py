@@ -30,6 +30,7 @@ from .media import (
     normalize_media_column,
     require_backend,
 )
+from .sources import RawTable, RowLocator, read_paths
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class LabeledTable:
     input_column: str = "text"
     bad_rows: int = 0
     """Image/audio rows skipped as unreadable (`data.skip_bad_rows`)."""
+    where: RowLocator | None = None
+    """`row -> (file, row in it)` for a row of the source (`SOURCE_ROW` of an image/audio row)."""
 
     @property
     def labels(self) -> np.ndarray:
@@ -68,7 +71,10 @@ def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
     return pc.index(pc.fill_null(mask, False), True).as_py()
 
 
-def _fail(path: str, column: str, row: int, problem: str) -> DataError:
+def _fail(path: str | RawTable, column: str, row: int, problem: str) -> DataError:
+    """A bad row, named by its file (the shard, for sharded data) and its row in that file."""
+    if isinstance(path, RawTable):
+        path, row = path.where(row)
     return DataError(f"{path}: column '{column}', row {row}: {problem}")
 
 
@@ -95,13 +101,15 @@ def input_column_of(path: str | Path, column_names: list[str] | None = None) -> 
 
 
 def read_labeled_parquet(
-    path: str | Path,
+    path: str | Path | RawTable,
     label2id: Mapping[str, int] | None = None,
     *,
     out_of_scope_label: str | None = None,
     skip_bad_rows: bool = False,
+    known_as: str = "the model",
 ) -> LabeledTable:
-    """Read and validate one Parquet file; raise `DataError` on the first problem found.
+    """Read and validate one Parquet file (or rows already read: `sources.RawTable`, shards or a `datasets`
+    source); raise `DataError` on the first problem found, naming the file (the shard) and the row.
 
     Labels are encoded anew (sorted names -> 0..C-1) unless `label2id` fixes the mapping (a trained model's
     labels): then a held-out file keeps the model's ids, whatever subset or order of classes it holds.
@@ -110,13 +118,8 @@ def read_labeled_parquet(
     `OUT_OF_SCOPE_ID` (-1), which every loss part skips, and serve the open-set evaluation. With `skip_bad_rows`,
     image/audio rows whose header cannot be read are dropped and counted (`bad_rows`).
     """
-    path = str(path)
-    if not Path(path).is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        table = pq.read_table(path, pre_buffer=False)  # pre-buffering a local file keeps a second copy of it
-    except (pa.ArrowException, OSError, MemoryError) as err:
-        raise read_error(path, err) from None
+    raw = path if isinstance(path, RawTable) else read_paths(str(path))
+    path, table = raw.source, raw.table
     input_column = input_column_of(path, table.column_names)
     if LABEL_COLUMN not in table.column_names:
         raise DataError(f"{path}: column '{LABEL_COLUMN}' is missing (found: {', '.join(table.column_names)})")
@@ -129,13 +132,13 @@ def read_labeled_parquet(
             logger.warning("%s: no '%s' column; every row counts as %s=1", path, column, column)
             masks[column] = pa.array(np.ones(table.num_rows, dtype=np.int8))
         else:
-            masks[column] = _validate_mask(path, column, table.column(column))
+            masks[column] = _validate_mask(raw, column, table.column(column))
     used = pc.or_kleene(pc.equal(masks["metric_mask"], 1), pc.equal(masks["classifier_mask"], 1))
     if input_column == TEXT_COLUMN:
-        inputs = _validate_text(path, table.column(TEXT_COLUMN), used)
+        inputs = _validate_text(raw, table.column(TEXT_COLUMN), used)
         bad_rows = np.zeros(table.num_rows, dtype=bool)
     else:
-        inputs, bad_rows = _validate_media(path, input_column, table.column(input_column), used, skip_bad_rows)
+        inputs, bad_rows = _validate_media(raw, input_column, table.column(input_column), used, skip_bad_rows)
 
     label = table.column(LABEL_COLUMN)
     if pa.types.is_dictionary(label.type):
@@ -148,7 +151,7 @@ def read_labeled_parquet(
         missing = pc.or_kleene(missing, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(label)), 0))
     row = _first_true(pc.and_kleene(missing, used))
     if row >= 0:
-        raise _fail(path, LABEL_COLUMN, row, "label is null but the row is in a loss (a mask is 1)")
+        raise _fail(raw, LABEL_COLUMN, row, "label is null but the row is in a loss (a mask is 1)")
 
     in_loss = np.asarray(pc.fill_null(used, False).to_numpy(zero_copy_only=False), dtype=bool)
     keep = in_loss & ~bad_rows
@@ -174,7 +177,7 @@ def read_labeled_parquet(
         label2id = {c: i for i, c in enumerate(classes)}
     else:
         raw_labels = np.array([str(v) for v in raw_labels.tolist()], dtype=object)
-        _check_known_labels(path, raw_labels[~oos], label2id)
+        _check_known_labels(path, raw_labels[~oos], label2id, known_as)
         classes = sorted(label2id, key=label2id.__getitem__)
     encoded = np.fromiter(
         (OUT_OF_SCOPE_ID if o else label2id[v] for v, o in zip(raw_labels.tolist(), oos, strict=True)),
@@ -198,18 +201,18 @@ def read_labeled_parquet(
             if group is not None and label_id != OUT_OF_SCOPE_ID:
                 class_groups[label_id].add(group)
     id2label = {i: str(c) for c, i in label2id.items()}
-    return LabeledTable(out, id2label, dropped, path, class_groups, input_column, int(bad_rows.sum()))
+    return LabeledTable(out, id2label, dropped, path, class_groups, input_column, int(bad_rows.sum()), raw.locator)
 
 
-def _validate_text(path: str, text: pa.ChunkedArray, used: pa.ChunkedArray) -> pa.ChunkedArray:
+def _validate_text(raw: RawTable, text: pa.ChunkedArray, used: pa.ChunkedArray) -> pa.ChunkedArray:
     if pa.types.is_dictionary(text.type):
         text = text.cast(text.type.value_type)
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
-        raise DataError(f"{path}: column '{TEXT_COLUMN}' must hold strings, found type {text.type}")
+        raise DataError(f"{raw}: column '{TEXT_COLUMN}' must hold strings, found type {text.type}")
     bad = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0))
     row = _first_true(pc.and_kleene(bad, used))
     if row >= 0:
-        raise _fail(path, TEXT_COLUMN, row, "text is null or empty")
+        raise _fail(raw, TEXT_COLUMN, row, "text is null or empty")
     return text
 
 
@@ -219,11 +222,12 @@ MEDIA_CHECK_CHUNK = 1024
 
 
 def _validate_media(
-    path: str, column: str, values: pa.ChunkedArray, used: pa.ChunkedArray, skip_bad_rows: bool
+    raw: RawTable, column: str, values: pa.ChunkedArray, used: pa.ChunkedArray, skip_bad_rows: bool
 ) -> tuple[pa.ChunkedArray, np.ndarray]:
     """Cells as `{bytes, path}` structs, and which used rows are unreadable (an error unless `skip_bad_rows`)."""
     require_backend(column)
-    cells = normalize_media_column(values, os.path.dirname(os.path.abspath(path)))
+    path = raw.source
+    cells = normalize_media_column(values, raw.base_dir)
     if isinstance(cells, str):
         raise DataError(f"{path}: column '{column}' {cells}")
     in_loss = np.asarray(pc.fill_null(used, False).to_numpy(zero_copy_only=False), dtype=bool)
@@ -237,9 +241,10 @@ def _validate_media(
                 check_cell(column, cell)
             except ValueError as err:
                 if not skip_bad_rows:
-                    raise _fail(path, column, row, f"{err} (data.skip_bad_rows: true skips such rows)") from None
+                    raise _fail(raw, column, row, f"{err} (data.skip_bad_rows: true skips such rows)") from None
                 bad[row] = True
-                logger.warning("%s: column '%s', row %d: %s; skipped", path, column, row, err)
+                shard, shard_row = raw.where(row)
+                logger.warning("%s: column '%s', row %d: %s; skipped", shard, column, shard_row, err)
     if bad.any():
         logger.warning("%s: skipped %d unreadable %s rows (data.skip_bad_rows)", path, int(bad.sum()), column)
     return cells, bad
@@ -273,19 +278,19 @@ def check_input_values(
     return values.to_pylist()
 
 
-def _check_known_labels(path: str, names: np.ndarray, label2id: Mapping[str, int]) -> None:
+def _check_known_labels(path: str, names: np.ndarray, label2id: Mapping[str, int], known_as: str) -> None:
     unknown = sorted(set(names.tolist()) - set(label2id))
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-        raise DataError(f"{path}: column '{LABEL_COLUMN}': {len(unknown)} label(s) unknown to the model: {shown}")
+        raise DataError(f"{path}: column '{LABEL_COLUMN}': {len(unknown)} label(s) unknown to {known_as}: {shown}")
 
 
-def _validate_mask(path: str, column: str, values: pa.ChunkedArray) -> pa.Array:
+def _validate_mask(raw: RawTable, column: str, values: pa.ChunkedArray) -> pa.Array:
     if not (pa.types.is_integer(values.type) or pa.types.is_boolean(values.type) or pa.types.is_floating(values.type)):
-        raise DataError(f"{path}: column '{column}' must hold 0/1 values, found type {values.type}")
+        raise DataError(f"{raw}: column '{column}' must hold 0/1 values, found type {values.type}")
     as_float = values.cast(pa.float64())
     bad = pc.or_kleene(pc.is_null(as_float), pc.invert(pc.is_in(as_float, value_set=pa.array([0.0, 1.0]))))
     row = _first_true(bad)
     if row >= 0:
-        raise _fail(path, column, row, f"mask must be 0 or 1, got {values[row].as_py()!r}")
+        raise _fail(raw, column, row, f"mask must be 0 or 1, got {values[row].as_py()!r}")
     return pa.array(as_float.to_numpy().astype(np.int8))

@@ -21,7 +21,7 @@ def check_data_for_config(cfg: TrainConfig, data) -> None:
 
     if data.class_groups is not None:
         return
-    path = cfg.data.parquet_path
+    path = data.summary.get("source") or cfg.data.parquet_path
     name = cfg.checkpointing.save_best_by.removeprefix("eval_")
     problems = (
         (name in GROUP_METRICS, f"checkpointing.save_best_by: {name} needs a 'group' column in {path}"),
