@@ -153,7 +153,7 @@ def test_validate_on_train_holds_out_no_row_and_validates_on_the_training_rows(t
     """Few-shot: every labelled row trains, and the validation set is exactly those rows (plus out-of-scope)."""
     import types
 
-    from hf_metric.config.sections import DataSection
+    from hf_metric.config import DataSection
     from hf_metric.data.prepare import prepare_datasets
 
     rows = synthetic_rows(3, seed=1)

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from .data_sections import DataSection, DatasetSection
 from .integrations import HubSection, NeptuneSection
 from .losses import LossSection, legacy_loss_keys
 from .model_sections import GroupMarginSection, HeadSection, KnnIndexSettings, ModelSection
@@ -30,7 +31,6 @@ from .schema import build_section, section_to_dict
 from .schema import check as _check
 from .sections import (
     CheckpointingSection,
-    DataSection,
     HardGroupMiningSection,
     MetricValidationSection,
     OpenSetSection,
@@ -165,6 +165,7 @@ def parse_config(raw: Any, check: ConfigCheck | None = None) -> TrainConfig:
 __all__ = [
     "CheckpointingSection",
     "DataSection",
+    "DatasetSection",
     "GroupMarginSection",
     "HardGroupMiningSection",
     "HeadSection",
