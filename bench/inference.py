@@ -30,10 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-try:
-    from bench.docs_section import table_row, write_section
-except ImportError:  # run as a script: `python -m bench.inference`
-    from bench.docs_section import table_row, write_section
+from bench.docs_section import table_row, write_section
 
 MARKS = ("<!-- inference:start -->", "<!-- inference:end -->")
 BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"

@@ -53,7 +53,7 @@ def test_search_matches_naive_and_never_leaves_the_group(within):
 def test_metrics_names_open_set_and_verification():
     query, qy, qg, gallery, gy, gg = data(1)
     evaluator = IdentificationEvaluator(within_group=True, impostors=200)
-    got = evaluator.evaluate(query, qy, gallery, gy, qg, gg)
+    got = evaluator.evaluate(query, qy, gallery, gy, query_groups=qg, gallery_groups=gg)
     assert got["queries_absent_from_gallery"] == 2 and got["identification_queries"] == 25
     assert "dir@fpir=0.01" in got and "dir@fpir=0.1" in got  # pine is the unknown identity
     assert set(identification_metric_names(groups=True)) <= set(got)
@@ -96,7 +96,7 @@ def test_as_a_validation_evaluator_the_bank_is_the_gallery():
     group_of = dict(zip(labels[keep].tolist(), qg[keep].tolist(), strict=True))
     gallery_groups = [group_of.get(y) for y in bank[1].tolist()]
     want = IdentificationEvaluator(within_group=True, impostors=100).evaluate(
-        query[keep], labels[keep], gallery, bank[1], qg[keep], gallery_groups
+        query[keep], labels[keep], gallery, bank[1], query_groups=qg[keep], gallery_groups=gallery_groups
     )
     assert got == pytest.approx(want, nan_ok=True)
     assert evaluator(predictions, None) == {}

@@ -41,7 +41,9 @@ def test_evaluator_details_are_drawn_and_saved(tmp_path):
     query = np.r_[centres[query_labels[:18]], rng.normal(size=(2, 8))] + 0.3 * rng.normal(size=(20, 8))
     groups = query_labels % 2
     evaluator = IdentificationEvaluator(impostors=50)
-    evaluator.evaluate(query, query_labels, gallery, gallery_labels, groups, gallery_labels % 2)
+    evaluator.evaluate(
+        query, query_labels, gallery, gallery_labels, query_groups=groups, gallery_groups=gallery_labels % 2
+    )
     paths = identification_plots(str(tmp_path), "step5", evaluator.details, query_labels)
     assert sorted(paths) == sorted(IDENTIFICATION_PLOT_NAMES)
     assert all((tmp_path / f"{name}_step5.png").stat().st_size > 1000 for name in paths)

@@ -51,7 +51,16 @@ def run_gallery(args: argparse.Namespace) -> int:
     backend = load_backend(args.model, args.backend, args.device, args.threads)
     settings = StreamSettings(args.read_batch_rows, cfg.training.batch_size, not args.no_progress)
     plots = cfg.metric_validation.plots
-    summary = evaluate_gallery_file(args.data, backend, feat, gallery, settings, args.within_group, args.out, plots)
+    summary = evaluate_gallery_file(
+        args.data,
+        backend,
+        feat,
+        gallery,
+        settings=settings,
+        within_group=args.within_group,
+        out_dir=args.out,
+        plots=plots,
+    )
     print(format_metrics_table(summary["metrics"]))
     if args.out:
         print(f"Written: {args.out}/metrics.json, {args.out}/report.md" + (f", {args.out}/plots/" if plots else ""))

@@ -175,7 +175,12 @@ class IdentificationEvaluator(Evaluator):
             group_of = dict(zip(p.labels[rows].tolist(), query_groups.tolist(), strict=True))
             gallery_groups = _object([group_of.get(y) for y in gallery_labels.tolist()])
         return self.evaluate(
-            p.embeddings[rows], p.labels[rows], reference[0], gallery_labels, query_groups, gallery_groups
+            p.embeddings[rows],
+            p.labels[rows],
+            reference[0],
+            gallery_labels,
+            query_groups=query_groups,
+            gallery_groups=gallery_groups,
         )
 
     def evaluate(
@@ -184,6 +189,7 @@ class IdentificationEvaluator(Evaluator):
         query_labels: Any,
         gallery_emb: Any,
         gallery_labels: Any,
+        *,
         query_groups: Any = None,
         gallery_groups: Any = None,
     ) -> dict[str, float]:

@@ -22,6 +22,7 @@ from ..atomic import atomic_directory, write_json_atomic, write_text_atomic
 from ..errors import DataError
 from .gallery import Gallery
 from .gallery_build import embed_rows
+from .predict import StreamSettings
 
 KS = (1, 5, 10)
 
@@ -60,7 +61,11 @@ def gallery_metrics(
     targets, target_labels, target_groups, _ = gallery.targets()
     labels = np.asarray([str(x) for x in labels], dtype=object)
     metrics = {"gallery_rows": float(len(gallery)), "gallery_identities": float(len(gallery.identities))}
-    metrics.update(evaluator.evaluate(embeddings, labels, targets, target_labels, groups, target_groups))
+    metrics.update(
+        evaluator.evaluate(
+            embeddings, labels, targets, target_labels, query_groups=groups, gallery_groups=target_groups
+        )
+    )
     if gallery.threshold is not None:
         metrics.update(threshold_metrics(evaluator.details["search"], labels, gallery.threshold))
     plots: dict[str, str] = {}
@@ -78,7 +83,7 @@ def evaluate_gallery_file(
     backend: Any,
     featurizer: Any,
     gallery: Gallery,
-    settings: Any = None,
+    settings: StreamSettings | None = None,
     within_group: bool = False,
     out_dir: str | None = None,
     plots: bool = True,

@@ -132,8 +132,9 @@ def _check_no_clash(path: str, columns: list[str], added: tuple[str, ...]) -> No
         raise DataError(f"{path}: column '{clash[0]}' already exists; rename it (the output adds {', '.join(added)})")
 
 
-def _write_parquet(path: str, tmp: str, stream: Iterator[tuple[pa.RecordBatch, ModelOutputs]], columns) -> int:
-    """Write every record batch of `stream` with the columns `columns(outputs)` appended; returns rows."""
+def write_parquet(path: str, tmp: str, stream: Iterator[tuple[pa.RecordBatch, Any]], columns) -> int:
+    """Write every record batch of `stream` (batch, what was computed for it) to `tmp` with the columns
+    `columns(batch, computed)` appended; returns rows. `path` names the input in the error for an empty file."""
     writer, rows = None, 0
     try:
         for batch, outputs in stream:
@@ -177,7 +178,7 @@ def predict_file(
         return out if gallery is None else {**out, **gallery(batch, outputs)}
 
     with atomic_path(out) as tmp:
-        return _write_parquet(path, tmp, stream_outputs(path, backend, featurizer, settings), columns)
+        return write_parquet(path, tmp, stream_outputs(path, backend, featurizer, settings), columns)
 
 
 def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: StreamSettings | None = None) -> int:
@@ -202,7 +203,7 @@ def embed_file(path: str, out: str, backend: Any, featurizer: Any, settings: Str
             return rows
         _check_no_clash(path, open_parquet(path).schema_arrow.names, (EMBEDDING_COLUMN,))
         stream = stream_outputs(path, backend, featurizer, settings)
-        return _write_parquet(path, tmp, stream, lambda _batch, outputs: {EMBEDDING_COLUMN: _embedding_column(outputs)})
+        return write_parquet(path, tmp, stream, lambda _batch, outputs: {EMBEDDING_COLUMN: _embedding_column(outputs)})
 
 
 def _embedding_column(outputs: ModelOutputs) -> pa.Array:

@@ -21,7 +21,7 @@ from ..atomic import atomic_path
 from ..data.parquet import INPUT_COLUMNS, check_input_values
 from ..errors import ConfigError, DataError
 from .backends import run_batches
-from .predict import StreamSettings, open_parquet
+from .predict import StreamSettings, open_parquet, write_parquet
 
 SAME_COLUMN = "same"
 VERIFY_COLUMNS = ("similarity", "is_same")
@@ -136,19 +136,16 @@ def verify_file(
 
 
 def _write(path: str, out: str, sims: np.ndarray, threshold: float, batch_rows: int) -> None:
-    import pyarrow.parquet as pq
+    """The pairs file with `similarity` and `is_same` appended, written atomically as predict writes."""
 
-    writer, offset = None, 0
+    def with_similarities():
+        offset = 0
+        for batch in open_parquet(path).iter_batches(batch_size=batch_rows):
+            yield batch, sims[offset : offset + batch.num_rows]
+            offset += batch.num_rows
+
+    def columns(_batch, part):
+        return {"similarity": pa.array(part, pa.float32()), "is_same": pa.array(part >= threshold, pa.bool_())}
+
     with atomic_path(out) as tmp:
-        try:
-            for batch in open_parquet(path).iter_batches(batch_size=batch_rows):
-                part = sims[offset : offset + batch.num_rows]
-                table = pa.Table.from_batches([batch])
-                table = table.append_column("similarity", pa.array(part, pa.float32()))
-                table = table.append_column("is_same", pa.array(part >= threshold, pa.bool_()))
-                writer = writer or pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-                offset += batch.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
+        write_parquet(path, tmp, with_similarities(), columns)
