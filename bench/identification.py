@@ -210,7 +210,9 @@ def score(split: dict, encode, shots: list[int]) -> list[dict[str, Any]]:
         if grouped:
             g_groups = np.concatenate([base["group"], enrolled["group"]])
             within = IdentificationEvaluator(within_group=True, verification=False)
-            got = within.evaluate(q_emb, queries["label"], g_emb, g_labels, queries["group"], g_groups)
+            got = within.evaluate(
+                q_emb, queries["label"], g_emb, g_labels, query_groups=queries["group"], gallery_groups=g_groups
+            )
             row.update({f"within_group_{m}": got[m] for m in ("precision_at_1", "map_at_r")})
         rows.append({**row, **{m: v for m, v in verification.items() if not m.startswith("threshold")}})
     return rows

@@ -17,8 +17,8 @@ the trainer, `hf-metric evaluate --gallery` and the benchmarks report the same n
 The search is exact cosine (`sharded_search.sharded_topk_neighbors`: the plain blocked search in one process,
 shared out among the processes of a distributed run).
 
-Two ways in: `evaluate(query_emb, query_labels, gallery_emb, gallery_labels, query_groups, gallery_groups)` on
-arrays (the gallery, the CLI, the benchmark), and, as a registered `base.Evaluator` named "identification"
+Two ways in: `evaluate(query_emb, query_labels, gallery_emb, gallery_labels, query_groups=..., gallery_groups=...)`
+on arrays (the gallery, the CLI, the benchmark), and, as a registered `base.Evaluator` named "identification"
 (`metric_validation.evaluators: [{type: identification, within_group: true}]`), `__call__(predictions,
 reference)` during training: the validation rows are the queries, the reference (the bank) is the gallery.
 """
