@@ -115,3 +115,52 @@ def make_config(tmp_path, tiny_model_dir):
         return path
 
     return _make
+
+
+def sampler_batches(sampler):
+    """A batch sampler's epoch as an (n_batches, batch_size) index array; every batch full."""
+    import numpy as np
+
+    idx = np.fromiter(iter(sampler), dtype=np.int64)
+    assert len(idx) == len(sampler) and len(idx) % sampler.batch_size == 0
+    return idx.reshape(-1, sampler.batch_size)
+
+
+def assert_p_by_k_every_epoch(sampler, labels, p: int, k: int, epochs: int = 3) -> None:
+    """Every epoch sees every row once, in batches of `p` distinct classes x `k` rows each."""
+    import numpy as np
+
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        batches = sampler_batches(sampler)
+        assert set(batches.ravel()) == set(range(len(labels)))
+        for batch in batches:
+            classes, per_class = np.unique(labels[batch], return_counts=True)
+            assert len(classes) == p and (per_class == k).all()
+
+
+@pytest.fixture
+def install_user_module(tmp_path, monkeypatch):
+    """`install(name, source)`: a module written into a folder outside the package and importable by name, as a
+    user's own module listed under `imports:` would be; forgotten by `sys.modules` afterwards."""
+    import sys
+    import textwrap
+
+    folder, installed = tmp_path / "user_code", []
+
+    def install(name: str, source: str) -> str:
+        folder.mkdir(exist_ok=True)
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        monkeypatch.syspath_prepend(str(folder))
+        installed.append(name)
+        return name
+
+    yield install
+    for name in installed:
+        sys.modules.pop(name, None)
+
+
+def synthetic_run_config(tmp_path, model_dir: str, **overrides) -> dict:
+    """`tiny_config` on 10 synthetic rows per class written to `tmp_path`."""
+    data = write_parquet(tmp_path / "d.parquet", synthetic_rows(10))
+    return tiny_config(model_dir, data, tmp_path / "ckpt", **overrides)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard, skip_first_batches
+from conftest import assert_p_by_k_every_epoch, sampler_batches
 from torch.utils.data import BatchSampler, DataLoader
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
@@ -31,10 +32,7 @@ def _groups(num_classes: int, num_groups: int = 8) -> dict[int, str]:
     return {c: f"g{c % num_groups}" for c in range(num_classes)}
 
 
-def _batches(sampler) -> np.ndarray:
-    idx = np.fromiter(iter(sampler), dtype=np.int64)
-    assert len(idx) == len(sampler) and len(idx) % sampler.batch_size == 0
-    return idx.reshape(-1, sampler.batch_size)
+_batches = sampler_batches
 
 
 def _padded(batches: np.ndarray, lengths: np.ndarray) -> int:
@@ -62,14 +60,7 @@ def _samplers(labels, lengths, batch_size=32, k=4, seed=1, num_replicas=1):
 def test_every_batch_is_p_classes_by_k_and_every_row_is_seen(kind, counts):
     labels = np.repeat(np.arange(len(counts)), counts)
     lengths = np.random.default_rng(0).integers(3, 64, len(labels))
-    sampler = _samplers(labels, lengths, batch_size=16, k=4)[kind]
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        batches = _batches(sampler)
-        assert set(batches.ravel()) == set(range(len(labels)))
-        for batch in batches:
-            classes, per_class = np.unique(labels[batch], return_counts=True)
-            assert len(classes) == 4 and (per_class == 4).all()
+    assert_p_by_k_every_epoch(_samplers(labels, lengths, batch_size=16, k=4)[kind], labels, p=4, k=4)
 
 
 def test_fewer_classes_than_p_still_gives_whole_groups_and_every_row():

@@ -2,14 +2,12 @@
 like the built-ins; the old flat loss keys still work with a FutureWarning."""
 
 import json
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import synthetic_rows, tiny_config, write_parquet
+from conftest import synthetic_run_config
 
 import hf_metric
 from hf_metric.cli import main
@@ -56,21 +54,14 @@ class ToyHead(nn.Module):
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
+def user_module(install_user_module):
     """`toy_plugins.py` in a folder outside the package, importable by name (as a user's own module would be)."""
-    folder = tmp_path / "user_code"
-    folder.mkdir()
-    (folder / "toy_plugins.py").write_text(textwrap.dedent(USER_MODULE))
-    monkeypatch.syspath_prepend(str(folder))
-    yield "toy_plugins"
+    yield install_user_module("toy_plugins", USER_MODULE)
     hf_metric.METRIC_LOSSES.pop("toy_center", None)
     hf_metric.HEADS.pop("toy_bilinear", None)
-    sys.modules.pop("toy_plugins", None)
 
 
-def _raw(tmp_path, tiny_model_dir, **overrides):
-    data = write_parquet(tmp_path / "d.parquet", synthetic_rows(10))
-    return tiny_config(tiny_model_dir, data, tmp_path / "ckpt", **overrides)
+_raw = synthetic_run_config
 
 
 def test_a_registered_loss_and_head_train_two_steps_from_yaml(tmp_path, tiny_model_dir, user_module):

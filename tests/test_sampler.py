@@ -1,13 +1,10 @@
 import numpy as np
 import pytest
+from conftest import assert_p_by_k_every_epoch, sampler_batches
 
 from hf_metric.training.samplers import ClassBalancedBatchSampler
 
-
-def _batches(sampler):
-    idx = np.array(list(sampler))
-    assert len(idx) == len(sampler) and len(idx) % sampler.batch_size == 0
-    return idx.reshape(-1, sampler.batch_size)
+_batches = sampler_batches
 
 
 def _lengths(n: int, seed: int = 0) -> np.ndarray:
@@ -20,13 +17,7 @@ def test_every_batch_is_p_classes_by_k_and_every_row_is_seen(counts, grouped):
     labels = np.repeat(np.arange(len(counts)), counts)
     lengths = _lengths(len(labels)) if grouped else None
     sampler = ClassBalancedBatchSampler(labels, batch_size=16, samples_per_class=4, seed=0, lengths=lengths)
-    for epoch in range(3):
-        sampler.set_epoch(epoch)
-        batches = _batches(sampler)
-        assert set(batches.ravel()) == set(range(len(labels)))
-        for batch in batches:
-            classes, per_class = np.unique(labels[batch], return_counts=True)
-            assert len(classes) == 4 and (per_class == 4).all()
+    assert_p_by_k_every_epoch(sampler, labels, p=4, k=4)
 
 
 def test_fewer_classes_than_p_still_gives_k_per_group():

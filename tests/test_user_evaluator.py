@@ -2,13 +2,11 @@
 can choose the best checkpoint; the built-in evaluators compose the same way."""
 
 import json
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import yaml
-from conftest import synthetic_rows, tiny_config, write_parquet
+from conftest import synthetic_run_config
 from sklearn.metrics import f1_score
 
 import hf_metric
@@ -48,19 +46,12 @@ class WorstClassF1(hf_metric.Evaluator):
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    folder = tmp_path / "user_code"
-    folder.mkdir()
-    (folder / "my_evaluators.py").write_text(textwrap.dedent(USER_MODULE))
-    monkeypatch.syspath_prepend(str(folder))
-    yield "my_evaluators"
+def user_module(install_user_module):
+    yield install_user_module("my_evaluators", USER_MODULE)
     hf_metric.EVALUATORS.pop("worst_class_f1", None)
-    sys.modules.pop("my_evaluators", None)
 
 
-def _raw(tmp_path, tiny_model_dir, **overrides):
-    data = write_parquet(tmp_path / "d.parquet", synthetic_rows(10))
-    return tiny_config(tiny_model_dir, data, tmp_path / "ckpt", **overrides)
+_raw = synthetic_run_config
 
 
 def test_a_user_evaluator_runs_during_validation_and_chooses_the_best_checkpoint(tmp_path, tiny_model_dir, user_module):
