@@ -42,6 +42,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "SequentialEvaluator": ("evaluation.base", "SequentialEvaluator"),
     "EVALUATORS": ("evaluation.base", "EVALUATORS"),
     "MetricEvaluator": ("evaluation.evaluator", "MetricEvaluator"),
+    "IdentificationEvaluator": ("evaluation.identification", "IdentificationEvaluator"),
     "Gallery": ("inference.gallery", "Gallery"),
     "KnnClassificationPipeline": ("sharing.pipelines", "KnnClassificationPipeline"),
     "MetricEmbeddingPipeline": ("sharing.pipelines", "MetricEmbeddingPipeline"),
