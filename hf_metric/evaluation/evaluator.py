@@ -37,6 +37,7 @@ from .builtin import (
     RetrievalSettings,
 )
 from .groups import GroupAnalysis
+from .names import LOSS_METRICS
 from .sharded_search import sharded_topk_neighbors
 
 __all__ = ["EvalPredictions", "EvaluationResult", "MetricEvaluator", "PlotSettings", "RetrievalSettings"]
@@ -100,6 +101,12 @@ class MetricEvaluator:
         self.open_set = OpenSetEvaluator(open_set)
         self.groups = GroupEvaluator(class_groups, always_fail_min_rows) if class_groups is not None else None
         self.extra = list(extra)
+        self.before_open_set = SequentialEvaluator(
+            e for e in (self.losses, self.classification, self.retrieval) if e is not None
+        )
+        """The evaluators that see only in-scope rows and report before the open-set numbers."""
+        self.after_open_set = SequentialEvaluator(e for e in (self.groups, *self.extra) if e is not None)
+        """The group analysis and the user's evaluators, on in-scope rows too, reported last."""
 
     @property
     def search(self):
@@ -110,19 +117,11 @@ class MetricEvaluator:
     def search(self, search) -> None:
         self.retrieval.search = search
 
-    def in_scope_evaluators(self) -> SequentialEvaluator:
-        """The evaluators that see only in-scope rows, in the order their numbers are reported."""
-        first = [e for e in (self.losses, self.classification, self.retrieval) if e is not None]
-        return SequentialEvaluator(first)
-
     def metric_names(self) -> tuple[str, ...]:
-        names = SequentialEvaluator([*self.in_scope_evaluators().evaluators, *self._after_open_set()])
+        names = (*self.before_open_set.metric_names(), *self.after_open_set.metric_names())
         if self.losses is None:  # the names a checkpoint can be chosen by include the loss even when unknown here
-            return ("loss", "ce_loss", "supcon_loss", *names.metric_names())
-        return names.metric_names()
-
-    def _after_open_set(self) -> list[Evaluator]:
-        return [e for e in (self.groups, *self.extra) if e is not None]
+            return (*LOSS_METRICS, "supcon_loss", *names)
+        return names
 
     def __call__(
         self, predictions: EvalPredictions, reference: Reference = None, plot_tag: str | None = None
@@ -133,9 +132,9 @@ class MetricEvaluator:
         p = predictions
         if oos.any():  # out-of-scope rows belong to no class: only the open-set metrics use them
             p = replace(p, classifier_rows=p.classifier_rows & ~oos, metric_rows=p.metric_rows & ~oos)
-        metrics = self.in_scope_evaluators()(p, reference)
+        metrics = self.before_open_set(p, reference)
         metrics.update(self.open_set(predictions, reference))
-        metrics.update(SequentialEvaluator(self._after_open_set())(p, reference))
+        metrics.update(self.after_open_set(p, reference))
         analysis = self.groups.analysis if self.groups is not None else None
         collapsed = self.classification.collapsed
         result = EvaluationResult(metrics, collapsed_rows=int(p.classifier_rows.sum()) if collapsed else None)
