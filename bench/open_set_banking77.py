@@ -228,7 +228,17 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "open_set_banking77.json"))
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only render: join the --out files of runs made side by side (one process per protocol or arm)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge_runs([Path(p) for p in args.merge], args.docs, Path(args.out))
+        return
 
     (train_texts, train_labels), (test_texts, test_labels), oos = split_intents(
         Path(args.data), args.seed, args.oos_share, args.intents, args.max_per_class
@@ -271,12 +281,34 @@ def main() -> None:
         if k in ("epochs", "intents", "max_per_class", "criterion", "target", "max_steps") and v is not None and v != -1
     )
     command += " --oos-train-rows " + " ".join("all" if n is None else str(n) for n in args.oos_train_rows)
+    if args.arms != list(ARMS):
+        command += " --arms " + " ".join(args.arms)
     section = table(results, command.strip())
     print("\n" + section, flush=True)
     if args.docs:
         write_section(Path(args.docs), section, MARKS)
+    run = {"oos_intents": oos, "args": vars(args), "command": command.strip(), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"oos_intents": oos, "args": vars(args), "results": results}, indent=2))
+    Path(args.out).write_text(json.dumps(run, indent=2))
+
+
+def merge_runs(paths: list[Path], docs: str, out: Path) -> None:
+    """One table of several runs made side by side (each its own process and `--out`): protocols and arms joined
+    in the order given; the runs must have held out the same intents."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    if any(r["oos_intents"] != runs[0]["oos_intents"] for r in runs):
+        raise SystemExit("the runs held out different intents (--seed / --oos-share differ): not one protocol")
+    results: dict[str, dict[str, dict]] = {}
+    for r in runs:
+        for known, arms in r["results"].items():
+            results.setdefault(known, {}).update(arms)
+    command = "` and, side by side, `".join(r["command"] for r in runs)
+    section = table(results, command)
+    print(section, flush=True)
+    if docs:
+        write_section(Path(docs), section, MARKS)
+    merged = {"oos_intents": runs[0]["oos_intents"], "commands": [r["command"] for r in runs], "results": results}
+    out.write_text(json.dumps(merged, indent=2))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "supcon05": {"loss": {"metric": {"weight": 0.5}}},
     "sched_cosine": {"scheduler": {"name": "cosine"}},
     "refit_all": {"data": {"validate_on_train": True}},
+    "length_grouping": {"training": {"length_grouping": True}},
 }
 """Ablation variants: overrides of the example config, section by section."""
 
@@ -95,8 +96,25 @@ def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
 
 
 # ----------------------------------------------------------------------------------------------------- data
-def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
-    """Texts and string labels of the training and evaluation rows, and the Parquet file hf_metric trains on."""
+def cap_per_class(labels: np.ndarray, rows: np.ndarray, cap: int | None, seed: int = SEED) -> np.ndarray:
+    """`rows` with at most `cap` of each label (a seeded draw, kept in file order): a smaller protocol whose
+    evaluation rows stay whole."""
+    if cap is None:
+        return rows
+    order = np.random.default_rng(seed).permutation(len(rows))
+    taken: dict[Any, int] = {}
+    keep = []
+    for i in order:
+        label = labels[rows[i]]
+        if taken.get(label, 0) < cap:
+            taken[label] = taken.get(label, 0) + 1
+            keep.append(rows[i])
+    return np.sort(np.asarray(keep, dtype=rows.dtype))
+
+
+def load_split(data_dir: Path, protocol: str, workdir: Path, max_per_class: int | None = None) -> dict[str, Any]:
+    """Texts and string labels of the training and evaluation rows, and the Parquet file hf_metric trains on
+    (`max_per_class`: training rows of each class capped, the evaluation rows kept whole)."""
     from hf_metric.data.prepare import read_labeled_parquet, stratified_split
 
     train_path = data_dir / "train.parquet"
@@ -106,6 +124,9 @@ def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
     if protocol in ("val", "nested"):
         # hf_metric's own split of this file (same function, labels, ratio and seed) holds out these rows.
         train_idx, eval_idx = stratified_split(labeled.labels, VAL_RATIO, SEED)
+        if max_per_class is not None and protocol == "val":
+            raise ValueError("max_per_class would change hf_metric's own split of the val protocol: use nested")
+        train_idx = cap_per_class(labeled.labels, train_idx, max_per_class)
         split = {
             "train_texts": texts[train_idx],
             "train_labels": names[train_idx],
@@ -117,6 +138,8 @@ def load_split(data_dir: Path, protocol: str, workdir: Path) -> dict[str, Any]:
         else:  # the test protocol one level down: hf_metric gets only the training rows, and splits them itself
             texts, names = split["train_texts"], split["train_labels"]
     else:
+        keep = cap_per_class(labeled.labels, np.arange(len(texts)), max_per_class)
+        texts, names = texts[keep], names[keep]
         test = pq.read_table(data_dir / "test.parquet")
         split = {
             "train_texts": texts,
@@ -318,6 +341,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=["baseline", "hf_metric"], help="baseline and/or VARIANTS")
     parser.add_argument("--arrays", default=None, help="folder: save eval logits and embeddings per variant")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--max-train-per-class", type=int, default=None, help="a smaller protocol: cap each class's training rows"
+    )
     parser.add_argument("--seeds", type=int, default=1, help=f"protocol test: seeds {SEED}, {SEED + 1}, ... each")
     parser.add_argument("--only-seed", type=int, default=None, help="just this one of --seeds (a process per seed)")
     parser.add_argument("--launched-by", default=None, help="the driver's command (bench/quality_sweep.py), recorded")
@@ -345,7 +371,7 @@ def main() -> None:
     command = "python -m bench.quality " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="hf_metric_quality_") as tmp:
         workdir = Path(tmp)
-        split = load_split(Path(args.data), args.protocol, workdir)
+        split = load_split(Path(args.data), args.protocol, workdir, args.max_train_per_class)
         split["protocol"] = args.protocol
         if args.arrays:
             split["arrays_dir"] = Path(args.arrays) / args.protocol
@@ -375,6 +401,7 @@ def main() -> None:
                 "variant": name,
                 "protocol": args.protocol,
                 "epochs": args.epochs,
+                **({"max_train_per_class": args.max_train_per_class} if args.max_train_per_class else {}),
                 "seconds": round(seconds, 1),
                 **{k: round(v, 4) for k, v in metrics.items()},
                 "overrides": VARIANTS.get(name, {}),
