@@ -111,6 +111,28 @@ def test_topk_matches_naive_for_every_chunking(distance, kind, exclude_self):
             np.testing.assert_allclose(s.numpy(), want_s, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_small_cosine_search_is_one_product_with_the_blocked_answer(monkeypatch, exclude_self):
+    """A search small enough (`SMALL_SEARCH_SCORES`) is one product and one top k; above the limit the blocked
+    search runs; both give the naive answer, ties included."""
+    from hf_metric.model import neighbors
+
+    calls = []
+    whole = neighbors._BlockScorer.whole
+    monkeypatch.setattr(neighbors._BlockScorer, "whole", lambda self, k: calls.append(k) or whole(self, k))
+    query, ref = make_data("duplicates", seed=3, n_query=40, n_ref=1500)
+    query = ref if exclude_self else query
+    want_s, want_i = naive_topk(query, ref, 10, "cos", exclude_self)
+    answers = []
+    for limit in (neighbors.SMALL_SEARCH_SCORES, 0):
+        monkeypatch.setattr(neighbors, "SMALL_SEARCH_SCORES", limit)
+        s, i = topk_neighbors(query, ref, 10, "cos", exclude_self=exclude_self)
+        np.testing.assert_array_equal(i.numpy(), want_i)
+        np.testing.assert_allclose(s.numpy(), want_s, rtol=1e-5, atol=1e-5)
+        answers.append(len(calls))
+    assert answers == [1, 1]  # the one product under the limit, the blocks above it
+
+
 @pytest.mark.parametrize("distance", ["cos", "l2"])
 @pytest.mark.parametrize("kind", ["gauss", "dyadic", "duplicates"])
 def test_topk_matches_naive_on_wide_blocks(distance, kind):
