@@ -44,6 +44,38 @@ def test_two_workers_give_the_batches_of_none(tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _train_seeing_batches(tmp_path, parquet, resume: str | None = None) -> list[tuple[int, list, float]]:
+    """Train 6 steps of P x K image batches decoded (and augmented) in 2 workers, saving every 2 steps; returns
+    `(step, labels, pixel sum)` of every batch the model trained on."""
+    from hf_metric.loading import config_from_dict
+    from hf_metric.run import build_run
+
+    raw = media_config(tmp_path, "convnext", str(parquet), data={"num_workers": 2})
+    raw["scheduler"]["num_training_steps"] = 6
+    raw["checkpointing"].update(save_every_n_batches=2, save_total_limit=10)
+    trainer, _ = build_run(config_from_dict(raw), report_to=[])
+    seen, original = [], trainer.training_step
+
+    def training_step(model, inputs, num_items_in_batch=None):
+        pixels = float(inputs["pixel_values"].double().sum())
+        seen.append((trainer.state.global_step + 1, inputs["labels"].tolist(), pixels))
+        return original(model, inputs, num_items_in_batch)
+
+    trainer.training_step = training_step
+    trainer.train(resume_from_checkpoint=resume)
+    return seen
+
+
+def test_a_run_resumed_with_workers_trains_on_the_batches_of_the_uninterrupted_run(tmp_path):
+    from media_fixtures import write_media_parquet
+
+    parquet = write_media_parquet(tmp_path / "data.parquet", media_rows("image", per_class=8))
+    seen = _train_seeing_batches(tmp_path, parquet)
+    assert [s for s, _, _ in seen] == list(range(1, 7))
+    again = _train_seeing_batches(tmp_path, parquet, str(tmp_path / "ckpt" / "checkpoint-2"))
+    assert again == [s for s in seen if s[0] > 2]  # same rows, same decoded and augmented pixels
+
+
 @pytest.mark.slow
 def test_two_processes_on_a_sharded_folder_cover_every_row_once_per_epoch(tmp_path, make_config):
     """`torchrun` with 2 processes on 3 shards: each epoch's sampler order holds every training row, and the
