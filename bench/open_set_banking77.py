@@ -67,7 +67,13 @@ ARMS: dict[str, dict[str, Any]] = {
 }
 """Overrides of the example config per arm (the calibration keys of open_set are added to each)."""
 CRITERIA = {"auto": ("auto", None), "drop1": ("accuracy_drop", 0.01), "acc": ("accuracy", None)}
-MARKS = ("<!-- open_set:start -->", "<!-- open_set:end -->")
+NAMES = {"banking77": "Banking77", "hwu64": "HWU64"}
+
+
+def marks_of(dataset: str) -> tuple[str, str]:
+    """The docs section of a data set: Banking77's is the historical `open_set` one, every other its own."""
+    tag = "open_set" if dataset == "banking77" else f"open_set_{dataset}"
+    return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
 
 
 def split_intents(data_dir: Path, seed: int, share: float, intents: int | None, max_per_class: int | None):
@@ -159,11 +165,12 @@ def evaluate_arm(best: Path, val: tuple[list[str], list[int]], test: tuple[list[
     return out
 
 
-def table(results: dict[str, dict[str, dict]], command: str) -> str:
+def table(results: dict[str, dict[str, dict]], command: str, dataset: str = "banking77") -> str:
     """`results`: known out-of-scope training rows ("all" or N) -> arm -> `evaluate_arm`'s result."""
     lines = [
-        MARKS[0],
-        "## Open set on Banking77: 25 % of the intents out of scope (`bench/open_set_banking77.py`)",
+        marks_of(dataset)[0],
+        f"## Open set on {NAMES.get(dataset, dataset)}: 25 % of the intents out of scope "
+        "(`bench/open_set_banking77.py`)",
         "",
         f"Command: `{command}`. Thresholds chosen on validation rows only; numbers on the test file (%). "
         "known OOS: out-of-scope training rows the run may use (all, or a seeded few); val OOS: how many of them "
@@ -187,7 +194,7 @@ def table(results: dict[str, dict[str, dict]], command: str) -> str:
                     f"| {100 * d['oos_recall']:.2f} | {100 * d['oos_precision']:.2f} "
                     f"| {100 * a['in_scope_accuracy']:.2f} | {100 * a['oos_recall']:.2f} |"
                 )
-    lines.append(MARKS[1])
+    lines.append(marks_of(dataset)[1])
     return "\n".join(lines)
 
 
@@ -281,13 +288,16 @@ def main() -> None:
         if k in ("epochs", "intents", "max_per_class", "criterion", "target", "max_steps") and v is not None and v != -1
     )
     command += " --oos-train-rows " + " ".join("all" if n is None else str(n) for n in args.oos_train_rows)
+    if Path(args.data).name != "banking77":
+        command += f" --data {args.data}"
     if args.arms != list(ARMS):
         command += " --arms " + " ".join(args.arms)
-    section = table(results, command.strip())
+    dataset = Path(args.data).name
+    section = table(results, command.strip(), dataset)
     print("\n" + section, flush=True)
     if args.docs:
-        write_section(Path(args.docs), section, MARKS)
-    run = {"oos_intents": oos, "args": vars(args), "command": command.strip(), "results": results}
+        write_section(Path(args.docs), section, marks_of(dataset))
+    run = {"oos_intents": oos, "dataset": dataset, "args": vars(args), "command": command.strip(), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(run, indent=2))
 
@@ -303,10 +313,11 @@ def merge_runs(paths: list[Path], docs: str, out: Path) -> None:
         for known, arms in r["results"].items():
             results.setdefault(known, {}).update(arms)
     command = "` and, side by side, `".join(r["command"] for r in runs)
-    section = table(results, command)
+    dataset = runs[0].get("dataset", "banking77")
+    section = table(results, command, dataset)
     print(section, flush=True)
     if docs:
-        write_section(Path(docs), section, MARKS)
+        write_section(Path(docs), section, marks_of(dataset))
     merged = {"oos_intents": runs[0]["oos_intents"], "commands": [r["command"] for r in runs], "results": results}
     out.write_text(json.dumps(merged, indent=2))
 

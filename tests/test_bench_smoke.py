@@ -96,3 +96,19 @@ def test_open_set_benchmark_runs_the_many_and_the_few_outlier_protocols(tmp_path
     assert "| 5 |" in run.stdout and "| all |" in run.stdout and "OOS rec @auto" in run.stdout
     for protocol in results.values():
         assert 0.0 <= protocol["recipe_oos"]["points"]["auto/fused"]["test"]["oos_recall"] <= 1.0
+    # the two protocols run side by side (one process each) make the same table once merged
+    from bench.open_set_banking77 import merge_runs
+
+    run_json = json.loads(out.read_text())
+    parts = []
+    for protocol in ("all", "5"):
+        part = tmp_path / f"part_{protocol}.json"
+        part.write_text(json.dumps({**run_json, "results": {protocol: run_json["results"][protocol]}}))
+        parts.append(part)
+    docs = tmp_path / "docs.md"
+    docs.write_text("# Benchmarks\n")
+    merge_runs(parts, str(docs), tmp_path / "merged.json")
+    assert json.loads((tmp_path / "merged.json").read_text())["results"] == results
+    section = docs.read_text()
+    assert section.count("| all |") == section.count("| 5 |") == 5  # a row per score and protocol
+    assert "<!-- open_set_toy:start -->" in section  # a data set other than Banking77 gets its own section
