@@ -139,3 +139,60 @@ def test_validation_during_training_reports_and_chooses_by_map_at_r(tmp_path, ti
     train(config_from_dict(raw))
     metrics = json.loads((tmp_path / "ckpt" / "metrics.json").read_text())
     assert 0.0 <= metrics["eval_map_at_r"] <= 1.0 and 0.0 <= metrics["eval_eer"] <= 1.0
+
+
+def grouped_search_data():
+    """Unit axis vectors (exact ties: duplicates score exactly 1, the rest exactly 0) and random rows; gallery
+    groups with a null (None and NaN), group "c" with one row; queries with null groups and a group, "west",
+    that has no gallery row."""
+    rng = np.random.default_rng(7)
+    dim = 6
+    gallery = np.r_[np.eye(dim)[np.arange(12) % dim], rng.normal(size=(20, dim))]
+    gallery_labels = np.array([f"id{i}" for i in rng.integers(0, 5, len(gallery))], dtype=object)
+    gallery_groups = np.array(["a", "b"] * 16, dtype=object)
+    gallery_groups[[3, 17]] = None
+    gallery_groups[[8, 25]] = float("nan")
+    gallery_groups[30] = "c"
+    query = np.r_[np.eye(dim), rng.normal(size=(12, dim))]
+    query_labels = np.array([f"id{i}" for i in rng.integers(0, 6, len(query))], dtype=object)  # id5: unknown
+    query_groups = np.array(["a", "b", None, float("nan"), "c", "west"] * 3, dtype=object)
+    return query, query_labels, query_groups, gallery, gallery_labels, gallery_groups
+
+
+def naive_candidates(query_group, gallery_groups) -> tuple[np.ndarray, str]:
+    """The documented rule: a null query group sees every gallery row, a group only its own (null rows never)."""
+    null = query_group is None or query_group != query_group
+    if null:
+        return np.arange(len(gallery_groups)), "no_group"
+    rows = np.array([i for i, g in enumerate(gallery_groups) if isinstance(g, str) and g == query_group], int)
+    return rows, "ok" if len(rows) else "no_candidates"
+
+
+def test_evaluation_and_inference_search_the_same_candidates_with_nulls_empty_groups_and_ties():
+    from hf_metric.inference.gallery import Gallery
+    from hf_metric.inference.gallery_calibration import enrolled
+
+    query, qy, qg, gallery, gy, gg = grouped_search_data()
+    k = 4  # more than group "c" has rows
+    served = Gallery(gallery, gy.tolist(), gg.tolist()).search(query, k, qg.tolist())
+    found = search_gallery(query, gallery, gy, qy, (1, k), qg, gg)
+    width = found.labels.shape[1]
+    assert width >= k
+    for i in range(len(qy)):
+        rows, status = naive_candidates(qg[i], gg)
+        assert served.status[i] == found.status[i] == status
+        assert found.relevant[i] == (gy[rows] == qy[i]).sum()
+        assert found.candidates[i] == len(set(gy[rows]))
+        want_rows, want_scores = naive_search(query[i], gallery, rows, width) if len(rows) else ([], [])
+        for result, kept in ((found, width), (served, k)):
+            n = min(kept, len(want_rows))
+            np.testing.assert_array_equal(result.indices[i], np.r_[want_rows[:n], [-1] * (kept - n)])
+            np.testing.assert_allclose(result.scores[i], np.r_[want_scores[:n], [np.nan] * (kept - n)], atol=1e-6)
+            assert result.labels[i].tolist() == gy[want_rows[:n]].tolist() + [None] * (kept - n)
+    np.testing.assert_array_equal(enrolled(Gallery(gallery, gy.tolist(), gg.tolist()), qy, qg), found.relevant > 0)
+    got = IdentificationEvaluator(ks=(1, k), within_group=True, verification=False).evaluate(
+        query, qy, gallery, gy, query_groups=qg, gallery_groups=gg
+    )
+    known = found.relevant > 0
+    assert got["precision_at_1"] == pytest.approx((served.top_label == qy)[known].mean())
+    assert got["queries_absent_from_gallery"] == (~known).sum() > 0

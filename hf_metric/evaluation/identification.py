@@ -14,7 +14,10 @@ the trainer, `hf-metric evaluate --gallery` and the benchmarks report the same n
   (`verification.sample_pairs`): verification_auc, eer, tar@far=f; with groups also the same-group protocol
   (genuine pairs vs impostors from the same group), suffixed `_same_group`.
 
-The search is exact cosine (`sharded_search.sharded_topk_neighbors`: the plain blocked search in one process,
+The search is the gallery's (`inference.gallery_search.search_targets`, behind `Gallery.search` and `hf-metric
+predict --gallery`): exact cosine, within a group the same candidate set, null-group rule (a query without a
+group is compared with the whole gallery), tie order and padding, so evaluation and inference cannot disagree.
+The whole-gallery search is `sharded_search.sharded_topk_neighbors` (the plain blocked search in one process,
 shared out among the processes of a distributed run).
 
 Two ways in: `evaluate(query_emb, query_labels, gallery_emb, gallery_labels, query_groups=..., gallery_groups=...)`
@@ -30,14 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from ..inference.gallery_search import GallerySearchResult, as_names, candidate_counts, rows_by_group, search_targets
 from .base import EVALUATORS, EvalPredictions, Evaluator, Reference
 from .retrieval import (
-    PAD,
     accuracy_by_candidates,
     identification_metrics,
     identification_metrics_by_group,
     open_set_identification,
-    relevant_counts,
 )
 from .verification import IMPOSTOR_SAME_GROUP, sample_pairs, verification_metrics
 
@@ -45,13 +47,12 @@ SAME_GROUP_SUFFIX = "_same_group"
 
 
 @dataclass
-class GallerySearch:
-    """Each query's k best gallery rows (padded with None / -inf / -1) and R, as the metrics need them."""
+class GallerySearch(GallerySearchResult):
+    """`gallery_search.search_targets`' result (the k best gallery rows of each query, padded with None / NaN /
+    -1; a status per query) with what the metrics need besides, counted over the rows each query's search saw."""
 
-    labels: np.ndarray
-    scores: np.ndarray
-    indices: np.ndarray
     relevant: np.ndarray
+    """R: the gallery rows sharing each query's label."""
     candidates: np.ndarray
     """Distinct gallery labels each query was compared with."""
 
@@ -78,44 +79,22 @@ def search_gallery(
     gallery_groups: Any = None,
     search: Any = None,
 ) -> GallerySearch:
-    """Exact cosine search of the queries against the gallery, or (with both group arrays) each query against
-    its own group's rows only (a query whose group has no gallery row gets no candidates); k = max(max R,
-    max ks), so that MAP@R is exact."""
+    """The gallery's search (`gallery_search.search_targets`: exact cosine, with both group arrays each query
+    among its own group's rows only; the null-group rule, tie order and padding are the ones `Gallery.search`
+    has) with k = max(max R, max ks), so that MAP@R is exact. `search` (default
+    `sharded_search.sharded_topk_neighbors`, shared out among the processes of a distributed run) answers the
+    queries compared with the whole gallery; a group's rows are few and searched locally."""
     if search is None:
         from .sharded_search import sharded_topk_neighbors as search
     query_emb, gallery_emb = _float32(query_emb), _float32(gallery_emb)
     gallery_labels, query_labels = _object(gallery_labels), _object(query_labels)
-    n = len(query_labels)
-    if query_groups is None or gallery_groups is None:
-        blocks = [(np.arange(n), np.arange(len(gallery_labels)))]
-    else:
-        query_groups, gallery_groups = _object(query_groups), _object(gallery_groups)
-        rows_of: dict[Any, list[int]] = {}
-        for i, g in enumerate(gallery_groups.tolist()):
-            rows_of.setdefault(g, []).append(i)
-        queries_of: dict[Any, list[int]] = {}
-        for i, g in enumerate(query_groups.tolist()):
-            queries_of.setdefault(g, []).append(i)
-        blocks = [(np.array(q), np.array(rows_of.get(g, []), dtype=np.int64)) for g, q in queries_of.items()]
-    relevant = np.zeros(n, dtype=np.int64)
-    candidates = np.zeros(n, dtype=np.int64)
-    for queries, rows in blocks:
-        relevant[queries] = relevant_counts(query_labels[queries], gallery_labels[rows])
-        candidates[queries] = len(set(gallery_labels[rows].tolist()))
-    k = max(int(relevant.max()) if n else 0, max(ks))
-    labels = np.full((n, k), PAD, dtype=object)
-    scores = np.full((n, k), -np.inf)
-    indices = np.full((n, k), -1, dtype=np.int64)
-    for queries, rows in blocks:
-        if len(rows) == 0 or len(queries) == 0:
-            continue
-        s, idx = search(query_emb[queries], gallery_emb[rows], min(k, len(rows)), "cos")
-        idx = rows[idx.cpu().numpy()]
-        width = idx.shape[1]
-        labels[queries, :width] = gallery_labels[idx]
-        scores[queries, :width] = s.cpu().numpy()
-        indices[queries, :width] = idx
-    return GallerySearch(labels, scores, indices, relevant, candidates)
+    grouped = query_groups is not None and gallery_groups is not None
+    groups = query_groups if grouped else None
+    members = rows_by_group(gallery_groups) if grouped else None
+    relevant, candidates = candidate_counts(query_labels, gallery_labels, groups, None, members)
+    k = max(int(relevant.max()) if len(relevant) else 0, max(ks))
+    found = search_targets(query_emb, gallery_emb, gallery_labels, None, None, k, groups, search, members)
+    return GallerySearch(**vars(found), relevant=relevant, candidates=candidates)
 
 
 @EVALUATORS.register("identification")
@@ -130,10 +109,11 @@ class IdentificationEvaluator(Evaluator):
         ks: the K of cmc@K.
         fars: target false-accept rates of tar@far=f.
         fpirs: target false-positive identification rates of dir@fpir=f.
-        within_group: search each query among its own group's gallery rows only (needs both group arrays).
+        within_group: search each query among its own group's gallery rows only (needs both group arrays); a query
+            without a group (None or NaN) among all of them, as `Gallery.search` does.
         verification: sample pairs of query rows and report the verification metrics.
         genuine_per_label / impostors / seed: the pair sample (`verification.sample_pairs`).
-        search: the exact search (None: `sharded_search.sharded_topk_neighbors`).
+        search: the exact whole-gallery search (None: `sharded_search.sharded_topk_neighbors`).
     """
 
     ks: tuple[int, ...] = (1, 5, 10)
@@ -199,13 +179,14 @@ class IdentificationEvaluator(Evaluator):
         if self.within_group and (query_groups is None or gallery_groups is None):
             raise ValueError("within_group identification needs the groups of the queries and of the gallery")
         grouped = self.within_group
+        groups = None if query_groups is None else as_names(query_groups)  # as the search names them (NaN: null)
         found = search_gallery(
             query_emb,
             gallery_emb,
             gallery_labels,
             query_labels,
             self.ks,
-            query_groups if grouped else None,
+            groups if grouped else None,
             gallery_groups if grouped else None,
             self.search,
         )
@@ -213,8 +194,8 @@ class IdentificationEvaluator(Evaluator):
         out = identification_metrics(labels, ranked, relevant, self.ks)
         known = found.relevant > 0
         self.details = {}
-        if query_groups is not None:
-            by_group = identification_metrics_by_group(labels, ranked, relevant, _object(query_groups), self.ks)
+        if groups is not None:
+            by_group = identification_metrics_by_group(labels, ranked, relevant, groups, self.ks)
             self.details["per_group"] = by_group
             p1 = [m["precision_at_1"] for m in by_group.values() if m["identification_queries"] > 0]
             out["group_precision_at_1_min"] = float(min(p1)) if p1 else float("nan")
@@ -228,7 +209,7 @@ class IdentificationEvaluator(Evaluator):
             correct = found.labels[known, 0] == labels[known]
             out.update(open_set_identification(top1[known], correct.astype(bool), top1[~known], self.fpirs))
         if self.verification:
-            out.update(self.verification_metrics(query_emb, labels, query_groups))
+            out.update(self.verification_metrics(query_emb, labels, groups))
         self.details["search"] = found
         return out
 

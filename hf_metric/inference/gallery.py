@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from ..atomic import write_json_atomic
 from ..errors import ConfigError, DataError
-from .gallery_search import GallerySearchResult, is_null, rows_by_group, search_targets
+from .gallery_search import GallerySearchResult, as_names, candidate_sets, is_null, rows_by_group, search_targets
 
 GALLERY_FORMAT = "hf_metric.Gallery/1"
 MANIFEST_FILE = "gallery.json"
@@ -53,7 +53,7 @@ def _unit_rows(x: Any) -> np.ndarray:
 def _strings(values: Sequence[Any] | None, n: int, what: str, nullable: bool) -> np.ndarray:
     if values is None:
         return np.full(n, None, dtype=object)
-    out = np.asarray([None if v is None else str(v) for v in values], dtype=object)
+    out = as_names(values)
     if len(out) != n:
         raise ValueError(f"{n} embeddings but {len(out)} {what}")
     if not nullable and is_null(out).any():
@@ -101,6 +101,7 @@ class Gallery:
         self._searcher = None
         self._identities: tuple | None = None
         self._members: dict[str, np.ndarray] | None = None
+        self._row_members: dict[str, np.ndarray] | None = None
 
     # --- building ---------------------------------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ class Gallery:
 
     def _changed(self) -> None:
         # the calibration is kept: `hf-metric index --append` says to redo it
-        self._identities = self._members = None
+        self._identities = self._members = self._row_members = None
 
     # --- searching --------------------------------------------------------------------------------------------
 
@@ -219,6 +220,14 @@ class Gallery:
         if groups is not None and self._members is None:
             self._members = rows_by_group(target_groups)
         return search_targets(q, emb, labels, target_groups, ids, k, groups, self._search(), self._members)
+
+    def candidate_rows(self, group: Any) -> tuple[np.ndarray | None, str]:
+        """The enrolled rows a query of `group` is compared with (None: all of them) and its status, by the rule
+        of `search` (`gallery_search.candidate_sets`): the kNN pipeline's vote among a group's rows."""
+        if self._row_members is None:
+            self._row_members = rows_by_group(self.groups)
+        _, rows, status = next(candidate_sets(1, [group], members=self._row_members))
+        return rows, status
 
     def _search(self):
         if self._searcher is None:

@@ -20,6 +20,7 @@ from ..errors import DataError
 from ..model.open_set_scores import OUT_OF_SCOPE_ID
 from ..open_set.calibration import calibrate
 from .gallery import Gallery
+from .gallery_search import candidate_counts
 
 SCORE_NAME = "gallery_score"
 NO_MATCH_SCORE = float(np.finfo(np.float32).min)
@@ -27,15 +28,10 @@ NO_MATCH_SCORE = float(np.finfo(np.float32).min)
 
 
 def enrolled(gallery: Gallery, labels: np.ndarray, groups: Sequence[Any] | None) -> np.ndarray:
-    """Whether each query's identity is in the gallery (in its own group when `groups` is given)."""
-    if groups is None:
-        return np.isin(labels.astype(str), gallery.identities)
-    pairs = set(zip(gallery.labels.tolist(), gallery.groups.tolist(), strict=True))
-    known = set(gallery.labels.tolist())
-    return np.array(
-        [(lab, g) in pairs if g is not None else lab in known for lab, g in zip(labels.tolist(), groups, strict=True)],
-        dtype=bool,
-    )
+    """Whether each query's identity is among the targets its search sees (in its own group when `groups` is
+    given; a query without a group sees them all: `gallery_search.candidate_sets`)."""
+    _, target_labels, target_groups, _ = gallery.targets()
+    return candidate_counts(labels, target_labels, groups, target_groups)[0] > 0
 
 
 def calibrate_gallery(

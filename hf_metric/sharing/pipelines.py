@@ -37,6 +37,7 @@ from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline,
 from ..evaluation.ann import IndexedSearch
 from ..evaluation.metrics import knn_predict
 from ..inference.gallery import MANIFEST_FILE, Gallery
+from ..inference.gallery_search import STATUS_NO_CANDIDATES
 from ..model.neighbors import topk_neighbors
 from ..model.open_set_scores import is_out_of_scope
 from ..training.bank import BANK_FORMAT
@@ -154,8 +155,9 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
 
     The reference is a `Gallery` (`self.gallery`): `fit(..., groups=...)` enrols the rows' groups, and
     `knn(texts, groups=[...])` (or `group="addr-1"` for all texts) restricts each vote to the reference rows
-    of that group (the candidate set); a group without reference rows answers `{"label": None, "score": 0.0,
-    "status": "no_candidates"}`.
+    of that group (the candidate set) by the rule of `Gallery.search`: a group without reference rows answers
+    `{"label": None, "score": 0.0, "status": "no_candidates"}`, a null group (NaN) votes among every row
+    (status `no_group`).
     """
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -321,15 +323,17 @@ class KnnClassificationPipeline(MetricEmbeddingPipeline):
         embeddings, labels = self._reference()
         query = model_outputs["embeddings"].float().cpu()
         search = self.search
-        if group is not None:  # the candidate set: only this group's reference rows vote
-            rows = np.flatnonzero(self.gallery.groups == str(group))
-            if len(rows) == 0:
-                return {"label": None, "score": 0.0, "status": "no_candidates"}
-            embeddings, labels, search = embeddings[rows], labels[rows], topk_neighbors
+        status = None
+        if group is not None:  # the candidate set: only this group's reference rows vote (the gallery's rule)
+            rows, status = self.gallery.candidate_rows(group)
+            if status == STATUS_NO_CANDIDATES:
+                return {"label": None, "score": 0.0, "status": status}
+            if rows is not None:
+                embeddings, labels, search = embeddings[rows], labels[rows], topk_neighbors
         predicted, share = knn_predict(query, embeddings, labels, k or self.k, distance or self.distance, search=search)
         answer = {"label": predicted[0].item(), "score": float(share[0])}
-        if group is not None:
-            answer["status"] = "ok"
+        if status is not None:
+            answer["status"] = status
         return open_set_answer(answer, self.model.config, model_outputs.get("open_set_scores"))
 
 
