@@ -43,7 +43,9 @@ from .media import (
 TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 """File extensions a path source reads, and the `datasets` builder of the text formats."""
 READ_BUFFER_BYTES = 4 * 2**20
-"""Parquet column chunks are read through a buffer of this size (without it a whole row group's chunk is read)."""
+"""Parquet column chunks are read through a buffer of this size, a data page at a time (without one, Arrow's
+reader holds a row group's whole column chunk). A page holds up to `write_batch_size` rows (pyarrow: 1024) of
+a row group: 128 MB of 128 kB clips."""
 CHECKS_COLUMN = "__hf_metric_header_check__"
 """Cache column: the header check of each image/audio cell with bytes (`media.check_cells`)."""
 CHECKERS = {"PIL": "Pillow", "soundfile": "soundfile"}
@@ -161,7 +163,7 @@ def _open_shard(path: str) -> _Shard:
 
 def parquet_shard(path: str) -> _Shard:
     """A Parquet file read row group by row group, each in record batches of about `arrow_cache.BATCH_BYTES`
-    (from the footer's sizes): memory follows the batch, not the file."""
+    (from the footer's sizes): memory follows the data page and the batch, not the file."""
     try:
         meta = pq.read_metadata(path)
         schema = meta.schema.to_arrow_schema()
