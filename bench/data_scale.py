@@ -11,8 +11,11 @@ column, more than one Arrow `binary` array holds (2 GB).
     python -m bench.data_scale --shards 8               # the same rows as 8 Parquet shards in a folder
 
 Prints one JSON line: rows, file size, wall seconds of the training command, seconds from its start to the first
-logged training step (the Trainer logs step 1), the child's peak RSS (`ru_maxrss`) and its exit code. The
-generated file and the run's folder are deleted afterwards unless `--keep`.
+logged training step (the Trainer logs step 1), the child's peak RSS (`ru_maxrss`), the peaks of its anonymous
+and file-backed resident memory (`RssAnon`, `RssFile` of `/proc/PID/status`, sampled every 50 ms: mapped pages of
+the data cache are file-backed) and its exit code. `--again` trains a second time on the same file, which maps
+the data cache the first run wrote (`again_*`). The child's `HF_METRIC_CACHE` is a folder under `--workdir`, so
+the generated file, the data cache and the run's folder are all deleted afterwards unless `--keep`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -63,6 +67,20 @@ def write_clips(path: Path, rows: int, seed: int = 0) -> None:
             writer.write_table(pa.table({"audio": clips, "label": names}, schema=schema), row_group_size=ROW_GROUP)
 
 
+def sample_rss(pid: int, peaks: dict[str, int], stop: threading.Event, every: float = 0.05) -> None:
+    """Keep in `peaks` the largest `RssAnon` and `RssFile` (kB) of process `pid` until `stop` or its end."""
+    while not stop.is_set():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        for line in status.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                peaks[key] = max(peaks.get(key, 0), int(value.split()[0]))
+        stop.wait(every)
+
+
 def train_once(parquet: Path, run_dir: Path, steps: int, threads: int) -> dict:
     """Train in a child process; its wall time, time to the first logged step, peak RSS and exit code."""
     overrides = {
@@ -78,20 +96,34 @@ def train_once(parquet: Path, run_dir: Path, steps: int, threads: int) -> dict:
     for key, value in overrides.items():
         argv += ["--set", f"{key}={value}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["HF_METRIC_CACHE"] = str(parquet.parent / "cache")  # the data cache goes with the generated file
     env.update({name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
     start, first_step, tail = time.perf_counter(), None, deque(maxlen=20)
     child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peaks: dict[str, int] = {}
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_rss, args=(child.pid, peaks, stop), daemon=True)
+    sampler.start()
     for line in child.stdout:
         if first_step is None and "'loss'" in line:  # the Trainer logs the first step (logging_first_step)
             first_step = time.perf_counter() - start
         tail.append(line.rstrip())
+    stop.set()
+    sampler.join()
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         print("\n".join(tail), file=sys.stderr)
     first = None if first_step is None else round(first_step, 1)
-    return {"wall_s": round(wall, 1), "first_step_s": first, "peak_rss_mb": round(usage.ru_maxrss / 1024), "exit": code}
+    return {
+        "wall_s": round(wall, 1),
+        "first_step_s": first,
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "peak_rss_anon_mb": round(peaks.get("RssAnon", 0) / 1024),
+        "peak_rss_file_mb": round(peaks.get("RssFile", 0) / 1024),
+        "exit": code,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="OMP/MKL/Arrow threads of the training process")
     parser.add_argument("--keep", action="store_true", help="keep the generated file and the run's folder")
     parser.add_argument("--shards", type=int, default=1, help="write the rows as this many Parquet shards in a folder")
+    parser.add_argument("--again", action="store_true", help="train a second time, on the data cache of the first")
     args = parser.parse_args(argv)
 
     folder = Path(args.workdir) / f"hf_metric_data_scale_{args.rows}"
@@ -120,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         result = {"rows": args.rows, "shards": args.shards, "file_gb": round(size / 1e9, 2)}
         result["generate_s"] = round(time.perf_counter() - began, 1)
         result.update(train_once(parquet, folder / "run", args.steps, args.threads))
+        if args.again and result["exit"] == 0:
+            shutil.rmtree(folder / "run", ignore_errors=True)
+            again = train_once(parquet, folder / "run", args.steps, args.threads)
+            result.update({f"again_{key}": value for key, value in again.items()})
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(result))
-    return 0 if result["exit"] == 0 else 1
+    return 0 if result["exit"] == 0 and result.get("again_exit", 0) == 0 else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,11 +16,12 @@ from typing import Any
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary sibling path to write the file into; on success it is renamed to `path`."""
+def atomic_path(path: str | os.PathLike, unique: bool = False) -> Iterator[str]:
+    """Yield a temporary sibling path to write the file into; on success it is renamed to `path`. `unique`: a
+    temporary name of its own (`PATH.<pid>.<random>.tmp`), for a file that several processes may write at once."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp" if unique else f"{path}.tmp"
     try:
         yield tmp
     except BaseException:

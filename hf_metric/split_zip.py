@@ -55,12 +55,18 @@ class SplitZip:
         return (root or cache_root()) / f"{self.name}-{self.sha256[:12]}"
 
 
+def cache_base() -> Path:
+    """hf_metric's cache folder: `$HF_METRIC_CACHE`, else `$XDG_CACHE_HOME/hf_metric`, else `~/.cache/hf_metric`
+    (unpacked models in `models/`, training data as Arrow in `arrow/`)."""
+    if os.environ.get("HF_METRIC_CACHE"):
+        return Path(os.environ["HF_METRIC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hf_metric"
+
+
 def cache_root() -> Path:
     """`$HF_METRIC_CACHE/models`, else `$XDG_CACHE_HOME/hf_metric/models`, else `~/.cache/hf_metric/models`."""
-    if os.environ.get("HF_METRIC_CACHE"):
-        return Path(os.environ["HF_METRIC_CACHE"]) / "models"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hf_metric" / "models"
+    return cache_base() / "models"
 
 
 def find_parts(spec: SplitZip) -> tuple[list[Path], list[str]]:

@@ -40,6 +40,15 @@ def write_parquet(path: Path, rows: list[dict] | dict[str, list]) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory, monkeypatch) -> Path:
+    """A data cache (`hf_metric.data.arrow_cache`) of each test's own, in the session's temporary folder: not the
+    user's (a CLI run in a child process still uses the user's)."""
+    folder = tmp_path_factory.mktemp("arrow_cache")
+    monkeypatch.setattr("hf_metric.data.arrow_cache.cache_folder", lambda: folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A randomly initialised 2-layer BERT (hidden 32) and its tokenizer, saved like a Hub model."""

@@ -22,7 +22,7 @@ import pytest
 from media_fixtures import media_rows
 
 from hf_metric.config import DataSection
-from hf_metric.data import chunked, media
+from hf_metric.data import arrow_cache, chunked, media, sources
 from hf_metric.data.parquet import read_labeled_parquet
 from hf_metric.data.prepare import prepare_datasets
 from hf_metric.errors import DataError
@@ -114,11 +114,14 @@ class InMemoryParquetFile:
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_a_column_over_2gb_is_prepared_for_training_without_being_joined(kind, tmp_path, monkeypatch):
+def test_a_column_over_2gb_is_prepared_for_training_without_being_joined(kind, tmp_path, monkeypatch, data_cache):
+    """The source's record batches (in memory here: no 2 GiB Parquet file is written) go to the data cache in
+    batches of bounded bytes, and training maps the cache: nothing is joined, Arrow allocates little."""
     table = big_audio_table(KINDS[kind])
     path = tmp_path / "big.parquet"
-    path.write_bytes(b"")  # read in memory below: no 2 GiB file on disk
-    monkeypatch.setattr(pq, "read_table", lambda _path, **_options: table)
+    path.write_bytes(b"")
+    shard = sources._Shard(str(path), table.schema, table.num_rows, lambda: iter(table.to_batches()))
+    monkeypatch.setattr(sources, "parquet_shard", lambda _path: shard)
     default_pool = pa.default_memory_pool()
     pool = pa.proxy_memory_pool(default_pool)  # counts the peak of Arrow memory in this call alone
     KEPT_POOLS.append(pool)  # buffers allocated from it may outlive the test: so must the pool
@@ -130,8 +133,9 @@ def test_a_column_over_2gb_is_prepared_for_training_without_being_joined(kind, t
 
     assert len(prepared.train) + len(prepared.val) == ROWS
     column = prepared.train.data.column("audio")
-    assert column.num_chunks == table.column("audio").num_chunks  # as read: no chunk joined
-    assert pool.max_memory() < 64 * 2**20  # the bytes are shared, never copied (nor hashed by `datasets`)
+    assert max(len(chunk) for chunk in column.chunks) <= arrow_cache.BATCH_BYTES // CLIP_BYTES  # no chunk joined
+    assert [f["filename"] for f in prepared.train.cache_files] == [str(p) for p in data_cache.glob("*.arrow")]
+    assert pool.max_memory() < 64 * 2**20  # the bytes are streamed and mapped, never copied (nor hashed)
     rows = prepared.train.with_format(None)["source_row"][:4]
     got = prepared.train[:4]
     np.testing.assert_allclose(got["input_values"][:, :8].numpy(), expected_embeddings(rows), atol=1e-6)

@@ -5,7 +5,8 @@ a larger column as several chunks, and whatever joins them again (`combine_chunk
 that `datasets` computes of a table given without a fingerprint) fails with "offset overflow". So the data path
 never joins a column: rows are dropped with `filter` (chunk by chunk), image/audio bytes are `large_binary`
 (`media.MEDIA_TYPE`, 64-bit offsets, the cast shares the bytes), `datasets.Dataset` gets a fingerprint instead of
-hashing the table, and cells reach Python `MAX_SLICE_BYTES` at a time.
+hashing the table, and cells reach Python `MAX_SLICE_BYTES` at a time. Training does not even filter: it selects
+the usable rows of the memory-mapped column by index (`parquet.LabeledTable.source_dataset`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from .chunked import keep_rows, read_error, row_slices
 from .media import (
     AUDIO_COLUMN,
     IMAGE_COLUMN,
+    MEDIA_TYPE,
     SOURCE_ROW,
     cell_bytes,
     check_cell,
@@ -47,9 +49,12 @@ OUT_OF_SCOPE_ID = -1
 
 @dataclass
 class LabeledTable:
-    """A validated file: usable rows only, with encoded `labels` and 0/1 int8 masks."""
+    """A validated file: usable rows only, with encoded `labels` and 0/1 int8 masks. The input column is kept
+    as the source holds it, every row (memory-mapped for files): `table` copies the usable rows' cells out of it
+    only when asked, training selects them by index instead (`source_dataset`)."""
 
-    table: pa.Table
+    columns: pa.Table
+    """`labels`, `metric_mask`, `classifier_mask` (and `source_row` for image/audio) of the usable rows."""
     id2label: dict[int, str]
     dropped_rows: int = 0
     source: str = ""
@@ -60,10 +65,45 @@ class LabeledTable:
     """Image/audio rows skipped as unreadable (`data.skip_bad_rows`)."""
     where: RowLocator | None = None
     """`row -> (file, row in it)` for a row of the source (`SOURCE_ROW` of an image/audio row)."""
+    inputs: pa.ChunkedArray | None = None
+    """The input column of every row of the source, usable or not (image/audio as `{bytes, path}` cells)."""
+    rows: np.ndarray | None = None
+    """The source row of each usable row."""
+    mapped: str | None = None
+    """The memory-mapped Arrow file whose column `input_column` is `inputs` (files: the data cache), or None."""
 
     @property
     def labels(self) -> np.ndarray:
-        return self.table.column("labels").to_numpy()
+        return self.columns.column("labels").to_numpy()
+
+    @cached_property
+    def table(self) -> pa.Table:
+        """The usable rows, input column first: a copy of its cells when rows were dropped."""
+        keep = np.zeros(len(self.inputs), dtype=bool)
+        keep[self.rows] = True
+        small = {name: self.columns.column(name) for name in self.columns.column_names}
+        return pa.table({self.input_column: keep_rows(self.inputs, keep), **small})
+
+    def source_dataset(self) -> Any:
+        """Every row of the source as a `datasets.Dataset` (select `rows`, or some of them, to train): the input
+        column as the source holds it, nothing copied; labels and masks of the usable rows, zeros elsewhere.
+        From a memory-mapped file it stays mapped: a DataLoader worker unpickles it as the file's path."""
+        import datasets
+        from datasets.fingerprint import generate_random_fingerprint
+        from datasets.table import InMemoryTable, MemoryMappedTable, concat_tables
+
+        full = {}
+        for name in self.columns.column_names:
+            values = self.columns.column(name).to_numpy()
+            full[name] = np.zeros(len(self.inputs), dtype=values.dtype)
+            full[name][self.rows] = values
+        if self.mapped is not None:
+            inputs = MemoryMappedTable.from_file(self.mapped).select([self.input_column])
+        else:
+            inputs = InMemoryTable(pa.table({self.input_column: self.inputs}))
+        table = concat_tables([inputs, InMemoryTable(pa.table(full))], axis=1)
+        # a fingerprint of our own: without one `datasets` hashes the table (`chunked.dataset_from_table`)
+        return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -160,7 +200,8 @@ def read_labeled_parquet(
         raise DataError(f"{path}: columns 'metric_mask', 'classifier_mask': no usable row (every row has both masks 0)")
     if dropped:
         logger.info("%s: dropped %d rows with metric_mask=0 and classifier_mask=0", path, dropped)
-    keep_idx = pa.array(np.flatnonzero(keep))
+    rows = np.flatnonzero(keep)
+    keep_idx = pa.array(rows)
     label = keep_rows(label, keep)
     raw_labels = label.to_numpy(zero_copy_only=False)
     if is_str:
@@ -185,14 +226,14 @@ def read_labeled_parquet(
         count=len(raw_labels),
     )
     columns = {
-        input_column: keep_rows(inputs, keep),  # chunk by chunk: `take` would join a column of any size
         "labels": pa.array(encoded),
         "metric_mask": masks["metric_mask"].take(keep_idx),
         "classifier_mask": masks["classifier_mask"].take(keep_idx),
     }
     if input_column != TEXT_COLUMN:
         columns[SOURCE_ROW] = keep_idx.cast(pa.int64())
-    out = pa.table(columns)
+    # the cached column itself, when it holds the cells as validated (`{bytes, path}`, paths absolute)
+    mapped = raw.mapped if input_column != TEXT_COLUMN and table.column(input_column).type == MEDIA_TYPE else None
     class_groups = None
     if GROUP_COLUMN in table.column_names:
         groups = keep_rows(table.column(GROUP_COLUMN), keep).cast(pa.string()).to_pylist()
@@ -201,7 +242,19 @@ def read_labeled_parquet(
             if group is not None and label_id != OUT_OF_SCOPE_ID:
                 class_groups[label_id].add(group)
     id2label = {i: str(c) for c, i in label2id.items()}
-    return LabeledTable(out, id2label, dropped, path, class_groups, input_column, int(bad_rows.sum()), raw.locator)
+    return LabeledTable(
+        pa.table(columns),
+        id2label,
+        dropped,
+        path,
+        class_groups,
+        input_column,
+        int(bad_rows.sum()),
+        raw.locator,
+        inputs,
+        rows,
+        mapped,
+    )
 
 
 def _validate_text(raw: RawTable, text: pa.ChunkedArray, used: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -224,30 +277,48 @@ MEDIA_CHECK_CHUNK = 1024
 def _validate_media(
     raw: RawTable, column: str, values: pa.ChunkedArray, used: pa.ChunkedArray, skip_bad_rows: bool
 ) -> tuple[pa.ChunkedArray, np.ndarray]:
-    """Cells as `{bytes, path}` structs, and which used rows are unreadable (an error unless `skip_bad_rows`)."""
+    """Cells as `{bytes, path}` structs, and which used rows are unreadable (an error unless `skip_bad_rows`).
+    Headers checked while the rows were cached (`raw.checks`) are not read again: only paths, and cells cached
+    without a check, are."""
     require_backend(column)
     path = raw.source
     cells = normalize_media_column(values, raw.base_dir)
     if isinstance(cells, str):
         raise DataError(f"{path}: column '{column}' {cells}")
     in_loss = np.asarray(pc.fill_null(used, False).to_numpy(zero_copy_only=False), dtype=bool)
+    unchecked, failed = np.ones(len(cells), dtype=bool), np.zeros(len(cells), dtype=bool)
+    if raw.checks is not None:
+        unchecked = np.asarray(pc.is_null(raw.checks).to_numpy(zero_copy_only=False), dtype=bool)
+        failed = np.asarray(pc.fill_null(pc.not_equal(raw.checks, ""), False).to_numpy(zero_copy_only=False), bool)
+    read = in_loss & unchecked  # rows whose cells are read now
     bad = np.zeros(len(cells), dtype=bool)
-    for start, stop in row_slices(np.where(in_loss, cell_bytes(cells), 0), max_rows=MEDIA_CHECK_CHUNK):
-        rows = start + np.flatnonzero(in_loss[start:stop])
+    for start, stop in row_slices(np.where(read, cell_bytes(cells), 0), max_rows=MEDIA_CHECK_CHUNK):
+        rows = start + np.flatnonzero((read | (in_loss & failed))[start:stop])
+        if not len(rows):
+            continue
         part = cells.slice(start, stop - start)
-        part = part if len(rows) == stop - start else part.filter(pa.array(in_loss[start:stop]))
-        for row, cell in zip(rows.tolist(), part.to_pylist(), strict=True):
-            try:
-                check_cell(column, cell)
-            except ValueError as err:
-                if not skip_bad_rows:
-                    raise _fail(raw, column, row, f"{err} (data.skip_bad_rows: true skips such rows)") from None
-                bad[row] = True
-                shard, shard_row = raw.where(row)
-                logger.warning("%s: column '%s', row %d: %s; skipped", shard, column, shard_row, err)
+        part = part if read[start:stop].all() else part.filter(pa.array(read[start:stop]))
+        fresh = iter(part.to_pylist())
+        for row in rows.tolist():
+            problem = _cell_problem(column, next(fresh)) if read[row] else raw.checks[row].as_py()
+            if problem is None:
+                continue
+            if not skip_bad_rows:
+                raise _fail(raw, column, row, f"{problem} (data.skip_bad_rows: true skips such rows)")
+            bad[row] = True
+            shard, shard_row = raw.where(row)
+            logger.warning("%s: column '%s', row %d: %s; skipped", shard, column, shard_row, problem)
     if bad.any():
         logger.warning("%s: skipped %d unreadable %s rows (data.skip_bad_rows)", path, int(bad.sum()), column)
     return cells, bad
+
+
+def _cell_problem(column: str, cell: dict[str, Any]) -> str | None:
+    try:
+        check_cell(column, cell)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def check_input_values(

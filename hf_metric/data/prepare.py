@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .chunked import dataset_from_table
 from .parquet import OUT_OF_SCOPE_ID, LabeledTable, input_column_of, read_labeled_parquet
 from .sources import read_training_rows, read_validation_rows
 from .splits import resample_per_class, stratified_split
@@ -65,7 +64,7 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int, train_with_oos: 
     train_idx = train_idx[~oos_train]
     train_idx = resample_per_class(train_idx, labels, data_cfg.upsample, data_cfg.downsample, seed)
     train_idx = np.sort(np.concatenate([train_idx, oos_rows])) if len(oos_rows) else train_idx
-    full = dataset_from_table(labeled.table)  # chunks kept: a column may hold more than 2 GB
+    full = labeled.source_dataset()  # every source row, the input column as read (memory-mapped): rows are selected
     if labeled.input_column != featurizer.input_column:
         raise DataError(
             f"{labeled.source}: column '{labeled.input_column}': the backbone's featurizer reads "
@@ -76,13 +75,13 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int, train_with_oos: 
             f"{val_labeled.source}: column '{val_labeled.input_column}': training reads '{labeled.input_column}'"
         )
     featurizer.source, featurizer.locate = labeled.source, labeled.where  # decoding errors name file and row
-    train = featurizer.prepare(full.select(train_idx), train=True)
+    train = featurizer.prepare(full.select(labeled.rows[train_idx]), train=True)
     if val_labeled is None:
-        val = featurizer.prepare(full.select(val_idx), train=False)
+        val = featurizer.prepare(full.select(labeled.rows[val_idx]), train=False)
     else:
         val_featurizer = copy.copy(featurizer)
         val_featurizer.source, val_featurizer.locate = val_labeled.source, val_labeled.where
-        val = val_featurizer.prepare(dataset_from_table(val_labeled.table), train=False)
+        val = val_featurizer.prepare(val_labeled.source_dataset().select(val_labeled.rows), train=False)
     summary = {
         "source": labeled.source,
         **({"val_source": val_labeled.source} if val_labeled is not None else {}),
@@ -92,8 +91,8 @@ def prepare_datasets(data_cfg: Any, featurizer: Any, seed: int, train_with_oos: 
         "num_classes": len(labeled.id2label),
         "train_rows": len(train),
         "val_rows": len(val),
-        "classifier_rows": int(labeled.table.column("classifier_mask").to_numpy().sum()),
-        "metric_rows": int(labeled.table.column("metric_mask").to_numpy().sum()),
+        "classifier_rows": int(labeled.columns.column("classifier_mask").to_numpy().sum()),
+        "metric_rows": int(labeled.columns.column("metric_mask").to_numpy().sum()),
     }
     if (labels == OUT_OF_SCOPE_ID).any():
         summary["out_of_scope_rows"] = int((labels == OUT_OF_SCOPE_ID).sum())

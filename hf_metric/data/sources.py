@@ -4,13 +4,19 @@ or a `datasets` source; the user's column names mapped to the ones hf_metric rea
 Every source becomes one `RawTable`: an Arrow table plus where each of its rows came from, so a bad row found
 later is named by its shard and its row within that shard. Shards are read in a fixed order (sorted within a
 folder or glob, a list as given), so the same rows in shards or in one file prepare exactly the same data.
+
+Files (`read_paths`) are streamed record batch by record batch into one memory-mapped Arrow file
+(`arrow_cache`), never read whole: image/audio cells are turned into `{bytes, path}` structs and their headers
+checked on the way, batch by batch; a second run of the same files maps that file at once. `datasets` sources
+are memory-mapped from the `datasets` cache already.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +26,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .chunked import read_error
-from .media import AUDIO_COLUMN, IMAGE_COLUMN, normalize_media_column
+from ..optional import available
+from . import arrow_cache
+from .chunked import read_error, row_slices
+from .media import (
+    AUDIO_COLUMN,
+    BACKENDS,
+    IMAGE_COLUMN,
+    MEDIA_COLUMNS,
+    MEDIA_TYPE,
+    cell_bytes,
+    check_cells,
+    normalize_media_column,
+)
 
 TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 """File extensions a path source reads, and the `datasets` builder of the text formats."""
+READ_BUFFER_BYTES = 4 * 2**20
+"""Parquet column chunks are read through a buffer of this size, a data page at a time (without one, Arrow's
+reader holds a row group's whole column chunk). A page holds up to `write_batch_size` rows (pyarrow: 1024) of
+a row group: 128 MB of 128 kB clips."""
+CHECKS_COLUMN = "__hf_metric_header_check__"
+"""Cache column: the header check of each image/audio cell with bytes (`media.check_cells`)."""
+CHECKERS = {"PIL": "Pillow", "soundfile": "soundfile"}
+"""Header checkers (module: distribution): their versions are part of the cache's fingerprint."""
 
 
 @dataclass
@@ -57,6 +82,10 @@ class RawTable:
     """First row of each shard in `table`."""
     base_dir: str = "."
     """Relative image/audio paths are resolved against it (the file's folder; shards are resolved one by one)."""
+    checks: pa.ChunkedArray | None = None
+    """Header check of each image/audio cell with bytes, made while the rows were cached (`media.check_cells`)."""
+    mapped: str | None = None
+    """The memory-mapped Arrow file whose columns `table` holds (files: `arrow_cache`), or None."""
 
     def __str__(self) -> str:
         return self.source
@@ -114,14 +143,45 @@ def rename_columns(table: pa.Table, columns: Mapping[str, str] | None, source: s
     return table.select(keep).rename_columns([renamed.get(n, n) for n in keep])
 
 
-def _read_file(path: str) -> pa.Table:
+@dataclass
+class _Shard:
+    """One file of a path source, opened but not read: its columns and, on demand, its record batches."""
+
+    path: str
+    schema: pa.Schema
+    num_rows: int
+    batches: Callable[[], Iterator[pa.RecordBatch]]
+
+
+def _open_shard(path: str) -> _Shard:
     kind = TABLE_SUFFIXES.get(Path(path).suffix.lower(), "parquet")
     if kind == "parquet":
+        return parquet_shard(path)
+    table = _load_dataset_table(kind, path, {"data_files": [path], "split": "train"})
+    return _Shard(path, table.schema, table.num_rows, lambda: iter(table.to_batches()))
+
+
+def parquet_shard(path: str) -> _Shard:
+    """A Parquet file read row group by row group, each in record batches of about `arrow_cache.BATCH_BYTES`
+    (from the footer's sizes): memory follows the data page and the batch, not the file."""
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except (pa.ArrowException, OSError, MemoryError) as err:
+        raise read_error(path, err) from None
+
+    def batches() -> Iterator[pa.RecordBatch]:
         try:
-            return pq.read_table(path, pre_buffer=False)  # pre-buffering a local file keeps a second copy of it
+            # pre-buffering a local file keeps a second copy of it; the buffer reads a column chunk piece by piece
+            reader = pq.ParquetFile(path, metadata=meta, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+            for i in range(meta.num_row_groups):
+                group = meta.row_group(i)
+                rows = arrow_cache.BATCH_BYTES * group.num_rows // max(1, group.total_byte_size)
+                yield from reader.iter_batches(batch_size=max(1, min(rows, group.num_rows)), row_groups=[i])
         except (pa.ArrowException, OSError, MemoryError) as err:
             raise read_error(path, err) from None
-    return _load_dataset_table(kind, path, {"data_files": [path], "split": "train"})
+
+    return _Shard(path, schema, meta.num_rows, batches)
 
 
 def _load_dataset_table(builder: str, source: str, kwargs: dict[str, Any]) -> pa.Table:
@@ -177,12 +237,16 @@ def _like_first(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table
 
 
-def _absolute_media(table: pa.Table, path: str) -> pa.Table:
-    """Relative image/audio paths of one shard resolved against its own folder (before shards are joined)."""
+def _absolute_media(table: pa.Table, path: str, strict: bool = True) -> pa.Table:
+    """Image/audio cells of one shard as `{bytes, path}` structs, relative paths resolved against its own folder
+    (before shards are joined). A column of another type stops a shard (`strict`); one file keeps it as it is,
+    for validation to name it in its turn."""
     for column in (IMAGE_COLUMN, AUDIO_COLUMN):
         if column in table.column_names:
             cells = normalize_media_column(table.column(column), os.path.dirname(os.path.abspath(path)))
             if isinstance(cells, str):
+                if not strict:
+                    continue
                 raise DataError(f"{path}: column '{column}' {cells}")
             table = table.set_column(table.column_names.index(column), column, cells)
     return table
@@ -190,29 +254,87 @@ def _absolute_media(table: pa.Table, path: str) -> pa.Table:
 
 def read_paths(spec: str | list[str], columns: Mapping[str, str] | None = None) -> RawTable:
     """The rows of every file of `spec` (`expand_paths`), columns renamed (`rename_columns`), shards checked to
-    share one schema."""
+    share one schema: memory-mapped from the data cache (`arrow_cache`), written first when the files are new."""
     files = expand_paths(spec)
     label = spec if isinstance(spec, str) else ", ".join(str(s) for s in spec)
-    tables, starts, total = [], [], 0
-    schema = None  # the first shard's (image/audio cells as {bytes, path}: shards may hold bytes or paths)
-    for path in files:
-        table = rename_columns(_read_file(path), columns, path)
-        if len(files) > 1:
-            table = _absolute_media(table, path)
-        if schema is None:
-            schema = table.schema
-        else:
-            table = _like_first(table, schema)
-            if set(table.column_names) == set(schema.names):  # the same columns in another order
-                table = table.select(schema.names)
-            _check_schema(files[0], schema, path, table.schema)
-        tables.append(table)
-        starts.append(total)
-        total += table.num_rows
+    checkers = {dist: _version(dist) for dist in CHECKERS.values()}
+    path = arrow_cache.cache_path(files, {"columns": dict(columns or {}), "checkers": checkers})
+    found = arrow_cache.open_mapped(path)
+    if found is None:
+        arrow_cache.write(path, *_stream(files, columns))
+        found = arrow_cache.open_mapped(path)
+        if found is None:
+            raise DataError(f"{path}: the data cache just written cannot be read; delete it and run again")
+    table, meta = found
+    checks = table.column(CHECKS_COLUMN) if CHECKS_COLUMN in table.column_names else None
+    table = table.drop_columns([CHECKS_COLUMN]) if checks is not None else table
     if len(files) == 1:
-        return RawTable(tables[0], files[0], files, np.zeros(1, np.int64), os.path.dirname(os.path.abspath(files[0])))
-    table = pa.concat_tables(tables)  # chunks side by side: no column is joined
-    return RawTable(table, str(label), files, np.asarray(starts, np.int64))
+        base_dir = os.path.dirname(os.path.abspath(files[0]))
+        return RawTable(table, files[0], files, np.zeros(1, np.int64), base_dir, checks, str(path))
+    return RawTable(table, str(label), files, np.asarray(meta["starts"], np.int64), ".", checks, str(path))
+
+
+def _stream(files: list[str], columns: Mapping[str, str] | None) -> tuple[pa.Schema, Iterator[pa.RecordBatch], dict]:
+    """`(schema, record batches, meta)` of the rows of `files` as the cache holds them; every shard's schema is
+    checked against the first's before any row is read."""
+    several = len(files) > 1
+    shards = [_open_shard(path) for path in files]
+    schema = None  # the first shard's (image/audio cells as {bytes, path}: shards may hold bytes or paths)
+    for shard in shards:
+        shaped = _absolute_media(rename_columns(shard.schema.empty_table(), columns, shard.path), shard.path, several)
+        if schema is None:
+            schema = shaped.schema.remove_metadata()
+        else:
+            _check_schema(files[0], schema, shard.path, _as_first(shaped, schema).schema)
+    checked = _checked_column(schema)
+    out = schema.append(pa.field(CHECKS_COLUMN, pa.string())) if checked else schema
+    starts = np.cumsum([0] + [shard.num_rows for shard in shards[:-1]]).tolist()
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for i, shard in enumerate(shards):
+            for batch in shard.batches():
+                table = rename_columns(pa.Table.from_batches([batch]), columns, shard.path)
+                table = _absolute_media(table, shard.path, several)
+                table = _as_first(table, schema) if i else table
+                for part in _bounded(table):
+                    arrays = part.columns + ([check_cells(checked, part.column(checked))] if checked else [])
+                    yield pa.RecordBatch.from_arrays(arrays, schema=out)
+
+    return out, batches(), {"starts": starts}
+
+
+def _as_first(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A later shard's table with the first shard's column order, its all-null columns given the first's types."""
+    table = _like_first(table, schema)
+    if set(table.column_names) == set(schema.names):  # the same columns in another order
+        table = table.select(schema.names)
+    return table
+
+
+def _checked_column(schema: pa.Schema) -> str | None:
+    """The image/audio input column whose headers are checked while caching: the one input column, already
+    `{bytes, path}` cells, its checker installed (else validation checks it, or names what is wrong)."""
+    names = schema.names
+    media = [c for c in MEDIA_COLUMNS if c in names]
+    if len(media) != 1 or "text" in names or schema.field(media[0]).type != MEDIA_TYPE:
+        return None
+    return media[0] if available(BACKENDS[media[0]][0]) else None
+
+
+def _bounded(table: pa.Table) -> Iterator[pa.RecordBatch]:
+    """`table` in record batches of at most `arrow_cache.BATCH_BYTES` of image/audio bytes (a larger cell alone)."""
+    sizes = np.zeros(table.num_rows, np.int64)
+    for column in (c for c in MEDIA_COLUMNS if c in table.column_names):
+        sizes += cell_bytes(table.column(column))
+    for start, stop in row_slices(sizes, max_bytes=arrow_cache.BATCH_BYTES):
+        yield from table.slice(start, stop - start).to_batches()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def read_dataset(dataset_cfg: Any, split: str, columns: Mapping[str, str] | None = None) -> RawTable:
