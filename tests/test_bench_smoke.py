@@ -112,3 +112,16 @@ def test_open_set_benchmark_runs_the_many_and_the_few_outlier_protocols(tmp_path
     section = docs.read_text()
     assert section.count("| all |") == section.count("| 5 |") == 5  # a row per score and protocol
     assert "<!-- open_set_toy:start -->" in section  # a data set other than Banking77 gets its own section
+
+
+def test_length_grouping_rule_compares_the_mean_change_with_the_seed_noise():
+    from bench.length_grouping_decision import verdict
+
+    def rows(dataset, variant, accs):
+        return [{"dataset": dataset, "variant": variant, "accuracy": a, "macro_f1": a} for a in accs]
+
+    control = rows("b77", "hf_metric", [0.90, 0.88, 0.89])  # sample std 0.01
+    assert verdict(control + rows("b77", "length_grouping", [0.885, 0.875, 0.88]))[1]  # -0.01: inside the noise
+    assert not verdict(control + rows("b77", "length_grouping", [0.87, 0.86, 0.865]))[1]  # -0.025: outside
+    lines, holds = verdict(control + rows("b77", "length_grouping", [0.9]))
+    assert not holds and "no decision" in lines[0]
