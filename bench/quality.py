@@ -81,6 +81,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sched_cosine": {"scheduler": {"name": "cosine"}},
     "refit_all": {"data": {"validate_on_train": True}},
     "length_grouping": {"training": {"length_grouping": True}},
+    "no_length_grouping": {"training": {"length_grouping": False}},
 }
 """Ablation variants: overrides of the example config, section by section."""
 

@@ -38,14 +38,16 @@ BATCH, MAX_LEN = 32, 64
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain_trainer": {},
     "plain_trainer_length_grouped": {},
-    "recipe": {},
-    "recipe_no_bank": {"metric_validation": {"keep_last_n_emb_steps": 1}},
-    "recipe_no_supcon": {"loss": {"metric": {"weight": 0.0}}},
+    "recipe": {"training": {"length_grouping": False}},
+    "recipe_no_bank": {"metric_validation": {"keep_last_n_emb_steps": 1}, "training": {"length_grouping": False}},
+    "recipe_no_supcon": {"loss": {"metric": {"weight": 0.0}}, "training": {"length_grouping": False}},
     "recipe_random_batches": {"training": {"sampler": "random"}},
-    "recipe_no_collapse_watch": {"training": {"collapse_check_steps": 1_000_000}},
+    "recipe_no_collapse_watch": {"training": {"collapse_check_steps": 1_000_000, "length_grouping": False}},
     "recipe_length_grouping": {"training": {"length_grouping": True}},
 }
-"""Name -> overrides of the example config (`plain_trainer*` is transformers alone)."""
+"""Name -> overrides of the example config (`plain_trainer*` is transformers alone). `recipe` and its ablations
+keep the rows in P x K order without length grouping (the example config's default groups text by length): the
+peer of `plain_trainer`; `recipe_length_grouping` is the peer of `plain_trainer_length_grouped`."""
 PLAIN = ("plain_trainer", "plain_trainer_length_grouped")
 
 

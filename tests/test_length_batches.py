@@ -220,6 +220,31 @@ def test_config_allows_length_grouping_for_group_pk_and_refuses_it_for_random_ba
         TrainingSection(sampler="random", length_grouping=True).validate()
 
 
+def test_text_is_length_grouped_by_default_and_media_and_random_batches_are_not():
+    from hf_metric.config.sections import TrainingSection
+
+    TrainingSection(sampler="random").validate()  # the default (None) is no error with random batches
+    assert TrainingSection(sampler="pk").groups_lengths("text")
+    assert TrainingSection(sampler="group_pk").groups_lengths("text")
+    assert not TrainingSection(sampler="random").groups_lengths("text")
+    assert not any(TrainingSection(sampler="pk").groups_lengths(m) for m in ("image", "audio"))
+    assert not TrainingSection(sampler="pk", length_grouping=False).groups_lengths("text")
+
+
+def test_a_text_run_with_the_default_config_trains_on_length_aware_batches(tmp_path, make_config):
+    from conftest import write_parquet
+
+    from hf_metric.loading import load_config
+    from hf_metric.run import build_trainer
+
+    def sampler_of(**training):
+        config = make_config(write_parquet(tmp_path / "v.parquet", _varied_rows()), training=training)
+        return build_trainer(load_config(config), report_to=[])._get_train_sampler()
+
+    assert sampler_of().lengths is not None
+    assert sampler_of(length_grouping=False).lengths is None
+
+
 def _varied_rows(per_class: int = 16):
     """Synthetic rows of 1 to 9 filler words more than usual (token counts vary), each class in a group."""
     from conftest import FILLER, synthetic_rows

@@ -87,13 +87,21 @@ class TrainingSection:
     groups_per_batch: int = 2
     """group_pk: the in-group classes of a batch come from at most this many groups."""
     hard_group_mining: HardGroupMiningSection | None = None
-    length_grouping: bool = False
-    """P x K batches (pk or group_pk) of rows of similar token length (`training.length_batches`): less padding."""
+    length_grouping: bool | None = None
+    """P x K batches (pk or group_pk) of rows of similar token length (`training.length_batches`): less padding.
+    None (the default): on for text with pk / group_pk batches, off otherwise (images and audio have fixed shapes).
+    On validation (Banking77, HWU64, 3 seeds) it kept accuracy and macro-F1 and halved the CPU training time."""
+
+    def groups_lengths(self, input_column: str) -> bool:
+        """Whether batches are length-grouped for inputs of `input_column` (`length_grouping`, None resolved)."""
+        if self.length_grouping is not None:
+            return self.length_grouping
+        return input_column == "text" and self.sampler in ("pk", "group_pk")
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "training.batch_size", "must be > 0")
         _check(
-            not self.length_grouping or self.sampler != "random",
+            self.length_grouping is not True or self.sampler != "random",
             "training.length_grouping",
             "needs sampler: pk or group_pk",
         )

@@ -120,7 +120,7 @@ def build_trainer(cfg: TrainConfig, args: Any, data, model, featurizer):
         processing_class=featurizer.processor,
         data_collator=featurizer.collator(),
         samples_per_class=t.samples_per_class if t.sampler in ("pk", "group_pk") else None,
-        length_grouping=t.length_grouping,
+        length_grouping=t.groups_lengths(featurizer.input_column),
         evaluator=build_evaluator(cfg, model, data, args.output_dir),
         bank_steps=mv.keep_last_n_emb_steps,
         distributed_metric_loss=t.distributed_metric_loss,
