@@ -135,7 +135,7 @@ def test_a_bad_clip_in_a_shard_is_named_from_the_cached_check(tmp_path, monkeypa
     def not_again(*_args):
         raise AssertionError("a header checked while caching is read again")
 
-    monkeypatch.setattr(parquet, "check_cell", not_again)  # the second read maps the cache and its checks
+    monkeypatch.setattr(parquet, "cell_problem", not_again)  # the second read maps the cache and its checks
     with pytest.raises(DataError, match=message):
         read_labeled_parquet(read_paths(str(tmp_path / "s")))
     labeled = read_labeled_parquet(read_paths(str(tmp_path / "s")), skip_bad_rows=True)

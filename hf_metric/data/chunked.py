@@ -47,8 +47,9 @@ def row_slices(sizes: np.ndarray, max_bytes: int | None = None, max_rows: int | 
     return out
 
 
-def dataset_from_table(table: pa.Table) -> Any:
-    """`datasets.Dataset` over `table` as it is (chunks kept, nothing copied). Without a fingerprint, `datasets`
+def dataset_from_table(table: Any) -> Any:
+    """`datasets.Dataset` over `table` (a `pyarrow.Table`, or a `datasets` table such as memory-mapped columns
+    beside in-memory ones) as it is (chunks kept, nothing copied). Without a fingerprint, `datasets`
     would hash the whole table, joining every column into one array: slow, twice the memory, and an offset
     overflow for a column over 2 GB."""
     import datasets

@@ -137,20 +137,23 @@ def check_cell(column: str, cell: dict[str, Any]) -> None:
         raise ValueError(f"cannot read the {column}: {_one_line(err)}") from None
 
 
+def cell_problem(column: str, cell: dict[str, Any]) -> str | None:
+    """What `check_cell` finds wrong with `cell`, or None when its header reads."""
+    try:
+        check_cell(column, cell)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def check_cells(column: str, cells: pa.Array | pa.ChunkedArray) -> pa.Array:
     """`check_cell` of each `MEDIA_TYPE` cell that holds bytes, as text: "" when readable, else the problem; null
     for a cell without bytes (a path or nothing: checked when its row is validated, the file may change). The
     result depends on the bytes alone, so it is stored with them (`arrow_cache`)."""
-    out: list[str | None] = []
-    for data in pc.struct_field(cells, "bytes").to_pylist():
-        if data is None:
-            out.append(None)
-            continue
-        try:
-            check_cell(column, {"bytes": data, "path": None})
-            out.append("")
-        except ValueError as err:
-            out.append(str(err))
+    out = [
+        None if data is None else cell_problem(column, {"bytes": data, "path": None}) or ""
+        for data in pc.struct_field(cells, "bytes").to_pylist()
+    ]
     return pa.array(out, pa.string())
 
 

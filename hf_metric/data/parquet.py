@@ -21,14 +21,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .chunked import keep_rows, read_error, row_slices
+from .chunked import dataset_from_table, keep_rows, read_error, row_slices
 from .media import (
     AUDIO_COLUMN,
     IMAGE_COLUMN,
     MEDIA_TYPE,
     SOURCE_ROW,
     cell_bytes,
-    check_cell,
+    cell_problem,
     normalize_media_column,
     require_backend,
 )
@@ -88,8 +88,6 @@ class LabeledTable:
         """Every row of the source as a `datasets.Dataset` (select `rows`, or some of them, to train): the input
         column as the source holds it, nothing copied; labels and masks of the usable rows, zeros elsewhere.
         From a memory-mapped file it stays mapped: a DataLoader worker unpickles it as the file's path."""
-        import datasets
-        from datasets.fingerprint import generate_random_fingerprint
         from datasets.table import InMemoryTable, MemoryMappedTable, concat_tables
 
         full = {}
@@ -102,8 +100,7 @@ class LabeledTable:
         else:
             inputs = InMemoryTable(pa.table({self.input_column: self.inputs}))
         table = concat_tables([inputs, InMemoryTable(pa.table(full))], axis=1)
-        # a fingerprint of our own: without one `datasets` hashes the table (`chunked.dataset_from_table`)
-        return datasets.Dataset(table, fingerprint=generate_random_fingerprint())
+        return dataset_from_table(table)
 
 
 def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -300,7 +297,7 @@ def _validate_media(
         part = part if read[start:stop].all() else part.filter(pa.array(read[start:stop]))
         fresh = iter(part.to_pylist())
         for row in rows.tolist():
-            problem = _cell_problem(column, next(fresh)) if read[row] else raw.checks[row].as_py()
+            problem = cell_problem(column, next(fresh)) if read[row] else raw.checks[row].as_py()
             if problem is None:
                 continue
             if not skip_bad_rows:
@@ -311,14 +308,6 @@ def _validate_media(
     if bad.any():
         logger.warning("%s: skipped %d unreadable %s rows (data.skip_bad_rows)", path, int(bad.sum()), column)
     return cells, bad
-
-
-def _cell_problem(column: str, cell: dict[str, Any]) -> str | None:
-    try:
-        check_cell(column, cell)
-    except ValueError as err:
-        return str(err)
-    return None
 
 
 def check_input_values(
