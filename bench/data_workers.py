@@ -17,7 +17,6 @@ subset (1 s WAV clips decoded, resampled if needed, turned into log-mel features
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import os
 import platform
@@ -54,7 +53,6 @@ def write_photos(path: Path, rows: int, seed: int = 0) -> None:
 
 def case_config(case: str, workdir: Path, workers: int, images: int) -> dict[str, Any]:
     raw = yaml.safe_load(CONFIGS[case].read_text())
-    raw = copy.deepcopy(raw)
     if case == "image":
         photos = workdir / "photos.parquet"
         if not photos.exists():

@@ -38,16 +38,16 @@ BATCH, MAX_LEN = 32, 64
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain_trainer": {},
     "plain_trainer_length_grouped": {},
-    "recipe": {"training": {"length_grouping": False}},
-    "recipe_no_bank": {"metric_validation": {"keep_last_n_emb_steps": 1}, "training": {"length_grouping": False}},
-    "recipe_no_supcon": {"loss": {"metric": {"weight": 0.0}}, "training": {"length_grouping": False}},
+    "recipe": {},
+    "recipe_no_bank": {"metric_validation": {"keep_last_n_emb_steps": 1}},
+    "recipe_no_supcon": {"loss": {"metric": {"weight": 0.0}}},
     "recipe_random_batches": {"training": {"sampler": "random"}},
-    "recipe_no_collapse_watch": {"training": {"collapse_check_steps": 1_000_000, "length_grouping": False}},
+    "recipe_no_collapse_watch": {"training": {"collapse_check_steps": 1_000_000}},
     "recipe_length_grouping": {"training": {"length_grouping": True}},
 }
-"""Name -> overrides of the example config (`plain_trainer*` is transformers alone). `recipe` and its ablations
-keep the rows in P x K order without length grouping (the example config's default groups text by length): the
-peer of `plain_trainer`; `recipe_length_grouping` is the peer of `plain_trainer_length_grouped`."""
+"""Name -> overrides of the example config (`plain_trainer*` is transformers alone). The recipe runs here without
+length grouping (`hf_metric_trainer`; the example config's default groups text by length), so `recipe` and its
+ablations are the peers of `plain_trainer` and `recipe_length_grouping` that of `plain_trainer_length_grouped`."""
 PLAIN = ("plain_trainer", "plain_trainer_length_grouped")
 
 
@@ -170,7 +170,7 @@ def hf_metric_trainer(overrides: dict[str, Any], steps: int, out_dir: str) -> tu
 
     raw = yaml.safe_load((ROOT / "configs" / "metric_classifier_training.example.yaml").read_text())
     raw["data"]["parquet_path"] = os.environ.get("BENCH_DATA", str(DATA))
-    raw["training"].update(batch_size=BATCH, max_seq_length=MAX_LEN)
+    raw["training"].update(batch_size=BATCH, max_seq_length=MAX_LEN, length_grouping=False)  # VARIANTS' doc
     raw["checkpointing"]["checkpoints_dir"] = out_dir
     raw["metric_validation"]["plots"] = False
     for section, values in overrides.items():
