@@ -67,10 +67,8 @@ DEFAULT_REF_CHUNK_SIZE = 16384
 """References per block elsewhere: `score_blocks`, and the search on other devices, where fewer and larger
 operations (and fewer waits for the device) pay more than the cache."""
 SMALL_SEARCH_SCORES = 1 << 22
-"""A cosine search on CPU whose whole score matrix holds at most this many floats (16 MB: a prediction batch of
-64 queries against 65k stored rows) is one product and one top k on torch's own threads. Blocks, workers and the
-running merge pay for themselves on large searches; on a batch against a stored reference they cost more than
-the product (64 x 10k x 384: about 20 ms blocked vs 5 ms as one product, idle 2-core machine)."""
+"""A cosine search on CPU with at most this many scores (64 queries x 65k stored rows) is one product and one
+top k: blocks and workers pay only on large searches (64 x 10k x 384, idle 2 cores: 17.7 ms blocked, 6.2 ms)."""
 BLOCK_MEMORY_SHARE = 0.35
 """The default chunk keeps every worker's score block together within this share of the embeddings' bytes,
 so that the search's working memory stays small next to the data at every scale."""
@@ -203,8 +201,7 @@ class _BlockScorer:
         return padded
 
     def whole(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The top k of every query against every reference from one product (cosine only): for searches small
-        enough that their whole score matrix is cheap (`SMALL_SEARCH_SCORES`). Ties ordered as by the blocks."""
+        """Top k of every query from one product (cosine; `SMALL_SEARCH_SCORES`), ties ordered as by the blocks."""
         scores = torch.mm(self.query * self.q_scale[:, None], self.ref.T).mul_(self.r_scale)  # no scaled copy of ref
         if self.exclude_self:
             scores.fill_diagonal_(float("-inf"))
@@ -337,8 +334,8 @@ def topk_neighbors(
     n_query = q.shape[0]
     scores = torch.empty(n_query, max(k, 0), dtype=torch.float32, device=q.device)
     indices = torch.empty(n_query, max(k, 0), dtype=torch.int64, device=q.device)
-    small = distance == "cos" and chunk_size is None and ref_chunk_size is None
-    if k > 0 and n_query and small and q.device.type == "cpu" and n_query * r.shape[0] <= SMALL_SEARCH_SCORES:
+    small = distance == "cos" and q.device.type == "cpu" and n_query * r.shape[0] <= SMALL_SEARCH_SCORES
+    if k > 0 and n_query and small and chunk_size is None and ref_chunk_size is None:
         scores, indices = scorer.whole(k)
     elif k > 0 and n_query:
         cpu = q.device.type == "cpu"
