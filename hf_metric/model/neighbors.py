@@ -68,7 +68,7 @@ DEFAULT_REF_CHUNK_SIZE = 16384
 operations (and fewer waits for the device) pay more than the cache."""
 SMALL_SEARCH_SCORES = 1 << 22
 """A cosine search on CPU with at most this many scores (64 queries x 65k stored rows) is one product and one
-top k: blocks and workers pay only on large searches (64 x 10k x 384, idle 2 cores: 17.7 ms blocked, 6.2 ms)."""
+top k: blocks and workers pay only on large searches (`bench/knn_small_search.py`: 17.0 vs 6.5 ms, 64 x 10k)."""
 BLOCK_MEMORY_SHARE = 0.35
 """The default chunk keeps every worker's score block together within this share of the embeddings' bytes,
 so that the search's working memory stays small next to the data at every scale."""
